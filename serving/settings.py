@@ -1,0 +1,55 @@
+"""Server settings (pydantic-settings, env prefix `RETOUCH_`). Built once and injected."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RETOUCH_", extra="ignore")
+
+    home: Path = Field(default_factory=lambda: Path.home() / ".retouch")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # Public base URL used to build `output_url`/`upload.url`; defaults to http://host:port.
+    public_base_url: str | None = None
+
+    database_url: str | None = None  # default: sqlite:///<home>/retouch.db
+
+    storage: Literal["local", "s3"] = "local"
+    s3_endpoint_url: str | None = None
+    s3_bucket: str = "retouch"
+    s3_region: str = "us-east-1"
+    s3_public_base_url: str | None = None  # serve S3 objects from here instead of presigned URLs
+
+    profile: str = "tiny"
+    device: str = "cpu"
+    model_overrides: dict[str, str] = Field(default_factory=dict)
+    model_cache: Path | None = None  # default: <home>/models
+
+    executor: Literal["ray", "inprocess"] = "ray"
+    ray_address: str | None = None  # None: start a local Ray for the embedded default
+    serve_config: Path | None = None  # Ray Serve deployment options (num_gpus, replicas)
+
+    allow_private_urls: bool = False
+    lease_seconds: float = 30.0
+    max_attempts: int = 2
+    dispatcher_concurrency: int = 2
+    idempotency_ttl_hours: int = 24
+    redis_url: str | None = None  # rate-limit storage; in-memory when unset
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'retouch.db'}"
+
+    @property
+    def resolved_public_base_url(self) -> str:
+        return (self.public_base_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    @property
+    def resolved_model_cache(self) -> Path:
+        return self.model_cache or self.home / "models"
