@@ -1,0 +1,193 @@
+"""Image bytes validation and image-reference resolution for the HTTP surfaces.
+
+`validate_image_bytes(data, field)` checks real PNG/JPEG/WEBP bytes (≤ 50 MB) and their
+dimensions. `resolve_image_refs(...)` turns every `ImageRef` of a typed request into a stored
+object (storage key + URL) before a job is created, so bad references fail fast naming the field
+and the job never fetches the internet itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from retouch.pipelines.errors import InvalidInput
+from retouch.pipelines.images import decode_image, sniff_format
+from retouch.pipelines.vocabulary import MAX_IMAGE_BYTES
+
+_MEDIA_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
+
+
+@dataclass(frozen=True)
+class ValidatedImage:
+    data: bytes
+    media_type: str
+    width: int
+    height: int
+
+    @property
+    def extension(self) -> str:
+        return self.media_type.split("/", 1)[1]
+
+
+def validate_image_bytes(data: bytes, field: str) -> ValidatedImage:
+    """Real PNG/JPEG/WEBP bytes of at most 50 MB that decode fully, with their dimensions."""
+    image = decode_image(data, field)  # checks magic bytes, size cap, dimensions, full decode
+    media_type = _MEDIA_TYPES[sniff_format(bytes(data[:16]))]
+    return ValidatedImage(bytes(data), media_type, image.width, image.height)
+
+
+# ---- resolving references ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class ResolvedImage:
+    """One image reference made concrete: the stored object a job will read."""
+
+    field: str
+    ref: dict[str, str]  # the wire form stored in the job: {"upload_id": ...} or {"generation_id": ...}
+    storage_key: str
+    url: str
+
+
+def store_upload(session, storage, key, image: ValidatedImage):
+    """Store validated image bytes as an upload owned by `key` (row + object)."""
+    from .tables import Upload, new_uuid
+
+    upload_id = new_uuid()
+    storage_key = f"uploads/{upload_id}.{image.extension}"
+    storage.put(storage_key, image.data, image.media_type)
+    upload = Upload(id=upload_id, account_id=key.account_id, api_key_id=key.id,
+                    storage_key=storage_key, media_type=image.media_type, width=image.width,
+                    height=image.height, bytes=len(image.data),
+                    sha256=hashlib.sha256(image.data).hexdigest())
+    session.add(upload)
+    session.flush()
+    return upload
+
+
+def _resolve_upload(session, storage, key, field: str, upload_id: str) -> ResolvedImage:
+    from .tables import Upload
+
+    upload = session.get(Upload, upload_id)
+    # Uploads are reusable by the API key that created them (the seed's rule).
+    if upload is None or upload.api_key_id != key.id:
+        raise InvalidInput(field, f"upload {upload_id!r} does not exist for this API key")
+    return ResolvedImage(field, {"upload_id": upload.id}, upload.storage_key,
+                         storage.url(upload.storage_key))
+
+
+def _resolve_generation(session, storage, key, field: str, generation_id: str) -> ResolvedImage:
+    from .tables import Generation
+
+    generation = session.get(Generation, generation_id)
+    if generation is None or generation.account_id != key.account_id:
+        raise InvalidInput(field, f"generation {generation_id!r} does not exist in this account")
+    if generation.status != "completed" or not generation.output_keys:
+        raise InvalidInput(field, f"generation {generation_id!r} is {generation.status}; only a "
+                                  "completed generation's output can be reused")
+    storage_key = generation.output_keys[0]
+    return ResolvedImage(field, {"generation_id": generation.id}, storage_key,
+                         storage.url(storage_key))
+
+
+def resolve_image_refs(session_factory, storage, fetcher, key, request) -> dict[str, ResolvedImage]:
+    """Resolve every image reference of `request` for `key`, fetching URLs into uploads.
+
+    Raises `InvalidInput` naming the first bad field. URL images are downloaded once here
+    (through the SSRF-safe fetcher), validated and stored as uploads of `key`.
+    """
+    from .db import transaction
+
+    fields = request.image_fields()
+    fetched = {field: fetcher.fetch(ref.value, field).image
+               for field, ref in fields.items() if ref.kind == "url"}
+    resolved: dict[str, ResolvedImage] = {}
+    with transaction(session_factory) as session:
+        for field, ref in fields.items():
+            if ref.kind == "upload_id":
+                resolved[field] = _resolve_upload(session, storage, key, field, ref.value)
+            elif ref.kind == "generation_id":
+                resolved[field] = _resolve_generation(session, storage, key, field, ref.value)
+            elif ref.kind == "url":
+                upload = store_upload(session, storage, key, fetched[field])
+                resolved[field] = ResolvedImage(field, {"upload_id": upload.id},
+                                                upload.storage_key,
+                                                storage.url(upload.storage_key))
+            else:
+                raise InvalidInput(field, "local paths are not accepted over HTTP")
+    return resolved
+
+
+_PATH_PART = re.compile(r"([A-Za-z_]+)(?:\[(\d+)\])?")
+
+
+def _set_path(body: dict[str, Any], path: str, value: Any) -> None:
+    """Set `input.images[1]` style paths inside a JSON-like body."""
+    parts = [_PATH_PART.fullmatch(p).groups() for p in path.split(".")]
+    target: Any = body
+    for i, (name, index) in enumerate(parts):
+        last = i == len(parts) - 1
+        if index is None:
+            if last:
+                target[name] = value
+            else:
+                target = target[name]
+        else:
+            if last:
+                target[name][int(index)] = value
+            else:
+                target = target[name][int(index)]
+
+
+def job_body(request, resolved: dict[str, ResolvedImage]) -> dict[str, Any]:
+    """The body a job stores: the validated request with each image ref in resolved wire form.
+
+    Only `{upload_id}` and `{generation_id}` references remain, so the job reads stored objects
+    and `parse_generation_request` accepts the body again when the job runs.
+    """
+    body = request.model_dump(mode="json", exclude_none=True)
+    for field, image in resolved.items():
+        _set_path(body, field, dict(image.ref))
+    return body
+
+
+def primary_input_url(resolved: dict[str, ResolvedImage]) -> str | None:
+    """The URL shown as `input_image`: the main/first image of the request."""
+    for field in ("input.main_image", "input.image", "input.images[0]"):
+        if field in resolved:
+            return resolved[field].url
+    return next(iter(resolved.values())).url if resolved else None
+
+
+def load_job_inputs(session_factory, storage, job) -> dict[str, bytes]:
+    """A job's input images as stored bytes, keyed by request field (`input.images[0]`, ...).
+
+    Used by the dispatcher: the job body only holds `{upload_id}` / `{generation_id}` refs.
+    """
+    from retouch.pipelines.requests import parse_generation_request
+
+    from .tables import Generation, Upload
+
+    request = parse_generation_request(job.request)
+    keys: dict[str, str] = {}
+    with session_factory() as session:
+        for field, ref in request.image_fields().items():
+            if ref.kind == "upload_id":
+                row = session.get(Upload, ref.value)
+                storage_key = row.storage_key if row is not None else None
+            elif ref.kind == "generation_id":
+                row = session.get(Generation, ref.value)
+                storage_key = row.output_keys[0] if row is not None and row.output_keys else None
+            else:
+                storage_key = None
+            if storage_key is None:
+                raise InvalidInput(field, f"the stored image for {ref.kind} {ref.value!r} is gone")
+            keys[field] = storage_key
+    images: dict[str, bytes] = {}
+    for field, storage_key in keys.items():
+        try:
+            images[field] = storage.get(storage_key)
+        except KeyError:
+            raise InvalidInput(field, "the stored image is gone") from None
+    return images

@@ -1,0 +1,424 @@
+"""Generations: creation with atomic reservation, and the job lifecycle. The ONLY module that
+changes a generation's `status`: `pending → processing → completed | failed`.
+
+Money and slots move only through conditional UPDATEs (`... WHERE active_slots + n <= limit`), so
+concurrent creates can never over-spend; there is no read-then-write in Python. A create reserves
+slots, key budgets and credits and writes the `reserve` ledger entry in one transaction. A terminal
+transition (complete or fail) frees the slots, refunds on failure, appends to the ledger and
+enqueues events in one transaction, guarded by `WHERE status='processing' AND lease_owner=...`, so
+it happens exactly once.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from collections.abc import Collection
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, case, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from retouch.pipelines.errors import (InsufficientCredits, InvalidInput, MonthlyBudgetExceeded,
+                                      NotFound, PerRequestLimitExceeded, QueueLimitExceeded,
+                                      TotalBudgetExceeded)
+from retouch.pipelines.requests import request_seed
+from retouch.pipelines.vocabulary import TOOLS
+
+from . import idempotency
+from .accounts import plan_slot_limit, require_paid_plan
+from .db import is_sqlite, transaction, utcnow
+from .pricing import price
+from .tables import JOB_STATUSES, Account, ApiKey, Generation, LedgerEntry
+
+DEFAULT_IDEMPOTENCY_TTL_HOURS = 24
+MAX_LIST_LIMIT = 100
+LEASE_LOST_ERROR = "service_unavailable"
+
+SessionFactory = sessionmaker[Session]
+_NO_SYNC = {"synchronize_session": False}
+
+
+def budget_period(now: datetime) -> str:
+    """The monthly budget period ("YYYY-MM", UTC) that `now` falls in."""
+    return now.strftime("%Y-%m")
+
+
+# ---- creation -----------------------------------------------------------------------------------
+def create_generation(session_factory: SessionFactory, key: ApiKey, request, body: dict[str, Any],
+                      *, idempotency_key: str | None = None, input_image: str | None = None,
+                      surface: str = "wixma",
+                      idempotency_ttl_hours: float = DEFAULT_IDEMPOTENCY_TTL_HOURS,
+                      ) -> tuple[Generation, bool]:
+    """Create a `pending` job for a typed request; returns `(generation, replayed)`.
+
+    One transaction: idempotency check (same key + same body → the existing job, `replayed=True`,
+    no charge; different body → `IdempotencyConflict`), paid-plan check, per-request limit, slot
+    reservation (`QueueLimitExceeded`), key monthly/total budgets, account credits
+    (`InsufficientCredits`), a `reserve` ledger entry and the job row. Any error rolls all of it
+    back. `body` is stored as the job's request (the dispatcher re-parses it) and hashed for
+    idempotency; `input_image` is the URL shown in responses.
+    """
+    if idempotency_key is not None:
+        idempotency_key = idempotency.check_idempotency_key(idempotency_key)
+    body_hash = idempotency.request_hash(body)
+    cost = price(request)
+    # Two identical requests racing past the idempotency lookup: the loser's insert hits the
+    # unique constraint, its whole transaction rolls back, and the retry replays the winner's job.
+    tries = 2 if idempotency_key else 1
+    for attempt in range(tries):
+        try:
+            with transaction(session_factory) as session:
+                return _create_in_transaction(
+                    session, key, request, body, body_hash=body_hash, cost=cost,
+                    idempotency_key=idempotency_key, input_image=input_image, surface=surface,
+                    ttl_hours=idempotency_ttl_hours)
+        except IntegrityError:
+            if attempt == tries - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _create_in_transaction(session: Session, key: ApiKey, request, body: dict[str, Any], *,
+                           body_hash: str, cost: int, idempotency_key: str | None,
+                           input_image: str | None, surface: str,
+                           ttl_hours: float) -> tuple[Generation, bool]:
+    now = utcnow()
+    if idempotency_key is not None:
+        replay_id = idempotency.find_replay(session, key.id, idempotency_key, body_hash,
+                                            ttl_hours=ttl_hours, now=now)
+        if replay_id is not None:
+            return session.get_one(Generation, replay_id), True
+
+    account = session.get_one(Account, key.account_id)
+    require_paid_plan(account)
+    if key.per_request_limit is not None and cost > key.per_request_limit:
+        raise PerRequestLimitExceeded(
+            f"This job costs {cost} credits; this API key allows at most "
+            f"{key.per_request_limit} credits per request.",
+            details={"cost": cost, "limit": key.per_request_limit})
+    reserve_slots(session, account.id, account.plan, request.slots)
+    period = budget_period(now)
+    charge_key_budgets(session, key.id, cost, period)
+    balance = reserve_credits(session, account.id, cost)
+
+    generation = Generation(
+        account_id=account.id, api_key_id=key.id, surface=surface, tool=request.tool,
+        mode=_mode_of(request), request=body, request_hash=body_hash,
+        seed=_seed_of(request), status="pending", progress=0.0, cost_credits=cost,
+        slots=request.slots, budget_period=period, input_image=input_image, output_keys=[],
+        attempts=0, created_at=now)
+    session.add(generation)
+    session.flush()
+    session.add(LedgerEntry(account_id=account.id, generation_id=generation.id, kind="reserve",
+                            amount=-cost, balance_after=balance, created_at=now,
+                            memo=f"{request.tool} generation"))
+    if idempotency_key is not None:
+        idempotency.remember(session, key.id, idempotency_key, body_hash, generation.id, now=now)
+    session.flush()
+    return generation, False
+
+
+def _mode_of(request) -> str | None:
+    if request.tool == "photographer":
+        return request.options.mode
+    if request.tool == "ai_filter":
+        return request.input.filter
+    return None
+
+
+def _seed_of(request) -> int:
+    # A seed is fixed at creation so a retried job renders the same image.
+    seed = request_seed(request)
+    return seed if seed is not None else secrets.randbelow(2**32)
+
+
+def reserve_slots(session: Session, account_id: str, plan: str, slots: int) -> None:
+    """Take `slots` generation slots with one conditional UPDATE, or raise `QueueLimitExceeded`."""
+    limit = plan_slot_limit(plan)
+    result = session.execute(
+        update(Account).where(Account.id == account_id, Account.active_slots + slots <= limit)
+        .values(active_slots=Account.active_slots + slots).execution_options(**_NO_SYNC))
+    if result.rowcount == 1:
+        return
+    active = session.scalar(select(Account.active_slots).where(Account.id == account_id))
+    raise QueueLimitExceeded(
+        f"Your {plan} plan allows {limit} active generation {_plural(limit, 'slot')} at once. "
+        f"This request needs {slots} {_plural(slots, 'slot')}.",
+        details={"active": active, "limit": limit, "plan": plan, "requiredSlots": slots})
+
+
+def _plural(n: int, word: str) -> str:
+    return word if n == 1 else word + "s"
+
+
+def charge_key_budgets(session: Session, key_id: str, cost: int, period: str) -> None:
+    """Count `cost` against the key's monthly (rolling the period) and total budgets.
+
+    Two conditional UPDATEs; raises `MonthlyBudgetExceeded` or `TotalBudgetExceeded`.
+    """
+    used_this_period = case((ApiKey.monthly_period == period, ApiKey.monthly_used), else_=0)
+    monthly = session.execute(
+        update(ApiKey).where(ApiKey.id == key_id,
+                             or_(ApiKey.monthly_budget.is_(None),
+                                 used_this_period + cost <= ApiKey.monthly_budget))
+        .values(monthly_used=used_this_period + cost, monthly_period=period)
+        .execution_options(**_NO_SYNC))
+    if monthly.rowcount != 1:
+        budget, used, key_period = session.execute(
+            select(ApiKey.monthly_budget, ApiKey.monthly_used, ApiKey.monthly_period)
+            .where(ApiKey.id == key_id)).one()
+        used = used if key_period == period else 0
+        raise MonthlyBudgetExceeded(
+            f"This API key's monthly budget is {budget} credits; {used} are used in {period} "
+            f"and this job costs {cost}.",
+            details={"budget": budget, "used": used, "cost": cost, "period": period})
+    total = session.execute(
+        update(ApiKey).where(ApiKey.id == key_id,
+                             or_(ApiKey.total_budget.is_(None),
+                                 ApiKey.total_used + cost <= ApiKey.total_budget))
+        .values(total_used=ApiKey.total_used + cost).execution_options(**_NO_SYNC))
+    if total.rowcount != 1:
+        budget, used = session.execute(select(ApiKey.total_budget, ApiKey.total_used)
+                                       .where(ApiKey.id == key_id)).one()
+        raise TotalBudgetExceeded(
+            f"This API key's total budget is {budget} credits; {used} are used and this job "
+            f"costs {cost}.", details={"budget": budget, "used": used, "cost": cost})
+
+
+def reserve_credits(session: Session, account_id: str, cost: int) -> int:
+    """Debit `cost` credits with one conditional UPDATE; returns the new balance or raises
+    `InsufficientCredits`."""
+    row = session.execute(
+        update(Account).where(Account.id == account_id, Account.credit_balance >= cost)
+        .values(credit_balance=Account.credit_balance - cost)
+        .returning(Account.credit_balance).execution_options(**_NO_SYNC)).first()
+    if row is not None:
+        return int(row[0])
+    balance = session.scalar(select(Account.credit_balance).where(Account.id == account_id))
+    raise InsufficientCredits(
+        f"The account has {balance} credits; this job costs {cost}. Add credits or use a "
+        f"lower-cost quality/scale.", details={"balance": balance, "cost": cost})
+
+
+# ---- lifecycle ----------------------------------------------------------------------------------
+def lease_next_job(session_factory: SessionFactory, worker_id: str, lease_seconds: float, *,
+                   tools: Collection[str] | None = None) -> Generation | None:
+    """Claim the oldest `pending` job (optionally only these tools) for `worker_id`.
+
+    Sets `processing`, `attempts + 1` and a lease of `lease_seconds`. Postgres picks with
+    `FOR UPDATE SKIP LOCKED`; SQLite's write transaction is exclusive, and the UPDATE is
+    conditional on `status='pending'` either way. Returns None when nothing is pending.
+    """
+    with transaction(session_factory) as session:
+        query = (select(Generation.id).where(Generation.status == "pending")
+                 .order_by(Generation.created_at, Generation.id).limit(1))
+        if tools is not None:
+            query = query.where(Generation.tool.in_(list(tools)))
+        if not is_sqlite(session.get_bind()):
+            query = query.with_for_update(skip_locked=True)
+        job_id = session.scalar(query)
+        if job_id is None:
+            return None
+        now = utcnow()
+        claimed = session.execute(
+            update(Generation).where(Generation.id == job_id, Generation.status == "pending")
+            .values(status="processing", attempts=Generation.attempts + 1, progress=0.0,
+                    lease_owner=worker_id, started_at=now,
+                    lease_expires_at=now + timedelta(seconds=lease_seconds))
+            .execution_options(**_NO_SYNC))
+        if claimed.rowcount != 1:
+            return None
+        return session.get_one(Generation, job_id, populate_existing=True)
+
+
+def heartbeat(session_factory: SessionFactory, job_id: str, worker_id: str, progress: float,
+              lease_seconds: float) -> bool:
+    """Record progress (clamped to [0, 1]) and extend the lease; False if the lease was lost
+    (the job was reclaimed, or finished), in which case the worker should stop."""
+    now = utcnow()
+    with transaction(session_factory) as session:
+        result = session.execute(
+            update(Generation).where(Generation.id == job_id,
+                                     Generation.status == "processing",
+                                     Generation.lease_owner == worker_id)
+            .values(progress=min(max(float(progress), 0.0), 1.0),
+                    lease_expires_at=now + timedelta(seconds=lease_seconds))
+            .execution_options(**_NO_SYNC))
+        return result.rowcount == 1
+
+
+def complete_job(session_factory: SessionFactory, job_id: str, worker_id: str,
+                 output_keys: list[str]) -> bool:
+    """Mark the job `completed` with its stored outputs and free its slots. False (and nothing
+    changes) when `worker_id` no longer holds the job's lease."""
+    now = utcnow()
+    with transaction(session_factory) as session:
+        result = session.execute(
+            update(Generation).where(Generation.id == job_id,
+                                     Generation.status == "processing",
+                                     Generation.lease_owner == worker_id)
+            .values(status="completed", progress=1.0, output_keys=list(output_keys),
+                    finished_at=now, lease_owner=None, lease_expires_at=None)
+            .execution_options(**_NO_SYNC))
+        if result.rowcount != 1:
+            return False
+        job = session.get_one(Generation, job_id, populate_existing=True)
+        _release_slots(session, job)
+        enqueue_terminal_events(session, job)
+        return True
+
+
+def fail_job(session_factory: SessionFactory, job_id: str, worker_id: str, error_code: str,
+             message: str) -> bool:
+    """Mark the job `failed`, refund its credits and key budgets (ledger `refund`) and free its
+    slots. False (and nothing changes) when `worker_id` no longer holds the job's lease."""
+    now = utcnow()
+    with transaction(session_factory) as session:
+        result = session.execute(
+            update(Generation).where(Generation.id == job_id,
+                                     Generation.status == "processing",
+                                     Generation.lease_owner == worker_id)
+            .values(status="failed", error_code=error_code, error=message, finished_at=now,
+                    lease_owner=None, lease_expires_at=None)
+            .execution_options(**_NO_SYNC))
+        if result.rowcount != 1:
+            return False
+        job = session.get_one(Generation, job_id, populate_existing=True)
+        _refund_and_release(session, job, now=now)
+        enqueue_terminal_events(session, job)
+        return True
+
+
+def expire_leases(session_factory: SessionFactory, max_attempts: int) -> int:
+    """Handle `processing` jobs whose lease ran out: back to `pending` while `attempts <
+    max_attempts`, else `failed` (`service_unavailable`) with a refund. Returns how many moved."""
+    now = utcnow()
+    moved = 0
+    with transaction(session_factory) as session:
+        query = (select(Generation).where(Generation.status == "processing",
+                                          Generation.lease_expires_at < now)
+                 .order_by(Generation.created_at, Generation.id))
+        if not is_sqlite(session.get_bind()):
+            query = query.with_for_update(skip_locked=True)
+        for job in session.scalars(query.execution_options(populate_existing=True)).all():
+            still_expired = and_(Generation.id == job.id, Generation.status == "processing",
+                                 Generation.lease_owner == job.lease_owner,
+                                 Generation.lease_expires_at < now)
+            if job.attempts < max_attempts:
+                result = session.execute(
+                    update(Generation).where(still_expired)
+                    .values(status="pending", lease_owner=None, lease_expires_at=None,
+                            progress=0.0).execution_options(**_NO_SYNC))
+                moved += result.rowcount
+                continue
+            result = session.execute(
+                update(Generation).where(still_expired)
+                .values(status="failed", error_code=LEASE_LOST_ERROR, finished_at=now,
+                        error=f"The job's worker stopped responding ({job.attempts} attempts).",
+                        lease_owner=None, lease_expires_at=None)
+                .execution_options(**_NO_SYNC))
+            if result.rowcount == 1:
+                session.refresh(job)
+                _refund_and_release(session, job, now=now)
+                enqueue_terminal_events(session, job)
+                moved += 1
+    return moved
+
+
+def _release_slots(session: Session, job: Generation) -> None:
+    session.execute(update(Account).where(Account.id == job.account_id)
+                    .values(active_slots=Account.active_slots - job.slots)
+                    .execution_options(**_NO_SYNC))
+
+
+def _refund_and_release(session: Session, job: Generation, *, now: datetime) -> None:
+    balance = session.execute(
+        update(Account).where(Account.id == job.account_id)
+        .values(credit_balance=Account.credit_balance + job.cost_credits,
+                active_slots=Account.active_slots - job.slots)
+        .returning(Account.credit_balance).execution_options(**_NO_SYNC)).scalar_one()
+    if job.api_key_id is not None:
+        # The monthly budget is only given back if the key is still in the month that paid.
+        session.execute(
+            update(ApiKey).where(ApiKey.id == job.api_key_id)
+            .values(total_used=ApiKey.total_used - job.cost_credits,
+                    monthly_used=case((ApiKey.monthly_period == job.budget_period,
+                                       ApiKey.monthly_used - job.cost_credits),
+                                      else_=ApiKey.monthly_used))
+            .execution_options(**_NO_SYNC))
+    session.add(LedgerEntry(account_id=job.account_id, generation_id=job.id, kind="refund",
+                            amount=job.cost_credits, balance_after=int(balance), created_at=now,
+                            memo=f"refund: {job.error_code or 'failed'}"))
+    session.flush()
+
+
+def enqueue_terminal_events(session: Session, job: Generation) -> None:
+    """The place where webhook/outbox events for a finished job are enqueued, inside the same
+    transaction that settles it (so an event exists if and only if the job settled). None yet."""
+    return None
+
+
+# ---- reads --------------------------------------------------------------------------------------
+def get_generation(session: Session, account_id: str, generation_id: str, *,
+                   field: str = "id") -> Generation:
+    """The account's generation, or `NotFound` naming `field` (e.g. `input.main_image`)."""
+    job = session.get(Generation, generation_id) if isinstance(generation_id, str) else None
+    if job is None or job.account_id != account_id:
+        raise NotFound(field, f"generation {generation_id!r} was not found")
+    return job
+
+
+def list_generations(session: Session, account_id: str, *, surface: str | None = "wixma",
+                     status: str | None = None, tool: str | None = None, limit: int = 20,
+                     cursor: str | None = None) -> tuple[list[Generation], str | None]:
+    """The account's generations, newest first; returns `(items, next_cursor)`.
+
+    The opaque cursor encodes the last item's `(created_at, id)`, so pages are stable while new
+    jobs arrive. `next_cursor` is None on the last page.
+    """
+    if not 1 <= limit <= MAX_LIST_LIMIT:
+        raise InvalidInput("limit", f"must be between 1 and {MAX_LIST_LIMIT}")
+    if status is not None and status not in JOB_STATUSES:
+        raise InvalidInput("status", f"must be one of {', '.join(JOB_STATUSES)}")
+    if tool is not None and tool not in TOOLS:
+        raise InvalidInput("tool", f"must be one of {', '.join(TOOLS)}")
+    query = select(Generation).where(Generation.account_id == account_id)
+    if surface is not None:
+        query = query.where(Generation.surface == surface)
+    if status is not None:
+        query = query.where(Generation.status == status)
+    if tool is not None:
+        query = query.where(Generation.tool == tool)
+    if cursor:
+        after_time, after_id = decode_cursor(cursor)
+        query = query.where(or_(Generation.created_at < after_time,
+                                and_(Generation.created_at == after_time,
+                                     Generation.id < after_id)))
+    query = query.order_by(Generation.created_at.desc(), Generation.id.desc()).limit(limit + 1)
+    items = list(session.scalars(query))
+    if len(items) <= limit:
+        return items, None
+    items = items[:limit]
+    return items, encode_cursor(items[-1])
+
+
+def encode_cursor(job: Generation) -> str:
+    """Opaque pagination cursor for the position just after `job`."""
+    raw = f"{job.created_at.isoformat()}|{job.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """Inverse of `encode_cursor`; `InvalidInput("cursor")` when it was not made by us."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        when, job_id = raw.split("|", 1)
+        moment = datetime.fromisoformat(when)
+        if moment.tzinfo is None or not job_id:
+            raise ValueError(raw)
+        return moment, job_id
+    except ValueError:
+        raise InvalidInput("cursor", "is not a cursor returned by this API") from None

@@ -1,0 +1,31 @@
+"""Credit prices: one table, used when a job is created and shown in the README.
+
+| tool                                              | low | medium | high |
+|---------------------------------------------------|----:|-------:|-----:|
+| generator, editor, photographer (not carousel), ai_filter | 40 | 110 | 200 |
+| photographer `carousel` (10 images + planner)     | 410 |  1110  | 2010 |
+
+| upscaler `options.scale` | 2  | 4  | "4k" |
+|--------------------------|---:|---:|-----:|
+| credits                  | 40 | 80 | 120  |
+
+Carousel follows the seed: 10 × the quality's image price + 10 planner credits.
+"""
+
+from __future__ import annotations
+
+from retouch.pipelines.vocabulary import CAROUSEL_FRAMES
+
+QUALITY_PRICES: dict[str, int] = {"low": 40, "medium": 110, "high": 200}
+UPSCALE_PRICES: dict[int | str, int] = {2: 40, 4: 80, "4k": 120}
+CAROUSEL_PLANNER_CREDITS = 10
+
+
+def price(request) -> int:
+    """Credits a typed request (from `pipelines.requests.parse_generation_request`) costs."""
+    if request.tool == "upscaler":
+        return UPSCALE_PRICES[request.options.scale]
+    image_price = QUALITY_PRICES[request.options.quality]
+    if request.tool == "photographer" and request.options.mode == "carousel":
+        return CAROUSEL_FRAMES * image_price + CAROUSEL_PLANNER_CREDITS
+    return image_price

@@ -1,0 +1,156 @@
+"""Object storage for uploads and outputs: a local directory or an S3 bucket.
+
+Both speak `put(key, data, media_type)`, `get(key) -> bytes`, `exists(key)` and `url(key)`.
+Local objects are served by the app at `GET /files/{key}`; S3 objects by their public base URL or
+a presigned GET URL.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Protocol
+
+from retouch.pipelines.errors import InvalidInput, ServiceUnavailable
+
+MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+EXTENSIONS = {v: k for k, v in MEDIA_TYPES.items()}
+
+
+class Storage(Protocol):
+    def put(self, key: str, data: bytes, media_type: str) -> None: ...
+
+    def get(self, key: str) -> bytes: ...
+
+    def exists(self, key: str) -> bool: ...
+
+    def url(self, key: str) -> str: ...
+
+    def media_type(self, key: str) -> str: ...
+
+
+def _check_key(key: str) -> str:
+    parts = key.split("/")
+    if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise InvalidInput("key", f"{key!r} is not a valid storage key")
+    return key
+
+
+class LocalStorage:
+    """Files under `root`; each object's media type is kept in a `.meta` sidecar."""
+
+    def __init__(self, root: Path | str, public_base_url: str):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.public_base_url = public_base_url.rstrip("/")
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / _check_key(key)).resolve()
+        if self.root.resolve() not in path.parents:
+            raise InvalidInput("key", f"{key!r} is outside the storage root")
+        return path
+
+    def put(self, key: str, data: bytes, media_type: str) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".part")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+        path.with_name(path.name + ".meta").write_text(json.dumps({"media_type": media_type}))
+
+    def get(self, key: str) -> bytes:
+        path = self._path(key)
+        if not path.is_file():
+            raise KeyError(key)
+        return path.read_bytes()
+
+    def exists(self, key: str) -> bool:
+        try:
+            return self._path(key).is_file()
+        except InvalidInput:
+            return False
+
+    def media_type(self, key: str) -> str:
+        meta = self._path(key).with_name(Path(key).name + ".meta")
+        if meta.is_file():
+            return json.loads(meta.read_text())["media_type"]
+        return MEDIA_TYPES.get(Path(key).suffix.lstrip(".").lower(), "application/octet-stream")
+
+    def url(self, key: str) -> str:
+        return f"{self.public_base_url}/files/{_check_key(key)}"
+
+
+class S3Storage:
+    """An S3 (or S3-compatible) bucket through boto3; the bucket is created on first use."""
+
+    def __init__(self, endpoint_url: str | None, bucket: str, region: str,
+                 public_base_url: str | None = None, *, presign_seconds: int = 7 * 24 * 3600,
+                 client=None):
+        import boto3  # imported here: local-only deployments never load it
+
+        self.bucket = bucket
+        self.public_base_url = public_base_url.rstrip("/") if public_base_url else None
+        self.presign_seconds = presign_seconds
+        self.client = client or boto3.client("s3", endpoint_url=endpoint_url, region_name=region)
+        self._bucket_ready = False
+
+    def _ensure_bucket(self) -> None:
+        if self._bucket_ready:
+            return
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except ClientError:
+            self.client.create_bucket(Bucket=self.bucket)
+        self._bucket_ready = True
+
+    def put(self, key: str, data: bytes, media_type: str) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self._ensure_bucket()
+            self.client.put_object(Bucket=self.bucket, Key=_check_key(key), Body=data,
+                                   ContentType=media_type)
+        except (BotoCoreError, ClientError) as exc:
+            raise ServiceUnavailable(f"object storage is unavailable: {exc}") from exc
+
+    def get(self, key: str) -> bytes:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=_check_key(key))["Body"].read()
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                raise KeyError(key) from exc
+            raise ServiceUnavailable(f"object storage is unavailable: {exc}") from exc
+        except BotoCoreError as exc:
+            raise ServiceUnavailable(f"object storage is unavailable: {exc}") from exc
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=_check_key(key))
+            return True
+        except ClientError:
+            return False
+
+    def media_type(self, key: str) -> str:
+        head = self.client.head_object(Bucket=self.bucket, Key=_check_key(key))
+        return head.get("ContentType", "application/octet-stream")
+
+    def url(self, key: str) -> str:
+        if self.public_base_url:
+            return f"{self.public_base_url}/{_check_key(key)}"
+        return self.client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": _check_key(key)},
+            ExpiresIn=self.presign_seconds)
+
+
+def make_storage(settings) -> Storage:
+    """The storage the settings name: `<home>/files` locally, or the configured S3 bucket."""
+    if settings.storage == "s3":
+        return S3Storage(settings.s3_endpoint_url, settings.s3_bucket, settings.s3_region,
+                         settings.s3_public_base_url)
+    return LocalStorage(settings.home / "files", settings.resolved_public_base_url)

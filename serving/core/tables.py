@@ -1,0 +1,176 @@
+"""The job store's tables (SQLAlchemy 2 typed ORM). The Alembic migration in
+`retouch.serving.migrations` creates exactly these; change both together.
+
+Ids are strings: accounts `acct_<hex>`, API keys `key_<hex>`, uploads and generations UUIDs.
+Every timestamp is stored as UTC and read back as an aware UTC datetime on SQLite and Postgres.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (JSON, BigInteger, DateTime, Float, ForeignKey, Index, Integer, String,
+                        Text, TypeDecorator, UniqueConstraint)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from .db import utcnow
+
+PLANS = ("free", "standard", "plus", "pro")
+SURFACES = ("wixma", "aixpose")
+KEY_STATUSES = ("active", "paused", "revoked")
+JOB_STATUSES = ("pending", "processing", "completed", "failed")
+LEDGER_KINDS = ("reserve", "refund", "topup", "adjust")
+
+
+class UTCDateTime(TypeDecorator):
+    """Stores UTC; always returns an aware UTC datetime (SQLite drops the zone otherwise)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("timestamps must be timezone-aware")
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+def new_uuid() -> str:
+    return str(uuid.uuid4())
+
+
+def new_account_id() -> str:
+    return f"acct_{uuid.uuid4().hex[:24]}"
+
+
+def new_key_id() -> str:
+    return f"key_{uuid.uuid4().hex[:24]}"
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Account(Base):
+    __tablename__ = "accounts"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=new_account_id)
+    name: Mapped[str] = mapped_column(String(200))
+    plan: Mapped[str] = mapped_column(String(16), default="free")
+    credit_balance: Mapped[int] = mapped_column(BigInteger, default=0)
+    active_slots: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=new_key_id)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    surface: Mapped[str] = mapped_column(String(16), default="wixma")
+    name: Mapped[str | None] = mapped_column(String(200))
+    prefix: Mapped[str] = mapped_column(String(32))  # shown to users, e.g. "wx_live_Ab3d"
+    secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    scopes: Mapped[list[Any]] = mapped_column(default=list)
+    allowed_tools: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)  # None: all
+    monthly_budget: Mapped[int | None] = mapped_column(BigInteger)
+    total_budget: Mapped[int | None] = mapped_column(BigInteger)
+    per_request_limit: Mapped[int | None] = mapped_column(BigInteger)
+    monthly_used: Mapped[int] = mapped_column(BigInteger, default=0)
+    monthly_period: Mapped[str | None] = mapped_column(String(7))  # "YYYY-MM" of monthly_used
+    total_used: Mapped[int] = mapped_column(BigInteger, default=0)
+    rate_limit_per_minute: Mapped[int | None] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    expires_at: Mapped[datetime | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column()
+
+
+class Upload(Base):
+    __tablename__ = "uploads"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_uuid)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    api_key_id: Mapped[str | None] = mapped_column(ForeignKey("api_keys.id"), index=True)
+    storage_key: Mapped[str] = mapped_column(String(500))
+    media_type: Mapped[str] = mapped_column(String(100))
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Generation(Base):
+    __tablename__ = "generations"
+    __table_args__ = (
+        Index("ix_generations_status_created", "status", "created_at"),
+        Index("ix_generations_account_created", "account_id", "created_at", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_uuid)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    api_key_id: Mapped[str | None] = mapped_column(ForeignKey("api_keys.id"), index=True)
+    surface: Mapped[str] = mapped_column(String(16), default="wixma")
+    tool: Mapped[str] = mapped_column(String(32))
+    mode: Mapped[str | None] = mapped_column(String(32))
+    request: Mapped[dict[str, Any]] = mapped_column()  # the validated body
+    request_hash: Mapped[str] = mapped_column(String(64))
+    seed: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    cost_credits: Mapped[int] = mapped_column(BigInteger)
+    slots: Mapped[int] = mapped_column(Integer, default=1)
+    # The key's budget month this job was charged to, so a refund only undoes that month.
+    budget_period: Mapped[str | None] = mapped_column(String(7))
+    input_image: Mapped[str | None] = mapped_column(Text)
+    output_keys: Mapped[list[Any]] = mapped_column(default=list)
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    lease_owner: Mapped[str | None] = mapped_column(String(200))
+    lease_expires_at: Mapped[datetime | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column()
+    finished_at: Mapped[datetime | None] = mapped_column()
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in ("completed", "failed")
+
+
+class LedgerEntry(Base):
+    __tablename__ = "ledger_entries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    generation_id: Mapped[str | None] = mapped_column(ForeignKey("generations.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    amount: Mapped[int] = mapped_column(BigInteger)  # signed: reserve < 0, refund/topup > 0
+    balance_after: Mapped[int] = mapped_column(BigInteger)
+    memo: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class IdempotencyRecord(Base):
+    __tablename__ = "idempotency_records"
+    __table_args__ = (UniqueConstraint("api_key_id", "idempotency_key",
+                                       name="uq_idempotency_key_per_api_key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    api_key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id"))
+    idempotency_key: Mapped[str] = mapped_column(String(255))
+    request_hash: Mapped[str] = mapped_column(String(64))
+    generation_id: Mapped[str] = mapped_column(ForeignKey("generations.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
