@@ -1,0 +1,217 @@
+"""Ray Serve deployments: one per model family, each hosting an `Engine`.
+
+- `DiffusionDeployment` runs generator, editor, photographer and ai_filter jobs.
+- `UpscalerDeployment` runs upscaler jobs.
+
+Both expose `run_job(job_id, body, images, seed) -> list[bytes]`: the generation body as JSON,
+the input images as encoded bytes keyed by field (`input.main_image`, ...), the outputs as encoded
+bytes in the request's output format. Progress and cancellation travel through `ProgressBoard`, a
+small named Ray actor: replicas write progress to it and learn from its answer whether the job was
+cancelled; the dispatcher reads progress from it and sets the cancel flag.
+
+Ray is imported inside functions only, so the in-process executor never needs it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+FAMILIES = ("diffusion", "upscaler")
+BOARD_NAME = "retouch-progress-board"
+RAY_NAMESPACE = "retouch"
+
+
+def family_for(tool: str) -> str:
+    """Which deployment family runs a tool."""
+    return "upscaler" if tool == "upscaler" else "diffusion"
+
+
+def run_engine_job(engine, body: dict[str, Any], images: dict[str, bytes], seed: int,
+                   progress: Callable[[float], None],
+                   is_cancelled: Callable[[], bool]) -> list[bytes]:
+    """Run one generation body through `engine`: encoded inputs in, encoded outputs out.
+
+    The single implementation of "run one job" shared by the Ray deployments and the in-process
+    executor. Raises `InvalidInput` for bad inputs, `Cancelled` when cancelled.
+    """
+    from retouch.pipelines.common import RunContext
+    from retouch.pipelines.images import decode_image, encode_image
+    from retouch.pipelines.requests import parse_generation_request
+
+    request = parse_generation_request(body)
+    decoded = {name: decode_image(data, name) for name, data in images.items()}
+    ctx = RunContext(seed=seed, progress=progress, is_cancelled=is_cancelled)
+    outputs = engine.run(request, decoded, ctx)
+    return [encode_image(image, request.options.output_format) for image in outputs]
+
+
+@dataclass
+class EngineConfig:
+    """What a replica needs to build its `ModelStore`."""
+
+    profile: str = "tiny"
+    device: str = "cpu"
+    cache_dir: str = ""
+    overrides: dict[str, str] = field(default_factory=dict)
+
+    def build_engine(self):
+        import os
+
+        from retouch.models.store import ModelStore
+        from retouch.pipelines.engine import Engine
+
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        store = ModelStore(profile=self.profile, device=self.device,
+                           cache_dir=Path(self.cache_dir), overrides=self.overrides or None)
+        return Engine(store)
+
+
+@dataclass
+class FamilyOptions:
+    """Ray Serve options of one deployment family (from the serve config file)."""
+
+    num_replicas: int = 1
+    num_gpus: float = 0.0
+    num_cpus: float = 0.0
+    max_ongoing_requests: int = 2
+
+
+def load_family_options(config_path: Path | None) -> dict[str, FamilyOptions]:
+    """Per-family options from a YAML serve config; the CPU embedded default without one."""
+    options = {name: FamilyOptions() for name in FAMILIES}
+    if config_path is None:
+        return options
+    import yaml
+
+    raw = yaml.safe_load(Path(config_path).read_text()) or {}
+    for name, values in (raw.get("deployments") or {}).items():
+        if name not in FAMILIES:
+            raise ValueError(f"serve config: unknown deployment family {name!r}; "
+                             f"expected one of {', '.join(FAMILIES)}")
+        options[name] = FamilyOptions(**values)
+    return options
+
+
+class ProgressBoard:
+    """Job progress and cancel flags shared between replicas and the dispatcher (a Ray actor)."""
+
+    def __init__(self):
+        self._progress: dict[str, float] = {}
+        self._cancelled: set[str] = set()
+
+    def report(self, job_id: str, fraction: float) -> bool:
+        """Record progress; answers whether the job has been cancelled."""
+        self._progress[job_id] = float(fraction)
+        return job_id in self._cancelled
+
+    def progress(self, job_id: str) -> float:
+        return self._progress.get(job_id, 0.0)
+
+    def cancel(self, job_id: str) -> None:
+        self._cancelled.add(job_id)
+
+    def forget(self, job_id: str) -> None:
+        self._progress.pop(job_id, None)
+        self._cancelled.discard(job_id)
+
+
+class _BoardReporter:
+    """Progress callback + cancel flag for one job inside a replica, throttled to ~5 reports/s."""
+
+    def __init__(self, board, job_id: str, min_interval: float = 0.2):
+        self._board, self._job_id, self._min_interval = board, job_id, min_interval
+        self._last_sent = 0.0
+        self._cancelled = False
+
+    def progress(self, fraction: float) -> None:
+        import ray
+
+        now = time.monotonic()
+        if fraction < 1.0 and now - self._last_sent < self._min_interval:
+            return
+        self._last_sent = now
+        self._cancelled = ray.get(self._board.report.remote(self._job_id, fraction))
+
+    def is_cancelled(self) -> bool:
+        return self._cancelled
+
+
+class _EngineDeployment:
+    """A replica holding one `Engine`; the families differ only in which tools they get."""
+
+    tools: tuple[str, ...] = ()
+
+    def __init__(self, engine_config: EngineConfig):
+        self._engine = engine_config.build_engine()
+
+    def run_job(self, job_id: str, body: dict[str, Any], images: dict[str, bytes],
+                seed: int) -> dict[str, Any]:
+        """`{"outputs": [bytes, ...]}`, or `{"error": {...}}` for a pipeline error.
+
+        Errors travel as data, not exceptions, so their type survives the trip through Ray.
+        """
+        import ray
+
+        from retouch.pipelines.errors import Cancelled, RetouchError
+
+        if body.get("tool") not in self.tools:
+            raise ValueError(f"{type(self).__name__} does not run tool {body.get('tool')!r}")
+        board = ray.get_actor(BOARD_NAME, namespace=RAY_NAMESPACE)
+        reporter = _BoardReporter(board, job_id)
+        reporter.progress(0.0)
+        try:
+            return {"outputs": run_engine_job(self._engine, body, images, seed,
+                                              reporter.progress, reporter.is_cancelled)}
+        except RetouchError as exc:
+            return {"error": {"code": exc.code, "message": exc.message, "field": exc.field,
+                              "cancelled": isinstance(exc, Cancelled)}}
+
+    def ready(self) -> bool:
+        return True
+
+
+class DiffusionDeployment(_EngineDeployment):
+    tools = ("generator", "editor", "photographer", "ai_filter")
+
+
+class UpscalerDeployment(_EngineDeployment):
+    tools = ("upscaler",)
+
+
+_FAMILY_CLASSES = {"diffusion": DiffusionDeployment, "upscaler": UpscalerDeployment}
+
+
+@dataclass
+class RayFamilies:
+    """Handles to the running deployments plus the progress board."""
+
+    handles: dict[str, Any]
+    board: Any
+
+    def handle_for(self, tool: str):
+        return self.handles[family_for(tool)]
+
+
+def deploy_families(engine_config: EngineConfig,
+                    options: dict[str, FamilyOptions]) -> RayFamilies:
+    """Start the progress board and one Serve application per family (Ray must be initialised)."""
+    import ray
+    from ray import serve
+
+    board = ray.remote(ProgressBoard).options(
+        name=BOARD_NAME, namespace=RAY_NAMESPACE, get_if_exists=True, num_cpus=0,
+        lifetime=None).remote()
+    serve.start(proxy_location="Disabled")
+    handles = {}
+    for family, cls in _FAMILY_CLASSES.items():
+        opts = options[family]
+        deployment = serve.deployment(cls).options(
+            name=cls.__name__, num_replicas=opts.num_replicas,
+            max_ongoing_requests=opts.max_ongoing_requests,
+            ray_actor_options={"num_gpus": opts.num_gpus, "num_cpus": opts.num_cpus})
+        handles[family] = serve.run(deployment.bind(engine_config), name=f"retouch-{family}",
+                                    route_prefix=None)
+    return RayFamilies(handles=handles, board=board)

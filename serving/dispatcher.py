@@ -1,0 +1,245 @@
+"""The dispatcher: leases pending jobs, runs them on an executor backend, settles them.
+
+`Dispatcher(...)` owns `settings.dispatcher_concurrency` worker threads. Each worker loops:
+expire stale leases, lease the next pending job, load its input images from storage, run it on
+the backend (`RayBackend`: the Serve deployment of the tool's family; `InProcessBackend`: an
+`Engine` in this process), heartbeat with progress while it runs, store the outputs under
+`outputs/<job_id>/<n>.<ext>` and complete the job — or fail it (`invalid_input` for bad inputs,
+`service_unavailable` otherwise; `core.jobs` refunds). When a Ray replica dies mid-job the
+dispatcher stops heartbeating and leaves the job alone: its lease expires and `expire_leases`
+retries it, or fails it with a refund once attempts run out. A job is never stuck in processing.
+
+`Dispatcher.run_job(job)` is the one implementation of "run one leased job".
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+from retouch.pipelines.errors import Cancelled, InvalidInput
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[float], None]
+CancelledFn = Callable[[], bool]
+
+
+class ReplicaLost(Exception):
+    """The worker running a job went away; the job's lease will expire and it is retried."""
+
+
+class ExecutionBackend(Protocol):
+    def run(self, job_id: str, body: dict[str, Any], images: dict[str, bytes], seed: int,
+            progress: ProgressFn, is_cancelled: CancelledFn) -> list[bytes]: ...
+
+
+class InProcessBackend:
+    """Runs jobs on an `Engine` in this process (tests, the `inprocess` executor)."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self._lock = threading.Lock()  # one pipeline call at a time: models are shared
+
+    def run(self, job_id, body, images, seed, progress, is_cancelled) -> list[bytes]:
+        from .deployments import run_engine_job
+
+        with self._lock:
+            return run_engine_job(self.engine, body, images, seed, progress, is_cancelled)
+
+
+class RayBackend:
+    """Runs jobs on the Serve deployment of the tool's family; progress via the board actor."""
+
+    def __init__(self, families, poll_seconds: float = 0.25):
+        self.families = families
+        self.poll_seconds = poll_seconds
+
+    def run(self, job_id, body, images, seed, progress, is_cancelled) -> list[bytes]:
+        import ray
+        from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
+        board = self.families.board
+        response = self.families.handle_for(body["tool"]).run_job.remote(job_id, body, images,
+                                                                          seed)
+        cancel_sent = False
+        try:
+            while True:
+                try:
+                    return _outputs_or_raise(response.result(timeout_s=self.poll_seconds))
+                except TimeoutError:
+                    pass
+                progress(ray.get(board.progress.remote(job_id)))
+                if is_cancelled() and not cancel_sent:
+                    board.cancel.remote(job_id)
+                    cancel_sent = True
+        except (ActorDiedError, ActorUnavailableError, RayActorError) as exc:
+            raise ReplicaLost(f"the replica running job {job_id} died: {exc}") from exc
+        finally:
+            board.forget.remote(job_id)
+
+
+def _outputs_or_raise(reply: dict[str, Any]) -> list[bytes]:
+    """Turn a deployment's reply back into outputs or the pipeline error it reported."""
+    from retouch.pipelines.errors import ServiceUnavailable
+
+    if "outputs" in reply:
+        return reply["outputs"]
+    error = reply["error"]
+    if error.get("cancelled"):
+        raise Cancelled(error["message"])
+    if error["code"] == "invalid_input":
+        raise InvalidInput(error.get("field") or "", error["message"].removeprefix(
+            f"{error.get('field')}: " if error.get("field") else ""))
+    raise ServiceUnavailable(error["message"])
+
+
+class JobTracker:
+    """Latest progress of a running job and whether it must stop (lease lost or stopping)."""
+
+    def __init__(self):
+        self.progress = 0.0
+        self.lease_lost = threading.Event()
+        self.stopping = threading.Event()
+
+    def report(self, fraction: float) -> None:
+        self.progress = max(self.progress, min(1.0, float(fraction)))
+
+    def is_cancelled(self) -> bool:
+        return self.lease_lost.is_set() or self.stopping.is_set()
+
+
+@dataclass
+class DispatcherConfig:
+    lease_seconds: float = 30.0
+    max_attempts: int = 2
+    concurrency: int = 2
+    poll_seconds: float = 0.2
+
+    @classmethod
+    def from_settings(cls, settings) -> "DispatcherConfig":
+        return cls(lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts,
+                   concurrency=settings.dispatcher_concurrency)
+
+
+class Dispatcher:
+    def __init__(self, session_factory, storage, backend: ExecutionBackend,
+                 config: DispatcherConfig, worker_prefix: str | None = None):
+        self.session_factory = session_factory
+        self.storage = storage
+        self.backend = backend
+        self.config = config
+        self.worker_prefix = worker_prefix or f"{socket.gethostname()}-{os.getpid()}"
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._trackers: set[JobTracker] = set()
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> None:
+        self._stop.clear()
+        for i in range(max(1, self.config.concurrency)):
+            thread = threading.Thread(target=self._worker_loop, args=(f"{self.worker_prefix}-{i}",),
+                                      name=f"dispatcher-{i}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop leasing; running jobs are asked to cancel and their leases left to expire."""
+        self._stop.set()
+        for tracker in list(self._trackers):
+            tracker.stopping.set()
+        for thread in self._threads:
+            thread.join(timeout)
+        self._threads.clear()
+
+    def _worker_loop(self, worker_id: str) -> None:
+        from .core.jobs import expire_leases, lease_next_job
+
+        while not self._stop.is_set():
+            try:
+                expire_leases(self.session_factory, self.config.max_attempts)
+                job = lease_next_job(self.session_factory, worker_id, self.config.lease_seconds)
+            except Exception:
+                log.exception("dispatcher: leasing failed")
+                job = None
+            if job is None:
+                self._stop.wait(self.config.poll_seconds)
+                continue
+            self.run_job(job, worker_id)
+
+    # ---- one job ------------------------------------------------------------------------------
+    def run_job(self, job, worker_id: str) -> None:
+        """Run one leased job to a settled state (or leave it to lease expiry if the worker died)."""
+        from .core.jobs import complete_job, fail_job
+
+        tracker = JobTracker()
+        self._trackers.add(tracker)
+        heartbeat = threading.Thread(target=self._heartbeat_loop, args=(job.id, worker_id, tracker),
+                                     name=f"heartbeat-{job.id[:8]}", daemon=True)
+        heartbeat.start()
+        try:
+            images = self.load_inputs(job)
+            outputs = self.backend.run(job.id, dict(job.request), images, int(job.seed),
+                                       tracker.report, tracker.is_cancelled)
+            keys = self.store_outputs(job, outputs)
+            complete_job(self.session_factory, job.id, worker_id, keys)
+        except ReplicaLost as exc:
+            log.warning("%s; leaving job %s to lease expiry", exc, job.id)
+        except Cancelled:
+            if tracker.stopping.is_set() or tracker.lease_lost.is_set():
+                log.info("job %s stopped; its lease decides what happens next", job.id)
+            else:
+                fail_job(self.session_factory, job.id, worker_id, "service_unavailable",
+                         "the job was cancelled")
+        except InvalidInput as exc:
+            fail_job(self.session_factory, job.id, worker_id, "invalid_input", exc.message)
+        except Exception as exc:
+            log.exception("job %s failed", job.id)
+            fail_job(self.session_factory, job.id, worker_id, "service_unavailable",
+                     f"the image service failed: {type(exc).__name__}")
+        finally:
+            tracker.stopping.set()
+            heartbeat.join()
+            self._trackers.discard(tracker)
+
+    def _heartbeat_loop(self, job_id: str, worker_id: str, tracker: JobTracker) -> None:
+        from .core.jobs import heartbeat
+
+        interval = max(0.2, self.config.lease_seconds / 3)
+        while not tracker.stopping.wait(interval):
+            try:
+                alive = heartbeat(self.session_factory, job_id, worker_id, tracker.progress,
+                                  self.config.lease_seconds)
+            except Exception:
+                log.exception("heartbeat for job %s failed", job_id)
+                continue
+            if not alive:
+                tracker.lease_lost.set()
+                return
+
+    def load_inputs(self, job) -> dict[str, bytes]:
+        """The job's input images as stored bytes, keyed by request field."""
+        from .core.image_refs import load_job_inputs
+
+        return load_job_inputs(self.session_factory, self.storage, job)
+
+    def store_outputs(self, job, outputs: list[bytes]) -> list[str]:
+        from .core.storage import MEDIA_TYPES
+
+        output_format = (job.request.get("options") or {}).get("output_format", "png")
+        keys = []
+        for n, data in enumerate(outputs, start=1):
+            key = f"outputs/{job.id}/{n}.{output_format}"
+            self.storage.put(key, data, MEDIA_TYPES[output_format])
+            keys.append(key)
+        return keys
+
+
+def make_dispatcher(services, backend: ExecutionBackend, config: DispatcherConfig) -> Dispatcher:
+    """A dispatcher over the app's services (session factory + storage)."""
+    return Dispatcher(services.session_factory, services.storage, backend, config)

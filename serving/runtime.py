@@ -1,0 +1,184 @@
+"""`retouch serve`: tiny models, local Ray + Serve deployments, the dispatcher and the HTTP API.
+
+`serve(settings)` runs the whole worker in the foreground until Ctrl-C / SIGTERM, then stops the
+dispatcher, shuts Serve and Ray down and exits. `start_backend(settings)` is the piece tests and
+benchmarks reuse: it builds the execution backend the settings name (Ray deployments or an
+in-process `Engine`) and returns it with a `close()`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from rich.console import Console
+
+
+def ensure_models(settings, console: Console | None = None) -> None:
+    """Build the tiny twins once (idempotent); production profiles load from their sources."""
+    if settings.profile != "tiny":
+        return
+    from retouch.models.tiny import build_tiny_models, tiny_cache_is_current
+
+    cache = settings.resolved_model_cache
+    if tiny_cache_is_current(cache):
+        return
+    if console is not None:
+        with console.status(f"building tiny models in {cache}"):
+            build_tiny_models(cache)
+    else:
+        build_tiny_models(cache)
+
+
+def engine_config(settings):
+    from .deployments import EngineConfig
+
+    return EngineConfig(profile=settings.profile, device=settings.device,
+                        cache_dir=str(settings.resolved_model_cache),
+                        overrides=dict(settings.model_overrides))
+
+
+def ray_temp_dir(home: Path) -> str:
+    """A short per-home temp dir: Ray's socket paths must stay under the 107-byte limit."""
+    digest = hashlib.sha1(str(Path(home).resolve()).encode()).hexdigest()[:8]
+    return os.path.join(tempfile.gettempdir(), f"rt-{digest}")
+
+
+def start_ray(settings, object_store_bytes: int = 256 * 1024 * 1024) -> None:
+    """Connect to `settings.ray_address`, or start the embedded single-node Ray."""
+    import ray
+
+    from .deployments import RAY_NAMESPACE
+
+    if ray.is_initialized():
+        return
+    if settings.ray_address:
+        ray.init(address=settings.ray_address, namespace=RAY_NAMESPACE, log_to_driver=False)
+        return
+    # The embedded default is a private single-node cluster: no token auth, no dashboard.
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(namespace=RAY_NAMESPACE, include_dashboard=False, log_to_driver=False,
+             object_store_memory=object_store_bytes, _temp_dir=ray_temp_dir(settings.home),
+             configure_logging=False)
+
+
+def stop_ray() -> None:
+    import ray
+    from ray import serve
+
+    if not ray.is_initialized():
+        return
+    try:
+        serve.shutdown()
+    finally:
+        ray.shutdown()
+
+
+@dataclass
+class Backend:
+    """An execution backend plus what it takes to stop it."""
+
+    backend: Any
+    close: Callable[[], None] = field(default=lambda: None)
+    families: Any = None
+
+
+def start_backend(settings, console: Console | None = None) -> Backend:
+    """The backend `settings.executor` names: Ray Serve deployments or an in-process Engine."""
+    from .dispatcher import InProcessBackend, RayBackend
+
+    ensure_models(settings, console)
+    config = engine_config(settings)
+    if settings.executor == "inprocess":
+        return Backend(InProcessBackend(config.build_engine()))
+    from .deployments import deploy_families, load_family_options
+
+    start_ray(settings)
+    try:
+        families = deploy_families(config, load_family_options(settings.serve_config))
+    except BaseException:
+        stop_ray()
+        raise
+    return Backend(RayBackend(families), close=stop_ray, families=families)
+
+
+class RayExecutor:
+    """The app's executor for `executor = "ray"`: Serve deployments + the dispatcher.
+
+    `start()` brings up Ray and the deployments (the slow part of `retouch serve`), then the
+    dispatcher; `stop()` stops the dispatcher, then Serve and Ray.
+    """
+
+    def __init__(self, services, console: Console | None = None):
+        self.services = services
+        self.console = console
+        self.backend: Backend | None = None
+        self.dispatcher = None
+
+    def start(self) -> None:
+        from .dispatcher import DispatcherConfig, make_dispatcher
+
+        self.backend = start_backend(self.services.settings, self.console)
+        self.dispatcher = make_dispatcher(self.services, self.backend.backend,
+                                          DispatcherConfig.from_settings(self.services.settings))
+        self.dispatcher.start()
+
+    def stop(self) -> None:
+        if self.dispatcher is not None:
+            self.dispatcher.stop()
+            self.dispatcher = None
+        if self.backend is not None:
+            self.backend.close()
+            self.backend = None
+
+    def available(self) -> bool:
+        return self.dispatcher is not None
+
+
+def make_executor(services, console: Console | None = None) -> RayExecutor:
+    return RayExecutor(services, console)
+
+
+def serve_forever(settings) -> int:
+    """Run the worker in the foreground; returns the exit code after Ctrl-C / SIGTERM."""
+    import logging
+    import threading
+
+    import uvicorn
+
+    from .app import build_app, build_services, make_default_executor
+
+    started = time.perf_counter()
+    console = Console(stderr=True)
+    settings.home.mkdir(parents=True, exist_ok=True)
+    ensure_models(settings, console)
+    with console.status("preparing the database"):
+        services = build_services(settings)
+    if settings.executor == "ray":
+        services.executor = make_executor(services, console)
+        console.print("starting Ray Serve deployments …")
+    else:
+        services.executor = make_default_executor(services)
+    app = build_app(settings, services=services)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
+                            lifespan="on")
+    server = uvicorn.Server(config)
+
+    def announce_when_ready() -> None:
+        while not server.started and not server.should_exit:
+            time.sleep(0.05)
+        if server.started:
+            console.print(f"retouch ready at http://{settings.host}:{settings.port} "
+                          f"(profile {settings.profile}, {settings.device}, executor "
+                          f"{settings.executor}; {time.perf_counter() - started:.1f} s)")
+
+    logging.getLogger("ray").setLevel(logging.WARNING)
+    threading.Thread(target=announce_when_ready, name="ready-announcer", daemon=True).start()
+    server.run()  # handles SIGINT/SIGTERM; the app's lifespan stops the executor
+    console.print("retouch stopped")
+    return 0
