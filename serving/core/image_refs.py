@@ -50,17 +50,29 @@ class ResolvedImage:
     url: str
 
 
-def store_upload(session, storage, key, image: ValidatedImage):
-    """Store validated image bytes as an upload owned by `key` (row + object)."""
+def store_upload(session, storage, key, image: ValidatedImage, *, reuse: bool = False):
+    """Store validated image bytes as an upload owned by `key` (row + object).
+
+    With `reuse`, identical bytes already uploaded by the same key give back that upload, so a
+    retried request whose URL serves the same image makes the same job body (idempotency).
+    """
+    from sqlalchemy import select
+
     from .tables import Upload, new_uuid
 
+    digest = hashlib.sha256(image.data).hexdigest()
+    if reuse:
+        existing = session.scalars(
+            select(Upload).where(Upload.api_key_id == key.id, Upload.sha256 == digest)
+            .order_by(Upload.created_at, Upload.id).limit(1)).first()
+        if existing is not None and storage.exists(existing.storage_key):
+            return existing
     upload_id = new_uuid()
     storage_key = f"uploads/{upload_id}.{image.extension}"
     storage.put(storage_key, image.data, image.media_type)
     upload = Upload(id=upload_id, account_id=key.account_id, api_key_id=key.id,
                     storage_key=storage_key, media_type=image.media_type, width=image.width,
-                    height=image.height, bytes=len(image.data),
-                    sha256=hashlib.sha256(image.data).hexdigest())
+                    height=image.height, bytes=len(image.data), sha256=digest)
     session.add(upload)
     session.flush()
     return upload
@@ -110,7 +122,7 @@ def resolve_image_refs(session_factory, storage, fetcher, key, request) -> dict[
             elif ref.kind == "generation_id":
                 resolved[field] = _resolve_generation(session, storage, key, field, ref.value)
             elif ref.kind == "url":
-                upload = store_upload(session, storage, key, fetched[field])
+                upload = store_upload(session, storage, key, fetched[field], reuse=True)
                 resolved[field] = ResolvedImage(field, {"upload_id": upload.id},
                                                 upload.storage_key,
                                                 storage.url(upload.storage_key))

@@ -1,0 +1,136 @@
+"""The FastAPI app: `build_app(settings)` wires services, error mapping and the API surfaces.
+
+`Services` (settings, database, storage, fetcher, rate limiter, executor) lives on
+`app.state.services`; dependencies reach it through `request.app.state.services`. Surfaces are
+routers added in `build_app`: Wixma under `/api/v1`; others mount beside it.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import Response
+
+from retouch.pipelines.errors import InvalidInput, ServiceUnavailable
+
+from .core.db import make_engine, make_session_factory, run_migrations
+from .core.fetch import ImageFetcher, make_fetcher
+from .core.ratelimit import RateLimiter, make_rate_limiter
+from .core.storage import Storage, make_storage
+from .errors import install_error_handlers
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    settings: Settings
+    engine: Any  # the SQLAlchemy engine
+    session_factory: Any
+    storage: Storage
+    fetcher: ImageFetcher
+    rate_limiter: RateLimiter
+    executor: Any = None  # a `serving.executor.JobExecutor`, or None: jobs stay pending
+
+    def require_executor(self) -> None:
+        """Refuse new jobs while a configured executor reports itself unavailable."""
+        if self.executor is not None and not self.executor.available():
+            raise ServiceUnavailable("The image service is temporarily unavailable; try again "
+                                     "later.")
+
+
+def build_services(settings: Settings, *, executor: Any = None,
+                   migrate: bool = True) -> Services:
+    """Database (migrated to head), storage, fetcher and rate limiter for `settings`."""
+    url = settings.resolved_database_url
+    if migrate:
+        run_migrations(url)
+    engine = make_engine(url)
+    return Services(settings=settings, engine=engine, session_factory=make_session_factory(engine),
+                    storage=make_storage(settings), fetcher=make_fetcher(settings),
+                    rate_limiter=make_rate_limiter(settings), executor=executor)
+
+
+def make_default_executor(services: Services):
+    """The executor `settings.executor` names: in-process here, Ray from the runtime module."""
+    if services.settings.executor == "inprocess":
+        from .executor import InProcessExecutor, engine_factory_for
+
+        return InProcessExecutor(services, engine_factory_for(services.settings),
+                                 concurrency=services.settings.dispatcher_concurrency)
+    from . import runtime  # the Ray Serve runtime provides `make_executor(services)`
+
+    return runtime.make_executor(services)
+
+
+def build_app(settings: Settings, *, services: Services | None = None) -> FastAPI:
+    """The HTTP app. Without `services`, builds them (and the configured executor) from settings."""
+    if services is None:
+        services = build_services(settings)
+        services.executor = make_default_executor(services)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if services.executor is not None:
+            services.executor.start()
+        try:
+            yield
+        finally:
+            if services.executor is not None:
+                services.executor.stop()
+
+    app = FastAPI(title="retouch — Wixma API v1", version="1.0.0", lifespan=lifespan,
+                  description="Async image generation, editing, photography and upscaling. "
+                              "Errors: `{object: \"error\", error: {code, message, details}, "
+                              "request_id}`.")
+    app.state.services = services
+    install_error_handlers(app)
+
+    from .wixma.routes import router as wixma_router
+
+    app.include_router(wixma_router, prefix="/api/v1")
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/files/{key:path}", tags=["files"], response_class=Response,
+             responses={200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}}})
+    def get_file(key: str) -> Response:
+        """A stored upload or output (local storage). Keys are unguessable UUID paths."""
+        storage = services.storage
+        if not storage.exists(key):
+            raise InvalidInput("key", f"no file {key!r}", http_status=404)
+        return Response(storage.get(key), media_type=storage.media_type(key),
+                        headers={"Cache-Control": "public, max-age=31536000, immutable"})
+
+    install_openapi(app)
+    return app
+
+
+def install_openapi(app: FastAPI) -> None:
+    """OpenAPI with the wire form of image references and the generation body union."""
+    from .wixma.routes import openapi_components
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version,
+                                 description=app.description, routes=app.routes)
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.update(openapi_components())
+            # Validation failures answer 400 invalid_input (the mapper), never FastAPI's 422.
+            for operations in schema.get("paths", {}).values():
+                for operation in operations.values():
+                    operation.get("responses", {}).pop("422", None)
+            components.pop("HTTPValidationError", None)
+            components.pop("ValidationError", None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi

@@ -1,0 +1,147 @@
+"""The one error mapper: every failure becomes the seed's error JSON with a request id.
+
+`{"object": "error", "error": {"code", "message", "details"}, "request_id": "req_..."}`, the
+error's HTTP status and headers, and `X-Request-Id` on every response (success included).
+Unknown failures are logged and answered `service_unavailable` (503), never with a stack trace.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from retouch.pipelines.errors import InvalidInput, RetouchError, ServiceUnavailable
+
+log = logging.getLogger(__name__)
+
+REQUEST_ID_HEADER = "X-Request-Id"
+
+
+def new_request_id() -> str:
+    return f"req_{uuid.uuid4().hex}"
+
+
+def request_id_of(request: Request) -> str:
+    """The id the middleware assigned to this request (one is made if it ran outside it)."""
+    rid = getattr(request.state, "request_id", None)
+    if rid is None:
+        rid = request.state.request_id = new_request_id()
+    return rid
+
+
+def error_body(error: RetouchError, request_id: str) -> dict[str, Any]:
+    return {"object": "error", "error": error.to_dict(), "request_id": request_id}
+
+
+def error_response(request: Request, error: RetouchError) -> JSONResponse:
+    rid = request_id_of(request)
+    headers = {**error.headers, REQUEST_ID_HEADER: rid}
+    return JSONResponse(error_body(error, rid), status_code=error.http_status, headers=headers)
+
+
+def _field_from_loc(loc: tuple | list) -> str:
+    """('body', 'input', 'images', 0) -> 'input.images[0]'; query/path/header keep their name."""
+    parts = list(loc)
+    if parts and parts[0] in ("body", "query", "path", "header", "cookie") and len(parts) > 1:
+        parts = parts[1:]
+    path = ""
+    for part in parts:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else str(part)
+    return path or "body"
+
+
+def validation_error(exc: RequestValidationError) -> InvalidInput:
+    errors = exc.errors()
+    if not errors:
+        return InvalidInput("body", "is invalid")
+    first = errors[0]
+    if first.get("type") == "json_invalid":
+        return InvalidInput("body", "is not valid JSON")
+    message = str(first.get("msg", "is invalid")).removeprefix("Value error, ")
+    return InvalidInput(_field_from_loc(first.get("loc", ())), message)
+
+
+async def _retouch_error(request: Request, exc: RetouchError) -> JSONResponse:
+    return error_response(request, exc)
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    return error_response(request, validation_error(exc))
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    # Unknown routes, wrong methods and the like keep the error shape, code invalid_input.
+    if exc.status_code >= 500:
+        error: RetouchError = ServiceUnavailable("The service is temporarily unavailable.")
+    else:
+        if exc.status_code == 404:
+            message = f"no route {request.method} {request.url.path}"
+        elif exc.status_code == 405:
+            message = f"method {request.method} is not allowed on {request.url.path}"
+        else:
+            message = str(exc.detail)
+        error = InvalidInput("path", message, http_status=exc.status_code)
+        error.message = message
+    error.headers = dict(exc.headers or {})
+    return error_response(request, error)
+
+
+class RequestIdMiddleware:
+    """Assigns `req_...` to each request and echoes it as `X-Request-Id` on every response.
+
+    Unhandled exceptions are turned into the 503 error JSON here too, so nothing escapes as a
+    bare 500 (Starlette's ServerErrorMiddleware would otherwise answer text).
+    """
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = new_request_id()
+        scope.setdefault("state", {})["request_id"] = rid
+        started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                headers = [(k, v) for k, v in message.get("headers", [])
+                           if k.lower() != REQUEST_ID_HEADER.lower().encode()]
+                headers.append((REQUEST_ID_HEADER.lower().encode(), rid.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            log.exception("unhandled error (request %s)", rid)
+            if started:
+                raise
+            body = json.dumps(error_body(
+                ServiceUnavailable("The service is temporarily unavailable; try again later."),
+                rid)).encode()
+            await send_with_id({"type": "http.response.start", "status": 503,
+                                "headers": [(b"content-type", b"application/json"),
+                                            (b"content-length", str(len(body)).encode())]})
+            await send_with_id({"type": "http.response.body", "body": body})
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RetouchError, _retouch_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_middleware(RequestIdMiddleware)

@@ -1,0 +1,70 @@
+"""How the app gets jobs done: the executor protocol and the in-process executor.
+
+The app only needs `start()`, `stop()` and `available()` from an executor: it starts it with the
+app, stops it at shutdown, and refuses new jobs with `service_unavailable` while `available()` is
+false. The Ray runtime provides one executor; `InProcessExecutor` runs the same dispatcher on an
+`Engine` in this process (tests, `settings.executor == "inprocess"`). With no executor at all
+(`services.executor = None`) jobs simply stay `pending`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
+
+
+@runtime_checkable
+class JobExecutor(Protocol):
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def available(self) -> bool: ...
+
+
+class InProcessExecutor:
+    """The dispatcher loop in background threads, calling a pipelines `Engine` directly.
+
+    `engine_factory()` builds the engine lazily on start (e.g. `Engine(ModelStore("tiny"))`).
+    """
+
+    def __init__(self, services, engine_factory: Callable[[], Any], *, concurrency: int = 1,
+                 poll_seconds: float = 0.05):
+        self.services = services
+        self.engine_factory = engine_factory
+        self.concurrency = concurrency
+        self.poll_seconds = poll_seconds
+        self.dispatcher = None
+
+    def start(self) -> None:
+        from .dispatcher import Dispatcher, DispatcherConfig, InProcessBackend
+
+        settings = self.services.settings
+        config = DispatcherConfig(lease_seconds=settings.lease_seconds,
+                                  max_attempts=settings.max_attempts,
+                                  concurrency=self.concurrency, poll_seconds=self.poll_seconds)
+        backend = InProcessBackend(self.engine_factory())
+        self.dispatcher = Dispatcher(self.services.session_factory, self.services.storage,
+                                     backend, config, worker_prefix="inprocess")
+        self.dispatcher.start()
+
+    def stop(self) -> None:
+        if self.dispatcher is not None:
+            self.dispatcher.stop()
+            self.dispatcher = None
+
+    def available(self) -> bool:
+        return self.dispatcher is not None
+
+
+def engine_factory_for(settings) -> Callable[[], Any]:
+    """An engine factory for the configured model profile (tiny by default)."""
+
+    def build():
+        from .deployments import EngineConfig
+
+        return EngineConfig(profile=settings.profile, device=settings.device,
+                            cache_dir=str(settings.resolved_model_cache),
+                            overrides=dict(settings.model_overrides)).build_engine()
+
+    return build
