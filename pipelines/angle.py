@@ -1,0 +1,192 @@
+"""angle_change: re-photograph the main image from one of the 40 dashboard cube angles.
+
+Stages: depth estimate → reprojection to the requested camera (this module's pure geometry) →
+depth-ControlNet inpainting of what the original view could not see.
+
+Geometry (`reproject`): the image is unprojected to a point cloud with a pinhole camera
+(horizontal field of view `FOV_DEGREES`), the camera orbits around a pivot on the optical axis at
+the subject's depth (median depth of the central region), and the points are forward-warped into
+the new view with a z-buffer (nearest point wins). Pixels that no point lands on are the *hole
+mask*; isolated one-pixel cracks from rounding are closed from their neighbours.
+
+Requested angles: the side sets the yaw (front 0°, front-right 45°, right side 90°, rear-right
+135°, rear 180°, rear-left -135°, left side -90°, front-left -45°; positive = the camera moves to
+the viewer's right) and the height sets the pitch (bird's eye view -60°, high angle -30°, eye level
+0°, low angle +25°, worm's eye view +50°; negative = the camera rises and looks down).
+
+A single photo only supports a small change of viewpoint before everything is a hole, so the
+*geometric* rotation is scaled: `GEOMETRY_FRACTION` (1/3) of the requested angle, capped at
+±`MAX_GEOMETRIC_YAW` (30°) and ±`MAX_GEOMETRIC_PITCH` (20°). The rest of the change is carried by
+the camera prompt. Rear views cannot be reprojected from a front photo at all: for the three rear
+sides the subject (the nearer half of the depth range) is added to the hole mask, so the inpaint
+step redraws it from behind within the depth silhouette while the background stays reprojected.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from .prompts import split_angle
+
+FOV_DEGREES = 60.0
+GEOMETRY_FRACTION = 1.0 / 3.0
+MAX_GEOMETRIC_YAW = 30.0
+MAX_GEOMETRIC_PITCH = 20.0
+
+SIDE_YAW = {"front": 0.0, "front-right": 45.0, "right side": 90.0, "rear-right": 135.0,
+            "rear": 180.0, "rear-left": -135.0, "left side": -90.0, "front-left": -45.0}
+HEIGHT_PITCH = {"bird's eye view": -60.0, "high angle": -30.0, "eye level": 0.0,
+                "low angle": 25.0, "worm's eye view": 50.0}
+REAR_SIDES = ("rear-right", "rear", "rear-left")
+
+# Relative depth estimates are mapped into this range (scene units) before unprojection.
+NEAR_DEPTH, FAR_DEPTH = 1.0, 4.0
+
+
+@dataclass(frozen=True)
+class CameraMove:
+    requested_yaw: float
+    requested_pitch: float
+    yaw: float  # degrees actually applied to the geometry
+    pitch: float
+    regenerate_subject: bool  # rear views: the subject is redrawn, not reprojected
+
+
+@dataclass
+class ReprojectedView:
+    image: Image.Image  # RGB, holes filled with the mean colour (the inpaint step replaces them)
+    depth: np.ndarray  # float32 HxW scene depth in the new view, holes filled with the far depth
+    hole_mask: np.ndarray  # bool HxW, True where the new view has no source pixel
+
+
+def camera_move(angle: str) -> CameraMove:
+    height, side = split_angle(angle)
+    yaw, pitch = SIDE_YAW[side], HEIGHT_PITCH[height]
+    geometric_yaw = 0.0 if side == "rear" else float(np.clip(
+        yaw * GEOMETRY_FRACTION, -MAX_GEOMETRIC_YAW, MAX_GEOMETRIC_YAW))
+    geometric_pitch = float(np.clip(pitch * GEOMETRY_FRACTION, -MAX_GEOMETRIC_PITCH,
+                                    MAX_GEOMETRIC_PITCH))
+    return CameraMove(yaw, pitch, geometric_yaw, geometric_pitch, side in REAR_SIDES)
+
+
+def depth_from_relative(relative: np.ndarray) -> np.ndarray:
+    """Relative inverse depth (larger = nearer, any scale) → depth in [NEAR_DEPTH, FAR_DEPTH]."""
+    rel = relative.astype(np.float64)
+    lo, hi = float(rel.min()), float(rel.max())
+    normalised = (rel - lo) / (hi - lo) if hi > lo else np.zeros_like(rel)
+    inverse = 1.0 / FAR_DEPTH + normalised * (1.0 / NEAR_DEPTH - 1.0 / FAR_DEPTH)
+    return (1.0 / inverse).astype(np.float32)
+
+
+def focal_length(width: int) -> float:
+    return 0.5 * width / math.tan(math.radians(FOV_DEGREES) / 2)
+
+
+def orbit_rotation(yaw_degrees: float, pitch_degrees: float) -> np.ndarray:
+    """Rotation of the new camera (camera axes: x right, y down, z forward)."""
+    yaw, pitch = math.radians(yaw_degrees), math.radians(pitch_degrees)
+    # Orbit right (positive yaw): the camera swings to +x and turns left to face the pivot.
+    rot_y = np.array([[math.cos(yaw), 0.0, -math.sin(yaw)],
+                      [0.0, 1.0, 0.0],
+                      [math.sin(yaw), 0.0, math.cos(yaw)]])
+    # Negative pitch: the camera rises (-y) and tilts down toward the pivot.
+    rot_x = np.array([[1.0, 0.0, 0.0],
+                      [0.0, math.cos(pitch), -math.sin(pitch)],
+                      [0.0, math.sin(pitch), math.cos(pitch)]])
+    return rot_y @ rot_x
+
+
+def subject_pivot_depth(depth: np.ndarray) -> float:
+    h, w = depth.shape
+    centre = depth[h // 4: h - h // 4 or h, w // 4: w - w // 4 or w]
+    # The subject usually fills the centre; a low percentile keeps the pivot on it, not behind it.
+    return float(np.percentile(centre, 30))
+
+
+def reproject(image: Image.Image, depth: np.ndarray, angle: str) -> ReprojectedView:
+    """Forward-warp `image` (with scene `depth`, same HxW) to the camera for `angle`."""
+    move = camera_move(angle)
+    rgb = np.asarray(image.convert("RGB"))
+    h, w = depth.shape
+    if rgb.shape[:2] != (h, w):
+        raise ValueError(f"depth {depth.shape} does not match image {rgb.shape[:2]}")
+    f = focal_length(w)
+    cx, cy = (w - 1) / 2.0, (h - 1) / 2.0
+    v, u = np.mgrid[0:h, 0:w].astype(np.float64)
+    z = depth.astype(np.float64)
+    points = np.stack([(u - cx) * z / f, (v - cy) * z / f, z], axis=-1).reshape(-1, 3)
+
+    # Camera orbit around the pivot P: a world point X is seen at R^T (X - P) + P.
+    pivot = np.array([0.0, 0.0, subject_pivot_depth(depth)])
+    rotation = orbit_rotation(move.yaw, move.pitch)
+    moved = (points - pivot) @ rotation + pivot  # row-vector form of R^T (X - P)
+    new_z = moved[:, 2]
+    in_front = new_z > 1e-6
+    safe_z = np.where(in_front, new_z, 1.0)
+    new_u = np.rint(moved[:, 0] * f / safe_z + cx).astype(np.int64)
+    new_v = np.rint(moved[:, 1] * f / safe_z + cy).astype(np.int64)
+    valid = in_front & (new_u >= 0) & (new_u < w) & (new_v >= 0) & (new_v < h)
+
+    # Z-buffer: sort by depth (near first); the first point per target pixel wins.
+    source_index = np.flatnonzero(valid)
+    order = np.argsort(new_z[source_index], kind="stable")
+    source_index = source_index[order]
+    target = new_v[source_index] * w + new_u[source_index]
+    target, first = np.unique(target, return_index=True)
+    source_index = source_index[first]
+
+    flat_rgb = rgb.reshape(-1, 3)
+    out_rgb = np.zeros((h * w, 3), dtype=np.float64)
+    out_depth = np.zeros(h * w, dtype=np.float64)
+    filled = np.zeros(h * w, dtype=bool)
+    out_rgb[target] = flat_rgb[source_index]
+    out_depth[target] = new_z[source_index]
+    filled[target] = True
+    out_rgb, out_depth, filled = (out_rgb.reshape(h, w, 3), out_depth.reshape(h, w),
+                                  filled.reshape(h, w))
+    _close_cracks(out_rgb, out_depth, filled)
+
+    holes = ~filled
+    if move.regenerate_subject:
+        holes |= out_depth_is_subject(out_depth, filled)
+    far = float(out_depth[filled].max()) if filled.any() else FAR_DEPTH
+    out_depth[holes] = far
+    fill_colour = rgb.reshape(-1, 3).mean(axis=0)
+    out_rgb[holes] = fill_colour
+    warped = Image.fromarray(np.clip(np.rint(out_rgb), 0, 255).astype(np.uint8), "RGB")
+    return ReprojectedView(warped, out_depth.astype(np.float32), holes)
+
+
+def out_depth_is_subject(depth: np.ndarray, filled: np.ndarray) -> np.ndarray:
+    """The nearer half of the visible depth range (the subject) — redrawn for rear views."""
+    if not filled.any():
+        return np.zeros_like(filled)
+    lo, hi = float(depth[filled].min()), float(depth[filled].max())
+    return filled & (depth <= lo + 0.5 * (hi - lo))
+
+
+def _close_cracks(rgb: np.ndarray, depth: np.ndarray, filled: np.ndarray) -> None:
+    """Fill holes that have at least 6 of 8 filled neighbours (rounding cracks, in place)."""
+    h, w = filled.shape
+    padded = np.pad(filled, 1)
+    rgb_p = np.pad(rgb, ((1, 1), (1, 1), (0, 0)))
+    depth_p = np.pad(depth, 1)
+    count = np.zeros((h, w), dtype=np.int32)
+    rgb_sum = np.zeros_like(rgb)
+    depth_sum = np.zeros_like(depth)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            if dy == 0 and dx == 0:
+                continue
+            window = padded[1 + dy: 1 + dy + h, 1 + dx: 1 + dx + w]
+            count += window
+            rgb_sum += rgb_p[1 + dy: 1 + dy + h, 1 + dx: 1 + dx + w] * window[..., None]
+            depth_sum += depth_p[1 + dy: 1 + dy + h, 1 + dx: 1 + dx + w] * window
+    crack = ~filled & (count >= 6)
+    rgb[crack] = rgb_sum[crack] / count[crack][:, None]
+    depth[crack] = depth_sum[crack] / count[crack]
+    filled |= crack
