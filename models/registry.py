@@ -1,0 +1,205 @@
+"""What weights exist: model specs grouped into profiles.
+
+A `ModelSpec` names one loadable model: its family, the class that loads it, and where it comes
+from (`source`: a hub id, a local directory or file, a URL for a `.pth`, or `tiny:<dir>` for a
+twin inside the tiny cache). Profiles:
+
+- `tiny`: small, randomly initialised twins of every production class, built deterministically by
+  `retouch.models.tiny.build_tiny_models` and loaded through the same `from_pretrained` path. CPU.
+- `sdxl`: the real checkpoints (SDXL base/inpaint, ControlNet depth/canny, IP-Adapter, Depth
+  Anything V2, a clothes segmenter, Real-ESRGAN, a small instruct LLM). GPU.
+
+`quality_steps` maps the API's quality to denoising steps: tiny 2/3/4 (tests stay fast); sdxl
+20/30/45 (Euler; 30 is SDXL's usual sweet spot, 45 adds fine detail at 1.5x the cost).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Mapping
+
+TINY_PREFIX = "tiny:"
+
+REALESRGAN_RELEASES = "https://github.com/xinntao/Real-ESRGAN/releases/download"
+
+SEGFORMER_CLOTHES_LABELS = (
+    "Background", "Hat", "Hair", "Sunglasses", "Upper-clothes", "Skirt", "Pants", "Dress", "Belt",
+    "Left-shoe", "Right-shoe", "Face", "Left-leg", "Right-leg", "Left-arm", "Right-arm", "Bag",
+    "Scarf",
+)
+
+UPSCALER_NAMES = ("realesrgan_x2plus", "realesrgan_x4plus", "realesr_general_x4v3",
+                  "realesr_general_wdn_x4v3")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model: `loader` is the class (or `"realesrgan"` for a `.pth` network) that loads it."""
+
+    name: str
+    family: str  # diffusion | controlnet | ip_adapter | depth | segmentation | llm | upscaler
+    loader: str
+    source: str
+    subfolder: str | None = None
+    weight_name: str | None = None
+    revision: str | None = None
+    dtype: str | None = None  # None: the profile's dtype
+    purpose: str = ""
+    options: Mapping[str, Any] = field(default_factory=dict)  # e.g. a Real-ESRGAN arch config
+
+    @property
+    def is_tiny(self) -> bool:
+        return self.source.startswith(TINY_PREFIX)
+
+    def with_source(self, source: str) -> "ModelSpec":
+        """This spec pointed at another hub id / local path; a path drops the hub revision."""
+        revision = None if Path(source).expanduser().exists() else self.revision
+        return dataclasses.replace(self, source=source, revision=revision)
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    specs: Mapping[str, ModelSpec]
+    quality_steps: Mapping[str, int]
+    native_size: int  # the base model's trained square size in pixels
+    dtype: str  # default torch dtype name for diffusion / transformers models
+
+    def spec(self, name: str) -> ModelSpec:
+        try:
+            return self.specs[name]
+        except KeyError:
+            raise KeyError(f"profile {self.name!r} has no model {name!r}; "
+                           f"known: {sorted(self.specs)}") from None
+
+    def catalog(self) -> list[dict[str, str]]:
+        """One row per model for a human-readable catalog (CLI, docs)."""
+        return [{"name": s.name, "family": s.family, "source": s.source,
+                 "purpose": s.purpose} for s in self.specs.values()]
+
+
+def _realesrgan(name: str, source: str, purpose: str, **options: Any) -> ModelSpec:
+    return ModelSpec(name=name, family="upscaler", loader="realesrgan", source=source,
+                     dtype="float32", purpose=purpose, options=MappingProxyType(options))
+
+
+_PURPOSES = {
+    "base": "SDXL base: text→image and image→image (generator, editor, filters, carousel)",
+    "inpaint": "SDXL inpainting UNet: erase, cloth/object/person/location placement",
+    "controlnet_depth": "depth ControlNet: angle change reprojection fill, atmosphere changes",
+    "controlnet_canny": "canny ControlNet: structure-preserving atmosphere changes, filters",
+    "ip_adapter": "IP-Adapter weights: reference-image conditioning (editor, placements)",
+    "image_encoder": "CLIP vision encoder for the IP-Adapter",
+    "depth": "monocular depth (relative, larger = nearer) for angle change and ControlNet",
+    "segmenter": "person / clothes semantic segmentation (18 labels) for masks",
+    "planner": "small instruct LLM that plans carousel shots",
+    "realesrgan_x2plus": "Real-ESRGAN 2x (RRDBNet)",
+    "realesrgan_x4plus": "Real-ESRGAN 4x (RRDBNet)",
+    "realesr_general_x4v3": "Real-ESRGAN general 4x, strong denoise (SRVGGNetCompact)",
+    "realesr_general_wdn_x4v3": "Real-ESRGAN general 4x, weak denoise (SRVGGNetCompact)",
+}
+
+
+def _sdxl_profile() -> Profile:
+    rrdb = {"arch": "RRDBNet", "num_in_ch": 3, "num_out_ch": 3, "num_feat": 64,
+            "num_block": 23, "num_grow_ch": 32}
+    srvgg = {"arch": "SRVGGNetCompact", "num_in_ch": 3, "num_out_ch": 3, "num_feat": 64,
+             "num_conv": 32, "upscale": 4, "act_type": "prelu"}
+    specs = [
+        ModelSpec("base", "diffusion", "StableDiffusionXLPipeline",
+                  "stabilityai/stable-diffusion-xl-base-1.0", purpose=_PURPOSES["base"]),
+        ModelSpec("inpaint", "diffusion", "StableDiffusionXLInpaintPipeline",
+                  "diffusers/stable-diffusion-xl-1.0-inpainting-0.1",
+                  purpose=_PURPOSES["inpaint"]),
+        ModelSpec("controlnet_depth", "controlnet", "ControlNetModel",
+                  "diffusers/controlnet-depth-sdxl-1.0", purpose=_PURPOSES["controlnet_depth"]),
+        ModelSpec("controlnet_canny", "controlnet", "ControlNetModel",
+                  "diffusers/controlnet-canny-sdxl-1.0", purpose=_PURPOSES["controlnet_canny"]),
+        ModelSpec("ip_adapter", "ip_adapter", "IPAdapter", "h94/IP-Adapter",
+                  subfolder="sdxl_models", weight_name="ip-adapter_sdxl.safetensors",
+                  purpose=_PURPOSES["ip_adapter"]),
+        ModelSpec("image_encoder", "ip_adapter", "CLIPVisionModelWithProjection",
+                  "h94/IP-Adapter", subfolder="sdxl_models/image_encoder",
+                  purpose=_PURPOSES["image_encoder"]),
+        ModelSpec("depth", "depth", "AutoModelForDepthEstimation",
+                  "depth-anything/Depth-Anything-V2-Small-hf", dtype="float32",
+                  purpose=_PURPOSES["depth"]),
+        ModelSpec("segmenter", "segmentation", "SegformerForSemanticSegmentation",
+                  "mattmdjaga/segformer_b2_clothes", dtype="float32",
+                  purpose=_PURPOSES["segmenter"]),
+        ModelSpec("planner", "llm", "AutoModelForCausalLM", "Qwen/Qwen2.5-0.5B-Instruct",
+                  purpose=_PURPOSES["planner"]),
+        _realesrgan("realesrgan_x2plus", f"{REALESRGAN_RELEASES}/v0.2.1/RealESRGAN_x2plus.pth",
+                    _PURPOSES["realesrgan_x2plus"], scale=2, **rrdb),
+        _realesrgan("realesrgan_x4plus", f"{REALESRGAN_RELEASES}/v0.1.0/RealESRGAN_x4plus.pth",
+                    _PURPOSES["realesrgan_x4plus"], scale=4, **rrdb),
+        _realesrgan("realesr_general_x4v3",
+                    f"{REALESRGAN_RELEASES}/v0.2.5.0/realesr-general-x4v3.pth",
+                    _PURPOSES["realesr_general_x4v3"], **srvgg),
+        _realesrgan("realesr_general_wdn_x4v3",
+                    f"{REALESRGAN_RELEASES}/v0.2.5.0/realesr-general-wdn-x4v3.pth",
+                    _PURPOSES["realesr_general_wdn_x4v3"], **srvgg),
+    ]
+    return Profile("sdxl", MappingProxyType({s.name: s for s in specs}),
+                   MappingProxyType({"low": 20, "medium": 30, "high": 45}),
+                   native_size=1024, dtype="float16")
+
+
+# Tiny twins' Real-ESRGAN configs: the official key pattern with fewer blocks and features.
+TINY_RRDB = {"arch": "RRDBNet", "num_in_ch": 3, "num_out_ch": 3, "num_feat": 8, "num_block": 1,
+             "num_grow_ch": 4}
+TINY_SRVGG = {"arch": "SRVGGNetCompact", "num_in_ch": 3, "num_out_ch": 3, "num_feat": 8,
+              "num_conv": 2, "upscale": 4, "act_type": "prelu"}
+
+# Directories / files inside the tiny cache, one per tiny spec.
+TINY_SOURCES = {
+    "base": "sdxl-base", "inpaint": "sdxl-inpaint", "controlnet_depth": "controlnet-depth",
+    "controlnet_canny": "controlnet-canny", "ip_adapter": "ip-adapter",
+    "image_encoder": "ip-adapter", "depth": "depth-anything", "segmenter": "segformer-clothes",
+    "planner": "planner-lm", "realesrgan_x2plus": "realesrgan/RealESRGAN_x2plus.pth",
+    "realesrgan_x4plus": "realesrgan/RealESRGAN_x4plus.pth",
+    "realesr_general_x4v3": "realesrgan/realesr-general-x4v3.pth",
+    "realesr_general_wdn_x4v3": "realesrgan/realesr-general-wdn-x4v3.pth",
+}
+
+
+def _tiny_profile() -> Profile:
+    sdxl = _sdxl_profile()
+    specs = {}
+    for name, spec in sdxl.specs.items():
+        options = dict(spec.options)
+        if spec.family == "upscaler":
+            options = dict(TINY_RRDB if options["arch"] == "RRDBNet" else TINY_SRVGG)
+            if name == "realesrgan_x2plus":
+                options["scale"] = 2
+            elif name == "realesrgan_x4plus":
+                options["scale"] = 4
+        subfolder = "image_encoder" if name == "image_encoder" else None
+        weight_name = "ip-adapter_sdxl.safetensors" if name == "ip_adapter" else None
+        specs[name] = dataclasses.replace(
+            spec, source=TINY_PREFIX + TINY_SOURCES[name], revision=None, subfolder=subfolder,
+            weight_name=weight_name, dtype="float32", options=MappingProxyType(options))
+    return Profile("tiny", MappingProxyType(specs),
+                   MappingProxyType({"low": 2, "medium": 3, "high": 4}),
+                   native_size=64, dtype="float32")
+
+
+PROFILE_BUILDERS = {"tiny": _tiny_profile, "sdxl": _sdxl_profile}
+PROFILE_NAMES = tuple(PROFILE_BUILDERS)
+
+
+def resolve_profile(name: str, overrides: Mapping[str, str] | None = None) -> Profile:
+    """The profile `name` with `overrides` ({spec name: hub id or local path}) applied."""
+    try:
+        profile = PROFILE_BUILDERS[name]()
+    except KeyError:
+        raise ValueError(f"unknown model profile {name!r}; known: {list(PROFILE_NAMES)}") from None
+    if not overrides:
+        return profile
+    specs = dict(profile.specs)
+    for spec_name, source in overrides.items():
+        specs[spec_name] = profile.spec(spec_name).with_source(str(source))
+    return dataclasses.replace(profile, specs=MappingProxyType(specs))

@@ -1,0 +1,356 @@
+"""`ModelStore`: lazily loads and caches every model of one profile on one device.
+
+All loading goes through `from_pretrained(<local dir or hub id>, local_files_only=...)`, the same
+code path for the tiny twins (built on first use into the cache) and the real checkpoints. With
+`local_files_only=True` (the default) nothing is downloaded: production pre-fetches its
+checkpoints into the Hugging Face cache (or points overrides at local directories).
+
+Pipelines returned here share their heavy components (`from_pipe`) but each has its own
+scheduler. One store serves one call at a time per pipeline; callers that run pipelines
+concurrently use one store per worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+
+from retouch.models.registry import TINY_PREFIX, ModelSpec, Profile, resolve_profile
+
+CONTROLNET_KINDS = ("depth", "canny")
+
+
+def default_cache_dir() -> Path:
+    return Path.home() / ".retouch" / "models"
+
+
+@dataclass(frozen=True)
+class Planner:
+    """The carousel shot planner: a chat tokenizer and a causal LM, on the store's device."""
+
+    tokenizer: Any
+    model: Any
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    """A label map (H×W int, same size as the input image) and the label names by id."""
+
+    labels: np.ndarray
+    names: tuple[str, ...]
+
+    def mask(self, *names: str) -> np.ndarray:
+        """Boolean H×W mask of the pixels whose label is one of `names`."""
+        unknown = set(names) - set(self.names)
+        if unknown:
+            raise KeyError(f"unknown segmentation labels {sorted(unknown)}")
+        ids = [self.names.index(n) for n in names]
+        return np.isin(self.labels, ids)
+
+
+class DepthEstimator:
+    """`estimator(image)` → float32 H×W relative inverse depth (larger = nearer), image-sized."""
+
+    def __init__(self, model: Any, processor: Any, device: torch.device):
+        self.model, self.processor, self.device = model, processor, device
+
+    @torch.inference_mode()
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        rgb = image.convert("RGB")
+        inputs = self.processor(images=rgb, return_tensors="pt")
+        pixel_values = inputs["pixel_values"].to(self.device, self.model.dtype)
+        depth = self.model(pixel_values=pixel_values).predicted_depth  # (1, h, w)
+        depth = torch.nn.functional.interpolate(
+            depth[:, None].float(), size=(rgb.height, rgb.width), mode="bicubic",
+            align_corners=False)
+        return depth[0, 0].cpu().numpy().astype(np.float32)
+
+
+class Segmenter:
+    """`segmenter(image)` → `Segmentation` with a label for every pixel of the input image."""
+
+    def __init__(self, model: Any, processor: Any, device: torch.device):
+        self.model, self.processor, self.device = model, processor, device
+        id2label = model.config.id2label
+        self.names = tuple(id2label[i] for i in range(len(id2label)))
+
+    @torch.inference_mode()
+    def __call__(self, image: Image.Image) -> Segmentation:
+        rgb = image.convert("RGB")
+        inputs = self.processor(images=rgb, return_tensors="pt")
+        pixel_values = inputs["pixel_values"].to(self.device, self.model.dtype)
+        logits = self.model(pixel_values=pixel_values).logits  # (1, labels, h/4, w/4)
+        logits = torch.nn.functional.interpolate(
+            logits.float(), size=(rgb.height, rgb.width), mode="bilinear", align_corners=False)
+        labels = logits.argmax(dim=1)[0].cpu().numpy().astype(np.int32)
+        return Segmentation(labels=labels, names=self.names)
+
+
+class ModelStore:
+    def __init__(self, profile: str = "tiny", device: str | torch.device = "cpu",
+                 cache_dir: Path | str | None = None, overrides: dict[str, str] | None = None,
+                 dtype: str | None = None, local_files_only: bool = True):
+        self.profile: Profile = resolve_profile(profile, overrides)
+        self.device = torch.device(device)
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self.local_files_only = local_files_only
+        self._dtype_name = dtype or self.profile.dtype
+        self._loaded: dict[tuple, Any] = {}
+        self._lock = threading.RLock()
+        _quiet_loading_progress_bars()
+
+    # --- profile facts --------------------------------------------------------------------
+
+    @property
+    def quality_steps(self) -> dict[str, int]:
+        return dict(self.profile.quality_steps)
+
+    @property
+    def native_size(self) -> int:
+        return self.profile.native_size
+
+    def spec(self, name: str) -> ModelSpec:
+        return self.profile.spec(name)
+
+    def dtype_for(self, spec: ModelSpec) -> torch.dtype:
+        """The spec's dtype, else the store's; always float32 on CPU (half is slow there)."""
+        if self.device.type == "cpu":
+            return torch.float32
+        return getattr(torch, spec.dtype or self._dtype_name)
+
+    def source_of(self, spec: ModelSpec) -> str:
+        """Where `spec` loads from: a tiny-cache path (built on first use), a local path, a hub id."""
+        if spec.is_tiny:
+            from retouch.models.tiny import build_tiny_models
+
+            root = build_tiny_models(self.cache_dir)
+            return str(root / spec.source[len(TINY_PREFIX):])
+        local = Path(spec.source).expanduser()
+        return str(local) if local.exists() else spec.source
+
+    def _hub_kwargs(self, spec: ModelSpec) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"local_files_only": self.local_files_only}
+        if spec.revision:
+            kwargs["revision"] = spec.revision
+        if spec.subfolder:
+            kwargs["subfolder"] = spec.subfolder
+        return kwargs
+
+    def _cached(self, key: tuple, load: Callable[[], Any]) -> Any:
+        with self._lock:
+            if key not in self._loaded:
+                self._loaded[key] = load()
+            return self._loaded[key]
+
+    # --- diffusion ------------------------------------------------------------------------
+
+    def _diffusion_pipeline(self, cls: Any, spec_name: str) -> Any:
+        spec = self.spec(spec_name)
+        pipe = cls.from_pretrained(self.source_of(spec), dtype=self.dtype_for(spec),
+                                   **self._hub_kwargs(spec), **_variant(spec))
+        pipe.to(self.device)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def _derived(self, cls: Any, parent: Any, **components: Any) -> Any:
+        """`cls.from_pipe(parent)` sharing weights, with a scheduler of its own."""
+        scheduler = parent.scheduler.__class__.from_config(parent.scheduler.config)
+        # from_pipe casts every shared module to `dtype` (float32 unless told): keep the parent's.
+        with _quiet_logger("diffusers.models.modeling_utils"):
+            pipe = cls.from_pipe(parent, scheduler=scheduler, dtype=parent.dtype, **components)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def text2img(self) -> Any:
+        from diffusers import StableDiffusionXLPipeline
+
+        return self._cached(("text2img",), lambda: self._diffusion_pipeline(
+            StableDiffusionXLPipeline, "base"))
+
+    def img2img(self) -> Any:
+        from diffusers import StableDiffusionXLImg2ImgPipeline
+
+        return self._cached(("img2img",), lambda: self._derived(
+            StableDiffusionXLImg2ImgPipeline, self.text2img()))
+
+    def inpaint(self) -> Any:
+        from diffusers import StableDiffusionXLInpaintPipeline
+
+        return self._cached(("inpaint",), lambda: self._diffusion_pipeline(
+            StableDiffusionXLInpaintPipeline, "inpaint"))
+
+    def controlnet(self, kind: str) -> Any:
+        from diffusers import ControlNetModel
+
+        spec = self.spec(_controlnet_spec_name(kind))
+
+        def load() -> Any:
+            model = ControlNetModel.from_pretrained(
+                self.source_of(spec), dtype=self.dtype_for(spec),
+                **self._hub_kwargs(spec), **_variant(spec))
+            return model.to(self.device).eval()
+
+        return self._cached(("controlnet", kind), load)
+
+    def controlnet_img2img(self, kind: str) -> Any:
+        """SDXL ControlNet img2img sharing the base model's weights; `kind` "depth" | "canny"."""
+        from diffusers import StableDiffusionXLControlNetImg2ImgPipeline
+
+        return self._cached(("controlnet_img2img", kind), lambda: self._derived(
+            StableDiffusionXLControlNetImg2ImgPipeline, self.text2img(),
+            controlnet=self.controlnet(kind)))
+
+    def controlnet_inpaint(self, kind: str) -> Any:
+        """SDXL ControlNet inpaint sharing the inpaint model's weights; `kind` "depth" | "canny"."""
+        from diffusers import StableDiffusionXLControlNetInpaintPipeline
+
+        return self._cached(("controlnet_inpaint", kind), lambda: self._derived(
+            StableDiffusionXLControlNetInpaintPipeline, self.inpaint(),
+            controlnet=self.controlnet(kind)))
+
+    # --- transformers models --------------------------------------------------------------
+
+    def _image_processor(self, spec: ModelSpec) -> Any:
+        from transformers import AutoImageProcessor
+
+        return AutoImageProcessor.from_pretrained(
+            self.source_of(spec), backend=_image_backend(), **self._hub_kwargs(spec))
+
+    def depth_estimator(self) -> DepthEstimator:
+        from transformers import AutoModelForDepthEstimation
+
+        spec = self.spec("depth")
+
+        def load() -> DepthEstimator:
+            model = AutoModelForDepthEstimation.from_pretrained(
+                self.source_of(spec), dtype=self.dtype_for(spec), **self._hub_kwargs(spec))
+            return DepthEstimator(model.to(self.device).eval(), self._image_processor(spec),
+                                  self.device)
+
+        return self._cached(("depth",), load)
+
+    def segmenter(self) -> Segmenter:
+        from transformers import AutoModelForSemanticSegmentation
+
+        spec = self.spec("segmenter")
+
+        def load() -> Segmenter:
+            model = AutoModelForSemanticSegmentation.from_pretrained(
+                self.source_of(spec), dtype=self.dtype_for(spec), **self._hub_kwargs(spec))
+            return Segmenter(model.to(self.device).eval(), self._image_processor(spec),
+                             self.device)
+
+        return self._cached(("segmenter",), load)
+
+    def planner(self) -> Planner:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        spec = self.spec("planner")
+
+        def load() -> Planner:
+            source, kwargs = self.source_of(spec), self._hub_kwargs(spec)
+            tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(
+                source, dtype=self.dtype_for(spec), **kwargs)
+            return Planner(tokenizer=tokenizer, model=model.to(self.device).eval())
+
+        return self._cached(("planner",), load)
+
+    # --- Real-ESRGAN ----------------------------------------------------------------------
+
+    def upscaler_weights(self, name: str) -> dict[str, torch.Tensor]:
+        """The state dict of the Real-ESRGAN network `name` (CPU, float32)."""
+        from retouch.models.realesrgan_arch import read_state_dict
+
+        spec = self._upscaler_spec(name)
+        return self._cached(("upscaler_weights", name),
+                            lambda: read_state_dict(self._weight_file(spec)))
+
+    def upscaler(self, name: str) -> torch.nn.Module:
+        """The Real-ESRGAN network `name` (a registry upscaler name), eval mode, on the device."""
+        return self._cached(("upscaler", name),
+                            lambda: self.build_upscaler(name, self.upscaler_weights(name)))
+
+    def build_upscaler(self, name: str, state_dict: dict[str, torch.Tensor]) -> torch.nn.Module:
+        """A fresh network with `name`'s architecture loaded (strict) with `state_dict`."""
+        from retouch.models.realesrgan_arch import build_network
+
+        spec = self._upscaler_spec(name)
+        config = dict(spec.options)
+        network = build_network(config.pop("arch"), **config)
+        network.load_state_dict(state_dict, strict=True)
+        return network.to(self.device, self.dtype_for(spec)).eval()
+
+    def _upscaler_spec(self, name: str) -> ModelSpec:
+        spec = self.spec(name)
+        if spec.family != "upscaler":
+            raise KeyError(f"{name!r} is not an upscaler")
+        return spec
+
+    def _weight_file(self, spec: ModelSpec) -> Path:
+        """A local `.pth` for `spec`: a tiny-cache or local file, a URL (downloaded into the
+        cache unless `local_files_only`), or a hub id with `weight_name`."""
+        source = self.source_of(spec)
+        if Path(source).is_file():
+            return Path(source)
+        if source.startswith(("https://", "http://")):
+            target = self.cache_dir / "realesrgan" / source.rsplit("/", 1)[-1]
+            if not target.is_file():
+                if self.local_files_only:
+                    raise FileNotFoundError(
+                        f"{spec.name}: {target} is missing; download {source} there first")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                torch.hub.download_url_to_file(source, str(target), progress=False)
+            return target
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(source, spec.weight_name or "model.pth",
+                                    **self._hub_kwargs(spec)))
+
+
+def _variant(spec: ModelSpec) -> dict[str, str]:
+    variant = spec.options.get("variant")
+    return {"variant": variant} if variant else {}
+
+
+def _controlnet_spec_name(kind: str) -> str:
+    if kind not in CONTROLNET_KINDS:
+        raise ValueError(f"unknown ControlNet kind {kind!r}; known: {list(CONTROLNET_KINDS)}")
+    return f"controlnet_{kind}"
+
+
+def _image_backend() -> str:
+    """torchvision image processors where torchvision exists (GPU image), else PIL."""
+    import importlib.util
+
+    return "torchvision" if importlib.util.find_spec("torchvision") else "pil"
+
+
+def _quiet_loading_progress_bars() -> None:
+    """Weight-loading bars of diffusers/transformers are noise in a worker; pipelines report
+    their own progress. (These switches are process-wide library settings.)"""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: str) -> Iterator[None]:
+    """Silence `name` below ERROR for a block (from_pipe's no-op cast warns on every call)."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

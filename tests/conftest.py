@@ -1,0 +1,24 @@
+"""Shared fixtures. `tiny_store` builds the tiny model twins once per test session (or reuses the
+directory named by `RETOUCH_TINY_CACHE`, which keeps repeated local runs fast)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    configured = os.environ.get("RETOUCH_TINY_CACHE")
+    return Path(configured) if configured else tmp_path_factory.mktemp("tiny-models")
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tiny_cache_dir: Path):
+    from retouch.models.store import ModelStore
+    from retouch.models.tiny import build_tiny_models
+
+    build_tiny_models(tiny_cache_dir)
+    return ModelStore(profile="tiny", device="cpu", cache_dir=tiny_cache_dir)
