@@ -303,7 +303,9 @@ def expire_leases(session_factory: SessionFactory, max_attempts: int) -> int:
                  .order_by(Generation.created_at, Generation.id))
         if not is_sqlite(session.get_bind()):
             query = query.with_for_update(skip_locked=True)
-        for job in session.scalars(query.execution_options(populate_existing=True)).all():
+        expired = session.scalars(query.execution_options(populate_existing=True)).all()
+        # Settle in account order so two concurrent sweeps lock accounts in the same order.
+        for job in sorted(expired, key=lambda job: job.account_id):
             still_expired = and_(Generation.id == job.id, Generation.status == "processing",
                                  Generation.lease_owner == job.lease_owner,
                                  Generation.lease_expires_at < now)
