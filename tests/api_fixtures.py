@@ -127,3 +127,18 @@ def serve_routes(routes: dict[str, tuple[int, dict[str, str], bytes]]):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def finish_next_job(api: Api, outputs: list[bytes] | None = None) -> str:
+    """Lease the oldest pending job and complete it with stored outputs (as a worker would)."""
+    from retouch.serving.core import jobs
+
+    job = jobs.lease_next_job(api.services.session_factory, "test-worker", 30)
+    assert job is not None
+    output_keys = []
+    for n, data in enumerate(outputs or [image_bytes(16, 16)], start=1):
+        key = f"outputs/{job.id}/{n}.png"
+        api.services.storage.put(key, data, "image/png")
+        output_keys.append(key)
+    assert jobs.complete_job(api.services.session_factory, job.id, "test-worker", output_keys)
+    return job.id
