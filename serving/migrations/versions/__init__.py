@@ -1,0 +1,1 @@
+"""Revision files; a package only so the migrations ship inside the wheel."""
