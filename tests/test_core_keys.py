@@ -201,3 +201,18 @@ def test_credit_summary_reports_balance_queue_and_budgets(sf, account_id):
                                          "period": utcnow().strftime("%Y-%m")}
     assert summary["key"]["total"] == {"used": 110, "limit": 900}
     assert summary["key"]["per_request_limit"] == 300
+
+
+def test_ledger_pages_newest_first(sf, account_id):
+    with transaction(sf) as session:
+        for amount in (1, 2, 3, 4):
+            accounts.credit_account(session, account_id, amount)
+    with sf() as session:
+        first, cursor = credits.list_ledger(session, account_id, limit=3)
+        rest, end = credits.list_ledger(session, account_id, limit=3, cursor=cursor)
+        assert [e.amount for e in first + rest] == [4, 3, 2, 1, 1000] and end is None
+        assert sum(e.amount for e in first + rest) == \
+            accounts.get_account(session, account_id).credit_balance
+        with pytest.raises(InvalidInput) as caught:
+            credits.list_ledger(session, account_id, cursor="x")
+        assert caught.value.field == "cursor"

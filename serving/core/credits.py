@@ -1,15 +1,21 @@
-"""What `GET /api/v1/credits` reports: balance, queue capacity and the calling key's budgets."""
+"""Credit reads: `GET /api/v1/credits` (balance, queue capacity, the calling key's budgets) and the
+account's ledger for reconciliation (`GET /v1/credits/ledger`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
+
+from retouch.pipelines.errors import InvalidInput
 
 from .accounts import get_account, plan_slot_limit
 from .db import utcnow
 from .jobs import budget_period
-from .tables import ApiKey
+from .tables import ApiKey, LedgerEntry
+
+MAX_LEDGER_PAGE = 200
 
 
 def credit_summary(session: Session, key: ApiKey) -> dict[str, Any]:
@@ -34,3 +40,22 @@ def credit_summary(session: Session, key: ApiKey) -> dict[str, Any]:
             "per_request_limit": fresh_key.per_request_limit,
         },
     }
+
+
+def list_ledger(session: Session, account_id: str, *, limit: int = 50,
+                cursor: str | None = None) -> tuple[list[LedgerEntry], str | None]:
+    """The account's ledger entries, newest first; returns `(entries, next_cursor)`.
+
+    Entry ids only grow, so the cursor is the last id seen; None on the last page.
+    """
+    if not 1 <= limit <= MAX_LEDGER_PAGE:
+        raise InvalidInput("limit", f"must be between 1 and {MAX_LEDGER_PAGE}")
+    query = select(LedgerEntry).where(LedgerEntry.account_id == account_id)
+    if cursor is not None:
+        if not cursor.isdigit():
+            raise InvalidInput("cursor", "is not a cursor returned by this API")
+        query = query.where(LedgerEntry.id < int(cursor))
+    entries = list(session.scalars(query.order_by(LedgerEntry.id.desc()).limit(limit + 1)))
+    if len(entries) <= limit:
+        return entries, None
+    return entries[:limit], str(entries[limit - 1].id)

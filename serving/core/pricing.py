@@ -1,15 +1,17 @@
-"""Credit prices: one table, used when a job is created and shown in the README.
+"""Credit prices: one table, used when a job is created and copied into the README.
 
-| tool                                              | low | medium | high |
-|---------------------------------------------------|----:|-------:|-----:|
-| generator, editor, photographer (not carousel), ai_filter | 40 | 110 | 200 |
-| photographer `carousel` (10 images + planner)     | 410 |  1110  | 2010 |
+| tool / mode                                          | low | medium | high |
+|------------------------------------------------------|----:|-------:|-----:|
+| generator, editor, ai_filter                         |  40 |    110 |  200 |
+| photographer (every mode except carousel)            |  40 |    110 |  200 |
+| photographer `carousel` (10 × image price + 10)      | 410 |   1110 | 2010 |
 
-| upscaler `options.scale` | 2  | 4  | "4k" |
+| upscaler `options.scale` |  2 |  4 | "4k" |
 |--------------------------|---:|---:|-----:|
-| credits                  | 40 | 80 | 120  |
+| credits                  | 40 | 80 |  120 |
 
-Carousel follows the seed: 10 × the quality's image price + 10 planner credits.
+The medium generator costs 110 as in the seed's response example; the carousel follows the seed:
+10 × the selected quality's image price + 10 planner credits. Failed jobs are refunded in full.
 """
 
 from __future__ import annotations
