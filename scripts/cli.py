@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 from retouch.serving.operator_cli import accounts_app, keys_app  # typer only; fast
@@ -9,6 +11,44 @@ from retouch.serving.operator_cli import accounts_app, keys_app  # typer only; f
 app = typer.Typer(help="retouch: self-hosted image generation worker", no_args_is_help=True)
 app.add_typer(accounts_app, name="accounts")
 app.add_typer(keys_app, name="keys")
+
+
+@app.command()
+def serve(
+    host: str = typer.Option(None, help="interface to listen on (default 127.0.0.1)"),
+    port: int = typer.Option(None, help="HTTP port (default 8000)"),
+    home: Path = typer.Option(None, help="data folder: database, files, models (RETOUCH_HOME)"),
+    profile: str = typer.Option(None, help="model profile: tiny | sdxl"),
+    device: str = typer.Option(None, help="cpu | cuda"),
+    allow_private_urls: bool = typer.Option(
+        None, "--allow-private-urls/--no-allow-private-urls",
+        help="let image URLs point at private/loopback hosts (RETOUCH_ALLOW_PRIVATE_URLS=1)"),
+    executor: str = typer.Option(None, help="ray | inprocess"),
+) -> None:
+    """Run the worker: models, Ray Serve deployments, the dispatcher and the HTTP API."""
+    from retouch.serving.runtime import serve_forever
+    from retouch.serving.settings import Settings
+
+    given = {"host": host, "port": port, "home": home, "profile": profile, "device": device,
+             "allow_private_urls": allow_private_urls, "executor": executor}
+    settings = Settings(**{k: v for k, v in given.items() if v is not None})
+    raise typer.Exit(serve_forever(settings))
+
+
+@app.command()
+def batch(
+    manifest: Path = typer.Argument(..., exists=True, dir_okay=False,
+                                    help="JSONL file: one generations body per line"),
+    out: Path = typer.Option(..., "--out", help="folder for outputs and results.jsonl"),
+    profile: str = typer.Option("tiny", help="model profile: tiny | sdxl"),
+    device: str = typer.Option("cpu", help="cpu | cuda"),
+    model_cache: Path = typer.Option(None, help="model cache folder (default ~/.retouch/models)"),
+) -> None:
+    """Run a manifest of generation jobs through the pipelines, without the HTTP API."""
+    from retouch.scripts.batch import batch_command
+
+    raise typer.Exit(batch_command(manifest, out, profile=profile, device=device,
+                                   model_cache=model_cache))
 
 
 def main() -> None:
