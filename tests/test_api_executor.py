@@ -1,0 +1,62 @@
+"""The in-process executor: jobs created over HTTP run on the tiny engine and settle."""
+
+from __future__ import annotations
+
+import io
+import time
+
+from PIL import Image
+
+from retouch.serving.executor import InProcessExecutor, JobExecutor
+
+from api_fixtures import api_for, image_bytes, make_settings
+
+
+def wait_for_terminal(api, secret: str, generation_id: str, timeout_s: float = 90.0) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        generation = api.client.get(f"/api/v1/generations/{generation_id}",
+                                    headers=api.headers(secret)).json()["generation"]
+        if generation["status"] in ("completed", "failed"):
+            return generation
+        time.sleep(0.1)
+    raise AssertionError(f"generation {generation_id} did not finish in {timeout_s}s")
+
+
+def test_generator_and_upscaler_jobs_complete_with_fetchable_outputs(tmp_path, tiny_store):
+    from retouch.pipelines.engine import Engine
+
+    def executor(services):
+        return InProcessExecutor(services, lambda: Engine(tiny_store))
+
+    with api_for(make_settings(tmp_path), executor=executor) as api:
+        assert isinstance(api.services.executor, JobExecutor)
+        assert api.services.executor.available()
+        _, secret = api.key(api.account(plan="pro", credits=1000))
+        created = api.generate(secret, {"tool": "generator", "input": {"prompt": "a red cube"},
+                                        "options": {"quality": "low", "output_format": "webp",
+                                                    "seed": 7}})
+        assert created.status_code == 201, created.text
+        upload = api.upload(secret, image_bytes(20, 16))
+        upscale = api.generate(secret, {"tool": "upscaler",
+                                        "input": {"image": {"upload_id": upload["id"]}},
+                                        "options": {"scale": 2}})
+        assert upscale.status_code == 201, upscale.text
+
+        done = wait_for_terminal(api, secret, created.json()["generation"]["id"])
+        assert done["status"] == "completed", done
+        assert done["progress"] == 1.0 and done["error_code"] is None
+        output = api.client.get(done["output_url"].removeprefix("http://testserver"))
+        assert output.status_code == 200 and output.headers["content-type"] == "image/webp"
+        image = Image.open(io.BytesIO(output.content))
+        assert image.format == "WEBP" and min(image.size) > 0
+
+        upscaled = wait_for_terminal(api, secret, upscale.json()["generation"]["id"])
+        assert upscaled["status"] == "completed", upscaled
+        data = api.client.get(upscaled["output_url"].removeprefix("http://testserver")).content
+        assert Image.open(io.BytesIO(data)).size == (40, 32)
+
+        credits = api.client.get("/api/v1/credits", headers=api.headers(secret)).json()
+        assert credits["credits"]["balance"] == 1000 - 40 - 40  # both charged, none refunded
+        assert credits["credits"]["queue"]["active"] == 0  # slots freed
+    assert api.services.executor.dispatcher is None  # stopped with the app
