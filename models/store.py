@@ -216,6 +216,59 @@ class ModelStore:
             StableDiffusionXLControlNetInpaintPipeline, self.inpaint(),
             controlnet=self.controlnet(kind)))
 
+    # --- IP-Adapter (reference images) ----------------------------------------------------
+
+    def ip_adapter_weights(self) -> dict[str, dict[str, torch.Tensor]]:
+        """The IP-Adapter state dict as diffusers expects it: {"image_proj": ..., "ip_adapter": ...}."""
+        from safetensors import safe_open
+
+        spec = self.spec("ip_adapter")
+
+        def load() -> dict[str, dict[str, torch.Tensor]]:
+            weights: dict[str, dict[str, torch.Tensor]] = {"image_proj": {}, "ip_adapter": {}}
+            with safe_open(str(self._file_of(spec)), framework="pt", device="cpu") as handle:
+                for key in handle.keys():
+                    group, _, rest = key.partition(".")
+                    if group in weights:
+                        weights[group][rest] = handle.get_tensor(key)
+            return weights
+
+        return self._cached(("ip_adapter_weights",), load)
+
+    def image_encoder(self) -> tuple[Any, Any]:
+        """(CLIPVisionModelWithProjection, its image processor) for IP-Adapter conditioning."""
+        from transformers import CLIPVisionModelWithProjection
+
+        spec = self.spec("image_encoder")
+
+        def load() -> tuple[Any, Any]:
+            model = CLIPVisionModelWithProjection.from_pretrained(
+                self.source_of(spec), dtype=self.dtype_for(spec), **self._hub_kwargs(spec))
+            size = model.config.image_size  # diffusers' default processor for IP-Adapter
+            return model.to(self.device).eval(), _clip_image_processor(size)
+
+        return self._cached(("image_encoder",), load)
+
+    @contextlib.contextmanager
+    def reference_conditioning(self, pipe: Any, scale: float = 0.6) -> Iterator[Any]:
+        """IP-Adapter loaded into `pipe` for the block: call it with `ip_adapter_image=...`.
+
+        The adapter patches the UNet, which `pipe` shares with its sibling pipelines, so it is
+        unloaded on exit and the store's lock is held meanwhile (no other loads interleave).
+        """
+        with self._lock:
+            encoder, processor = self.image_encoder()
+            pipe.register_modules(image_encoder=encoder, feature_extractor=processor)
+            try:
+                with _quiet_logger("diffusers.models.modeling_utils"):
+                    pipe.load_ip_adapter(self.ip_adapter_weights(), subfolder="",
+                                         weight_name="", image_encoder_folder=None)
+                pipe.set_ip_adapter_scale(scale)
+                yield pipe
+            finally:
+                pipe.unload_ip_adapter()
+                pipe.register_modules(image_encoder=None, feature_extractor=None)
+
     # --- transformers models --------------------------------------------------------------
 
     def _image_processor(self, spec: ModelSpec) -> Any:
@@ -295,6 +348,15 @@ class ModelStore:
             raise KeyError(f"{name!r} is not an upscaler")
         return spec
 
+    def _file_of(self, spec: ModelSpec) -> Path:
+        """`spec.weight_name` inside `spec.subfolder` of a local directory or a hub repository."""
+        source = self.source_of(spec)
+        if Path(source).is_dir():
+            return Path(source, spec.subfolder or "", spec.weight_name or "")
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(source, spec.weight_name, **self._hub_kwargs(spec)))
+
     def _weight_file(self, spec: ModelSpec) -> Path:
         """A local `.pth` for `spec`: a tiny-cache or local file, a URL (downloaded into the
         cache unless `local_files_only`), or a hub id with `weight_name`."""
@@ -325,6 +387,15 @@ def _controlnet_spec_name(kind: str) -> str:
     if kind not in CONTROLNET_KINDS:
         raise ValueError(f"unknown ControlNet kind {kind!r}; known: {list(CONTROLNET_KINDS)}")
     return f"controlnet_{kind}"
+
+
+def _clip_image_processor(size: int) -> Any:
+    if _image_backend() == "torchvision":
+        from transformers import CLIPImageProcessor as processor_class
+    else:
+        from transformers.models.clip.image_processing_pil_clip import (
+            CLIPImageProcessorPil as processor_class)
+    return processor_class(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
 
 
 def _image_backend() -> str:

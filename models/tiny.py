@@ -20,7 +20,7 @@ import torch
 from retouch.models.registry import (SEGFORMER_CLOTHES_LABELS, TINY_RRDB, TINY_SOURCES,
                                      TINY_SRVGG)
 
-BUILDER_VERSION = "1"
+BUILDER_VERSION = "2"
 MARKER_NAME = "BUILD_VERSION"
 TINY_DIR_NAME = "tiny"
 
@@ -70,7 +70,7 @@ def build_tiny_models(cache_dir: Path | str, *, force: bool = False) -> Path:
 
 def _build_all(out: Path) -> None:
     with torch.random.fork_rng(devices=[]):
-        _save_sdxl_base(out / TINY_SOURCES["base"])
+        base_unet = _save_sdxl_base(out / TINY_SOURCES["base"])
         _save_sdxl_inpaint(out / TINY_SOURCES["inpaint"])
         _save_controlnet(out / TINY_SOURCES["controlnet_depth"], seed=11)
         _save_controlnet(out / TINY_SOURCES["controlnet_canny"], seed=12)
@@ -78,7 +78,7 @@ def _build_all(out: Path) -> None:
         _save_segformer(out / TINY_SOURCES["segmenter"])
         _save_planner(out / TINY_SOURCES["planner"])
         _save_realesrgan(out)
-        _save_ip_adapter(out / TINY_SOURCES["ip_adapter"])
+        _save_ip_adapter(out / TINY_SOURCES["ip_adapter"], base_unet)
 
 
 # --- tokenizers -------------------------------------------------------------------------------
@@ -214,15 +214,17 @@ def _scheduler():
                                   timestep_spacing="leading", prediction_type="epsilon")
 
 
-def _save_sdxl_base(out: Path) -> None:
+def _save_sdxl_base(out: Path):
+    """Save the base pipeline; returns its UNet (the IP-Adapter twin is shaped after it)."""
     from diffusers import StableDiffusionXLPipeline
 
     tokenizer, text_encoder, text_encoder_2 = _text_encoders(out)
+    unet = _unet(4, seed=4)
     pipe = StableDiffusionXLPipeline(
         vae=_vae(), text_encoder=text_encoder, text_encoder_2=text_encoder_2,
-        tokenizer=tokenizer, tokenizer_2=tokenizer, unet=_unet(4, seed=4),
-        scheduler=_scheduler())
+        tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet, scheduler=_scheduler())
     pipe.save_pretrained(out)
+    return unet
 
 
 def _save_sdxl_inpaint(out: Path) -> None:
@@ -354,6 +356,43 @@ def _shrink_residual_branch(network: torch.nn.Module) -> None:
 
 # --- IP-Adapter -------------------------------------------------------------------------------
 
-def _save_ip_adapter(out: Path) -> None:
-    """Placeholder until the tiny IP-Adapter exists; the directory keeps the layout stable."""
-    out.mkdir(parents=True, exist_ok=True)
+IP_ADAPTER_TOKENS = 4  # ip-adapter_sdxl: 4 image tokens from the CLIP image embedding
+
+
+def _save_ip_adapter(out: Path, unet) -> None:
+    """A CLIP vision encoder (`image_encoder/`) and `ip-adapter_sdxl.safetensors` with the
+    original IP-Adapter layout: `image_proj.{proj,norm}.*` and, for the k-th cross-attention
+    layer of the UNet (in `attn_processors` order), `ip_adapter.{2k+1}.to_{k,v}_ip.weight`."""
+    from safetensors.torch import save_file
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    config = CLIPVisionConfig(hidden_size=32, intermediate_size=37, projection_dim=32,
+                              num_hidden_layers=2, num_attention_heads=4, image_size=32,
+                              patch_size=8)
+    torch.manual_seed(9)
+    CLIPVisionModelWithProjection(config).eval().save_pretrained(out / "image_encoder")
+
+    cross_attention_dim = unet.config.cross_attention_dim
+    generator = torch.Generator().manual_seed(10)
+
+    def linear(rows: int, cols: int) -> torch.Tensor:
+        return torch.randn(rows, cols, generator=generator) / cols ** 0.5
+
+    tensors = {
+        "image_proj.proj.weight": linear(IP_ADAPTER_TOKENS * cross_attention_dim,
+                                         config.projection_dim),
+        "image_proj.proj.bias": torch.zeros(IP_ADAPTER_TOKENS * cross_attention_dim),
+        "image_proj.norm.weight": torch.ones(cross_attention_dim),
+        "image_proj.norm.bias": torch.zeros(cross_attention_dim),
+    }
+    modules = dict(unet.named_modules())
+    key_id = 1
+    for name in unet.attn_processors:
+        if name.endswith("attn1.processor"):
+            continue
+        hidden_size = modules[name[:-len(".processor")]].to_k.out_features
+        tensors[f"ip_adapter.{key_id}.to_k_ip.weight"] = linear(hidden_size, cross_attention_dim)
+        tensors[f"ip_adapter.{key_id}.to_v_ip.weight"] = linear(hidden_size, cross_attention_dim)
+        key_id += 2
+    save_file({k: v.contiguous() for k, v in tensors.items()},
+              out / "ip-adapter_sdxl.safetensors", metadata={"format": "pt"})

@@ -207,6 +207,38 @@ def test_tiny_upscalers_load_strict_and_upscale(tiny_store, name, factor):
     assert out.shape == (1, 3, 12 * factor, 20 * factor)
 
 
+def test_ip_adapter_twin_has_the_original_layout(tiny_store):
+    weights = tiny_store.ip_adapter_weights()
+    unet = tiny_store.text2img().unet
+    cross_attention = [n for n in unet.attn_processors if n.endswith("attn2.processor")]
+    assert sorted(weights["ip_adapter"]) == sorted(
+        f"{2 * i + 1}.to_{kv}_ip.weight" for i in range(len(cross_attention)) for kv in "kv")
+    encoder, _ = tiny_store.image_encoder()
+    assert tuple(weights["image_proj"]["proj.weight"].shape) == (
+        4 * unet.config.cross_attention_dim, encoder.config.projection_dim)
+
+
+@pytest.mark.parametrize("which", ["img2img", "inpaint"])
+def test_reference_conditioning_steers_and_then_unloads(tiny_store, which):
+    pipe = getattr(tiny_store, which)()
+    image = _photo(64, 64)
+    kwargs = dict(image=image, strength=0.9, num_inference_steps=2, output_type="np")
+    if which == "inpaint":
+        kwargs["mask_image"] = Image.new("L", image.size, 255)
+
+    def run(**extra):
+        return pipe("a photo", generator=torch.Generator().manual_seed(0), **kwargs,
+                    **extra).images[0]
+
+    plain = run()
+    with tiny_store.reference_conditioning(pipe, scale=1.0):
+        red = run(ip_adapter_image=Image.new("RGB", (50, 40), (220, 20, 20)))
+        blue = run(ip_adapter_image=Image.new("RGB", (50, 40), (20, 20, 220)))
+    assert np.abs(red - plain).mean() > 1e-3 and np.abs(red - blue).mean() > 1e-4
+    assert pipe.image_encoder is None and pipe.unet.encoder_hid_proj is None
+    assert np.array_equal(run(), plain)  # the shared UNet is back to normal
+
+
 # --- Real-ESRGAN architecture --------------------------------------------------------------
 
 def test_rrdbnet_x4plus_has_the_official_parameter_names():
