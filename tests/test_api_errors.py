@@ -7,11 +7,10 @@ from datetime import datetime, timedelta, timezone
 from sqlalchemy.orm import sessionmaker
 
 from retouch.pipelines.errors import ERROR_STATUS
-from retouch.serving.core.db import make_engine
+from retouch.serving.core.db import make_engine, transaction
 from retouch.serving.core.keys import set_key_status
-from retouch.serving.core.db import transaction
 
-from api_fixtures import GENERATOR_BODY, api, assert_error, image_bytes  # noqa: F401
+from api_fixtures import GENERATOR_BODY, api, assert_error  # noqa: F401
 
 
 def test_the_seed_has_13_codes_with_their_statuses():

@@ -15,7 +15,6 @@ from typing import Any
 
 from retouch.pipelines.errors import InvalidInput
 from retouch.pipelines.images import decode_image, sniff_format
-from retouch.pipelines.vocabulary import MAX_IMAGE_BYTES
 
 _MEDIA_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 
