@@ -9,7 +9,7 @@ from PIL import Image
 
 from retouch.serving.executor import InProcessExecutor, JobExecutor
 
-from api_fixtures import api_for, image_bytes, make_settings
+from api_fixtures import api_for, image_bytes, make_settings, serve_routes
 
 
 def wait_for_terminal(api, secret: str, generation_id: str, timeout_s: float = 90.0) -> dict:
@@ -60,3 +60,47 @@ def test_generator_and_upscaler_jobs_complete_with_fetchable_outputs(tmp_path, t
         assert credits["credits"]["balance"] == 1000 - 40 - 40  # both charged, none refunded
         assert credits["credits"]["queue"]["active"] == 0  # slots freed
     assert api.services.executor.dispatcher is None  # stopped with the app
+
+
+def test_a_url_input_is_read_from_storage_not_refetched(tmp_path, tiny_store):
+    """The image behind a URL is fetched at create time; the job runs after the server is gone."""
+    from retouch.pipelines.engine import Engine
+
+    source = image_bytes(24, 16, color=(10, 120, 230))
+    with api_for(make_settings(tmp_path, allow_private_urls=True)) as api:  # no executor yet
+        _, secret = api.key()
+        with serve_routes({"/in.png": (200, {"Content-Type": "image/png"}, source)}) as base:
+            created = api.generate(secret, {"tool": "upscaler",
+                                            "input": {"image": f"{base}/in.png"},
+                                            "options": {"scale": 2}})
+        assert created.status_code == 201, created.text
+        executor = InProcessExecutor(api.services, lambda: Engine(tiny_store))
+        executor.start()
+        try:
+            done = wait_for_terminal(api, secret, created.json()["generation"]["id"])
+        finally:
+            executor.stop()
+        assert done["status"] == "completed", done
+        data = api.client.get(done["output_url"].removeprefix("http://testserver")).content
+        assert Image.open(io.BytesIO(data)).size == (48, 32)
+
+
+class _BrokenEngine:
+    def run(self, request, images, ctx):
+        raise RuntimeError("the GPU fell off")
+
+
+def test_a_failing_job_is_reported_failed_and_refunded(tmp_path):
+    def executor(services):
+        return InProcessExecutor(services, _BrokenEngine)
+
+    with api_for(make_settings(tmp_path), executor=executor) as api:
+        _, secret = api.key(api.account(credits=500))
+        created = api.generate(secret, {"tool": "generator", "input": {"prompt": "x"},
+                                        "options": {"quality": "medium"}})
+        assert created.status_code == 201
+        done = wait_for_terminal(api, secret, created.json()["generation"]["id"])
+        assert done["status"] == "failed" and done["error_code"] == "service_unavailable"
+        assert done["output_url"] is None and "GPU fell off" not in (done["error"] or "")
+        credits = api.client.get("/api/v1/credits", headers=api.headers(secret)).json()
+        assert credits["credits"]["balance"] == 500 and credits["credits"]["queue"]["active"] == 0
