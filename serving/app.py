@@ -92,9 +92,7 @@ def build_app(settings: Settings, *, services: Services | None = None) -> FastAP
     app.state.services = services
     install_error_handlers(app)
 
-    from .wixma.routes import router as wixma_router
-
-    app.include_router(wixma_router, prefix="/api/v1")
+    include_surfaces(app)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:
@@ -112,6 +110,14 @@ def build_app(settings: Settings, *, services: Services | None = None) -> FastAP
 
     install_openapi(app)
     return app
+
+
+def include_surfaces(app: FastAPI) -> None:
+    """The public API surfaces. Each is a router (or ASGI app) under its own prefix."""
+    from .wixma.routes import router as wixma_router
+
+    app.include_router(wixma_router, prefix="/api/v1")
+    # AIXpose (`/v1`), MCP (`/mcp`) and the settings/dashboard pages are included here too.
 
 
 def install_openapi(app: FastAPI) -> None:

@@ -70,3 +70,15 @@ def test_uploads_need_the_uploads_create_scope(api):
 def test_files_route_hides_unknown_and_escaping_keys(api):
     assert_error(api.client.get("/files/uploads/nope.png"), 404, "invalid_input")
     assert api.client.get("/files/../retouch.db").status_code in (400, 404)
+
+
+def test_uploads_over_the_size_cap_are_rejected(api, monkeypatch):
+    from retouch.serving.wixma import routes
+
+    _, secret = api.key()
+    data = image_bytes(64, 64)
+    monkeypatch.setattr(routes, "MAX_IMAGE_BYTES", len(data) - 1)
+    response = api.client.post("/api/v1/uploads", headers=api.headers(secret),
+                               files={"file": ("big.png", data, "image/png")})
+    error = assert_error(response, 400, "invalid_input", field="file")
+    assert "larger than" in error["message"]

@@ -37,7 +37,7 @@ def create_upload(services: ServicesDep,
     """Upload an image; returns `upload.id` (reusable by this API key) and a fetchable URL."""
     data = file.file.read(MAX_IMAGE_BYTES + 1)
     if len(data) > MAX_IMAGE_BYTES:
-        raise InvalidInput("file", f"is larger than {MAX_IMAGE_BYTES // (1024 * 1024)} MB")
+        raise InvalidInput("file", f"is larger than {MAX_IMAGE_BYTES} bytes")
     image = validate_image_bytes(data, "file")
     with transaction(services.session_factory) as session:
         upload = store_upload(session, services.storage, key, image)
