@@ -69,6 +69,18 @@ def build_tiny_models(cache_dir: Path | str, *, force: bool = False) -> Path:
 
 
 def _build_all(out: Path) -> None:
+    from transformers.utils import logging as transformers_logging
+
+    bars_were_on = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()  # "Writing model shards" bars are noise here
+    try:
+        _build_each(out)
+    finally:
+        if bars_were_on:
+            transformers_logging.enable_progress_bar()
+
+
+def _build_each(out: Path) -> None:
     with torch.random.fork_rng(devices=[]):
         base_unet = _save_sdxl_base(out / TINY_SOURCES["base"])
         _save_sdxl_inpaint(out / TINY_SOURCES["inpaint"])

@@ -51,5 +51,23 @@ def batch(
                                    model_cache=model_cache))
 
 
+@app.command("build-tiny")
+def build_tiny(
+    cache: Path = typer.Option(None, help="model cache folder (default <RETOUCH_HOME>/models)"),
+    force: bool = typer.Option(False, "--force", help="rebuild even if the cache is current"),
+) -> None:
+    """Build the tiny CPU model twins (deterministic, offline) into the model cache."""
+    import time
+
+    from retouch.models.tiny import build_tiny_models
+    from retouch.serving.settings import Settings
+
+    started = time.perf_counter()
+    root = build_tiny_models(cache or Settings().resolved_model_cache, force=force)
+    size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+    typer.echo(f"tiny models at {root} ({size / 2**20:.1f} MiB, "
+               f"{time.perf_counter() - started:.1f} s)")
+
+
 def main() -> None:
     app()
