@@ -205,13 +205,15 @@ def deploy_families(engine_config: EngineConfig,
         name=BOARD_NAME, namespace=RAY_NAMESPACE, get_if_exists=True, num_cpus=0,
         lifetime=None).remote()
     serve.start(proxy_location="Disabled")
-    handles = {}
+    targets = []
     for family, cls in _FAMILY_CLASSES.items():
         opts = options[family]
         deployment = serve.deployment(cls).options(
             name=cls.__name__, num_replicas=opts.num_replicas,
             max_ongoing_requests=opts.max_ongoing_requests,
             ray_actor_options={"num_gpus": opts.num_gpus, "num_cpus": opts.num_cpus})
-        handles[family] = serve.run(deployment.bind(engine_config), name=f"retouch-{family}",
-                                    route_prefix=None)
+        targets.append(serve.RunTarget(deployment.bind(engine_config), name=f"retouch-{family}",
+                                       route_prefix=None))
+    # Both families start in parallel (their replicas load models at the same time).
+    handles = dict(zip(_FAMILY_CLASSES, serve.run_many(targets)))
     return RayFamilies(handles=handles, board=board)

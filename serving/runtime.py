@@ -147,6 +147,7 @@ def make_executor(services, console: Console | None = None) -> RayExecutor:
 def serve_forever(settings) -> int:
     """Run the worker in the foreground; returns the exit code after Ctrl-C / SIGTERM."""
     import logging
+    import signal
     import threading
 
     import uvicorn
@@ -160,6 +161,10 @@ def serve_forever(settings) -> int:
     with console.status("preparing the database"):
         services = build_services(settings)
     if settings.executor == "ray":
+        # Ray first: its ray.init installs a SIGTERM handler, and uvicorn's (installed when the
+        # server runs) must replace it so SIGTERM shuts down cleanly through the app's lifespan.
+        with console.status("starting Ray"):
+            start_ray(settings)
         services.executor = make_executor(services, console)
         console.print("starting Ray Serve deployments …")
     else:
@@ -178,6 +183,10 @@ def serve_forever(settings) -> int:
                           f"{settings.executor}; {time.perf_counter() - started:.1f} s)")
 
     logging.getLogger("ray").setLevel(logging.WARNING)
+    # uvicorn handles SIGINT/SIGTERM while it runs and re-raises the signal afterwards to the
+    # handler found before it: make that a no-op so a clean shutdown ends with exit code 0.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: None)
     threading.Thread(target=announce_when_ready, name="ready-announcer", daemon=True).start()
     server.run()  # handles SIGINT/SIGTERM; the app's lifespan stops the executor
     console.print("retouch stopped")

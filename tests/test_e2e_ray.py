@@ -1,0 +1,213 @@
+"""End to end through a real `retouch serve` (Ray Serve executor) in a subprocess.
+
+One server per module: the README quickstart flow (operator CLI → upload → editor job with an
+Idempotency-Key → replay → poll → download), then a job whose Ray replica is killed mid-run,
+which must end retried or failed with a refund, never stuck in `processing`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+pytestmark = pytest.mark.timeout(240)
+
+RETOUCH = str(Path(sys.executable).parent / "retouch")
+LEASE_SECONDS = 3
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def cli_json(home: Path, *args: str) -> dict:
+    done = subprocess.run([RETOUCH, *args, "--home", str(home), "--json"], capture_output=True,
+                          text=True, timeout=60, check=True)
+    return json.loads(done.stdout)
+
+
+class Server:
+    def __init__(self, home: Path, port: int, process: subprocess.Popen, log: Path):
+        self.home, self.port, self.process, self.log = home, port, process, log
+        self.base = f"http://127.0.0.1:{port}"
+        self.http = httpx.Client(base_url=self.base, timeout=30)
+        self.secret = ""
+
+    def headers(self, **extra: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.secret}", **extra}
+
+    def wait_terminal(self, job_id: str, timeout: float = 90.0, every: float = 0.5) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            generation = self.http.get(f"/api/v1/generations/{job_id}",
+                                       headers=self.headers()).json()["generation"]
+            if generation["status"] in ("completed", "failed"):
+                return generation
+            time.sleep(every)
+        raise AssertionError(f"job {job_id} did not finish: {generation}")
+
+    def balance(self) -> int:
+        return self.http.get("/api/v1/credits", headers=self.headers()).json()["credits"]["balance"]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_cache_dir):
+    from retouch.models.tiny import build_tiny_models
+
+    build_tiny_models(tiny_cache_dir)
+    home = tmp_path_factory.mktemp("serve-home")
+    port = free_port()
+    env = {**os.environ, "RETOUCH_MODEL_CACHE": str(tiny_cache_dir),
+           "RETOUCH_LEASE_SECONDS": str(LEASE_SECONDS), "RETOUCH_DISPATCHER_CONCURRENCY": "1"}
+    log = home / "serve.log"
+    started = time.monotonic()
+    with open(log, "w") as log_file:
+        process = subprocess.Popen(
+            [RETOUCH, "serve", "--home", str(home), "--port", str(port), "--executor", "ray",
+             "--profile", "tiny", "--device", "cpu"],
+            stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    instance = Server(home, port, process, log)
+    try:
+        while True:
+            assert process.poll() is None, f"retouch serve exited:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() - started < 120, f"not ready:\n{log.read_text()[-3000:]}"
+            try:
+                if instance.http.get("/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
+        instance.ready_seconds = time.monotonic() - started
+        account = cli_json(home, "accounts", "create", "--name", "e2e", "--plan", "plus",
+                           "--credits", "100000")
+        instance.secret = cli_json(home, "keys", "create", "--account", account["id"])["secret"]
+        yield instance
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        instance.http.close()
+
+
+def png(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    image = Image.new("RGB", (width, height), (30, 60, 200))
+    image.paste((240, 200, 20), (width // 4, height // 4, width // 2, height // 2))
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_server_starts_and_prints_its_url(server):
+    assert server.ready_seconds < 90
+    deadline = time.monotonic() + 5
+    while f"retouch ready at {server.base}" not in server.log.read_text():
+        assert time.monotonic() < deadline, server.log.read_text()[-2000:]
+        time.sleep(0.1)
+
+
+def test_readme_quickstart_upload_edit_replay_poll_download(server):
+    upload = server.http.post("/api/v1/uploads", headers=server.headers(),
+                              files={"file": ("shoe.png", png(96, 64), "image/png")})
+    assert upload.status_code == 201, upload.text
+    upload_id = upload.json()["upload"]["id"]
+    balance_before = server.balance()
+    body = {"tool": "editor",
+            "input": {"images": [{"upload_id": upload_id}],
+                      "prompt": "Make the background look like a luxury studio."},
+            "options": {"quality": "medium", "aspect_ratio": "4:5"}}
+
+    created = server.http.post("/api/v1/generations", json=body,
+                               headers=server.headers(**{"Idempotency-Key": "edit-001"}))
+    assert created.status_code == 201, created.text
+    generation = created.json()["generation"]
+    assert generation["status"] in ("pending", "processing") and generation["tool"] == "editor"
+    replay = server.http.post("/api/v1/generations", json=body,
+                              headers=server.headers(**{"Idempotency-Key": "edit-001"}))
+    assert replay.status_code == 200, replay.text
+    assert replay.json()["generation"]["id"] == generation["id"]
+    assert server.balance() == balance_before - generation["cost_credits"]  # charged once
+
+    done = server.wait_terminal(generation["id"], every=0.5)
+    assert done["status"] == "completed", done
+    assert done["error_code"] is None
+    image_response = server.http.get(done["output_url"])
+    assert image_response.status_code == 200
+    with Image.open(io.BytesIO(image_response.content)) as output:
+        assert output.format == "PNG" and output.size == (1536, 1920)  # the seed's 4:5 size
+    assert server.balance() == balance_before - generation["cost_credits"]
+
+
+def _replica_processes(server_pid: int, family: str):
+    import psutil
+
+    found = []
+    for child in psutil.Process(server_pid).children(recursive=True):
+        try:
+            if f"ServeReplica:retouch-{family}" in " ".join(child.cmdline()):
+                found.append(child)
+        except psutil.Error:
+            continue
+    return found
+
+
+def test_job_whose_replica_dies_is_retried_or_refunded_not_stuck(server):
+    replicas = _replica_processes(server.process.pid, "diffusion")
+    assert len(replicas) == 1, [p.cmdline() for p in replicas]
+    upload = server.http.post("/api/v1/uploads", headers=server.headers(),
+                              files={"file": ("room.png", png(64, 64), "image/png")})
+    upload_id = upload.json()["upload"]["id"]
+    balance_before = server.balance()
+    body = {"tool": "photographer", "input": {"main_image": {"upload_id": upload_id}},
+            "options": {"mode": "carousel", "quality": "high"}}
+    created = server.http.post("/api/v1/generations", json=body, headers=server.headers())
+    assert created.status_code == 201, created.text
+    job = created.json()["generation"]
+
+    deadline = time.monotonic() + 30
+    while True:
+        state = server.http.get(f"/api/v1/generations/{job['id']}",
+                                headers=server.headers()).json()["generation"]
+        if state["status"] == "processing":
+            break
+        assert state["status"] == "pending" and time.monotonic() < deadline, state
+        time.sleep(0.02)
+    replicas[0].kill()  # SIGKILL the Serve replica running the job
+
+    done = server.wait_terminal(job["id"], timeout=120)
+    if done["status"] == "failed":
+        assert done["error_code"] == "service_unavailable"
+        assert server.balance() == balance_before  # refunded
+    else:
+        assert done["status"] == "completed" and len(done["output_urls"]) == 10
+        assert server.balance() == balance_before - job["cost_credits"]
+    credits = server.http.get("/api/v1/credits", headers=server.headers()).json()["credits"]
+    assert credits["queue"]["active"] == 0  # slots freed either way
+    assert _attempts(server.home, job["id"]) == 2  # the killed run counted; one retry
+
+
+def _attempts(home: Path, job_id: str) -> int:
+    from retouch.serving.core.db import make_engine, make_session_factory
+    from retouch.serving.core.tables import Generation
+
+    engine = make_engine(f"sqlite:///{home / 'retouch.db'}")
+    try:
+        with make_session_factory(engine)() as session:
+            return session.get_one(Generation, job_id).attempts
+    finally:
+        engine.dispose()
