@@ -77,6 +77,9 @@ def test_sdxl_profile_names_the_real_checkpoints():
     assert profile.spec("realesrgan_x4plus").options["num_block"] == 23
     assert profile.native_size == 1024 and profile.dtype == "float16"
     assert dict(profile.quality_steps) == {"low": 20, "medium": 30, "high": 45}
+    catalog = profile.catalog()
+    assert {row["name"] for row in catalog} == set(profile.specs)
+    assert all(row["purpose"] and row["family"] for row in catalog)
 
     tiny = resolve_profile("tiny")
     assert set(tiny.specs) == set(profile.specs)
