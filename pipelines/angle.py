@@ -28,9 +28,14 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFilter
 
+from . import prompts
+from .common import RunContext, depth_control_image, run_diffusion, size_multiple
+from .errors import InvalidInput
 from .prompts import split_angle
+from .sizes import fit_to_size, output_size, resize_mask_to, resize_to, working_size
+from .vocabulary import ANGLES
 
 FOV_DEGREES = 60.0
 GEOMETRY_FRACTION = 1.0 / 3.0
@@ -190,3 +195,49 @@ def _close_cracks(rgb: np.ndarray, depth: np.ndarray, filled: np.ndarray) -> Non
     rgb[crack] = rgb_sum[crack] / count[crack][:, None]
     depth[crack] = depth_sum[crack] / count[crack]
     filled |= crack
+
+
+# ---- the model-backed pipeline ---------------------------------------------------------------
+MAIN = "input.main_image"
+HOLE_DILATION = 3  # px at the working size, so the inpaint blends the seams
+ANGLE_CONTROL_SCALE = 0.7
+
+
+def check_inputs(request, images: dict[str, Image.Image]) -> None:
+    if images.get(MAIN) is None:
+        raise InvalidInput(MAIN, "is required")
+    if request.input.angle not in ANGLES:
+        raise InvalidInput("input.angle", f"{request.input.angle!r} is not a dashboard cube angle")
+
+
+def angle_change(store, request, images: dict[str, Image.Image],
+                 ctx: RunContext) -> list[Image.Image]:
+    """Depth → reprojection → depth-ControlNet inpaint of the holes (skipped when there are none)."""
+    check_inputs(request, images)
+    ctx.report(0.0)
+    angle = request.input.angle
+    pipe = store.controlnet_inpaint("depth")
+    source = images[MAIN].convert("RGB")
+    size = output_size(request.options.aspect_ratio, native_size=store.native_size,
+                       source_size=source.size)
+    work = working_size(size, native_size=store.native_size,
+                        multiple=size_multiple(pipe, store.native_size))
+    init = fit_to_size(source, work)
+    depth = depth_from_relative(store.depth_estimator()(init))
+    view = reproject(init, depth, angle)
+    ctx.report(0.15)
+    ctx.check_cancelled()
+    if not view.hole_mask.any():  # eye level, front: the source already is that view
+        ctx.report(1.0)
+        return [fit_to_size(source, size)]
+    hole_image = Image.fromarray(np.where(view.hole_mask, 255, 0).astype(np.uint8), "L")
+    hole_image = hole_image.filter(ImageFilter.MaxFilter(HOLE_DILATION))
+    result = run_diffusion(
+        pipe, ctx.stage(0.15, 1.0), ctx,
+        prompt=prompts.angle_prompt(angle, request.input.text_prompt),
+        negative_prompt=prompts.NEGATIVE_PROMPT, image=view.image,
+        mask_image=resize_mask_to(hole_image, work), control_image=depth_control_image(
+            1.0 / view.depth), width=work[0], height=work[1],
+        controlnet_conditioning_scale=ANGLE_CONTROL_SCALE, strength=0.99,
+        num_inference_steps=store.quality_steps[request.options.quality])
+    return [resize_to(result, size)]

@@ -1,0 +1,60 @@
+"""time_change: the same scene at another time of day, season and weather.
+
+The main image is fitted to the output size; at the working size its depth map (the store's
+depth estimator) conditions a depth ControlNet img2img run whose prompt is the dashboard's
+atmosphere string (`prompts.atmosphere_prompt`: time phrase + the seed's exact season and weather
+strings, then the client's `text_prompt` as an additional instruction). The depth condition keeps
+the layout while the img2img strength leaves room for the new light and weather.
+"""
+
+from __future__ import annotations
+
+from PIL import Image
+
+from . import prompts
+from .common import RunContext, depth_control_image, run_diffusion, size_multiple, \
+    steps_for_strength
+from .errors import InvalidInput
+from .sizes import fit_to_size, output_size, resize_to, working_size
+from .vocabulary import DEFAULT_TIME, SEASONS, TIMES, WEATHERS
+
+MAIN = "input.main_image"
+ATMOSPHERE_STRENGTH = 0.7
+CONTROL_SCALE = 0.8
+
+
+def check_inputs(request, images: dict[str, Image.Image]) -> None:
+    inp = request.input
+    if images.get(MAIN) is None:
+        raise InvalidInput(MAIN, "is required")
+    if inp.time is not None and inp.time not in TIMES:
+        raise InvalidInput("input.time", f"must be one of {', '.join(TIMES)}")
+    if inp.season is not None and inp.season not in SEASONS:
+        raise InvalidInput("input.season", f"must be one of {', '.join(SEASONS)}")
+    if inp.weather is not None and inp.weather not in WEATHERS:
+        raise InvalidInput("input.weather", f"must be one of {', '.join(WEATHERS)}")
+
+
+def time_change(store, request, images: dict[str, Image.Image], ctx: RunContext) -> list[Image.Image]:
+    check_inputs(request, images)
+    inp = request.input
+    ctx.report(0.0)
+    pipe = store.controlnet_img2img("depth")
+    source = images[MAIN].convert("RGB")
+    size = output_size(request.options.aspect_ratio, native_size=store.native_size,
+                       source_size=source.size)
+    work = working_size(size, native_size=store.native_size,
+                        multiple=size_multiple(pipe, store.native_size))
+    init = fit_to_size(source, work)
+    control = depth_control_image(store.depth_estimator()(init))
+    ctx.report(0.1)
+    ctx.check_cancelled()
+    steps = store.quality_steps[request.options.quality]
+    result = run_diffusion(
+        pipe, ctx.stage(0.1, 1.0), ctx,
+        prompt=prompts.atmosphere_prompt(inp.time or DEFAULT_TIME, inp.season, inp.weather,
+                                         inp.text_prompt),
+        negative_prompt=prompts.NEGATIVE_PROMPT, image=init, control_image=control,
+        strength=ATMOSPHERE_STRENGTH, controlnet_conditioning_scale=CONTROL_SCALE,
+        num_inference_steps=steps_for_strength(steps, ATMOSPHERE_STRENGTH))
+    return [resize_to(result, size)]

@@ -1,0 +1,74 @@
+"""generator: prompt → image at the exact output size.
+
+Runs text→image at the working size (≈ native_size² pixels, output aspect) and resizes to the
+output size with Lanczos (see `sizes`). `quality` picks the number of denoising steps
+(`store.quality_steps`).
+
+`options.background`:
+- `opaque` (default): always an RGB image.
+- `auto`: if the prompt asks for a cut-out subject (it contains one of
+  `prompts.TRANSPARENT_BACKGROUND_WORDS`, e.g. "transparent background", "isolated", "sticker")
+  *and* the output format can carry alpha (png or webp), the segmenter separates the subject from
+  its "Background" label and the result is RGBA with the background fully transparent. Otherwise
+  the image stays opaque (jpeg can never be transparent). If the segmenter finds no subject, or
+  nothing but subject, there is nothing to cut and the image stays opaque.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from . import prompts
+from .common import RunContext, run_diffusion, size_multiple
+from .errors import InvalidInput
+from .sizes import output_size, resize_to, working_size
+
+ALPHA_FORMATS = ("png", "webp")
+
+
+def check_inputs(request) -> None:
+    if not request.input.prompt.strip():
+        raise InvalidInput("input.prompt", "must not be blank")
+
+
+def wants_transparent_background(prompt: str, background: str, output_format: str) -> bool:
+    if background != "auto" or output_format not in ALPHA_FORMATS:
+        return False
+    text = prompt.lower()
+    return any(word in text for word in prompts.TRANSPARENT_BACKGROUND_WORDS)
+
+
+def cut_out_subject(store, image: Image.Image) -> Image.Image:
+    """RGBA with alpha 0 on the segmenter's Background label; the RGB image if nothing to cut."""
+    segmentation = store.segmenter()(image)
+    background = segmentation.mask("Background")
+    if background.all() or not background.any():
+        return image
+    alpha = Image.fromarray(np.where(background, 0, 255).astype(np.uint8), "L")
+    cut = image.convert("RGBA")
+    cut.putalpha(alpha)
+    return cut
+
+
+def generate(store, request, images: dict[str, Image.Image], ctx: RunContext) -> list[Image.Image]:
+    check_inputs(request)
+    options = request.options
+    ctx.report(0.0)
+    pipe = store.text2img()
+    size = output_size(options.aspect_ratio, native_size=store.native_size)
+    work = working_size(size, native_size=store.native_size,
+                        multiple=size_multiple(pipe, store.native_size))
+    transparent = wants_transparent_background(request.input.prompt, options.background,
+                                               options.output_format)
+    image = run_diffusion(
+        pipe, ctx.stage(0.0, 0.9 if transparent else 1.0), ctx,
+        prompt=prompts.generator_prompt(request.input.prompt),
+        negative_prompt=prompts.NEGATIVE_PROMPT, width=work[0], height=work[1],
+        num_inference_steps=store.quality_steps[options.quality])
+    image = resize_to(image, size)
+    if transparent:
+        ctx.check_cancelled()
+        image = cut_out_subject(store, image)
+    ctx.report(1.0)
+    return [image]

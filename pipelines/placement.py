@@ -1,0 +1,219 @@
+"""Photographer placement modes: person_placement, cloth_change, location_change, object_placement.
+
+All four inpaint one region of the main image (fitted to the output size) and paste the untouched
+pixels back bit-exact (`erase.inpaint_region`). They differ in where the region comes from and
+how `secondary_images` take part:
+
+- person_placement: `main_image` is the scene, `secondary_images[0]` the person. The person is cut
+  out of the reference with the segmenter (every non-"Background" label), scaled to
+  `PERSON_HEIGHT` of the frame and stood at the bottom centre; the inpaint then re-renders that
+  footprint at `HARMONISE_STRENGTH` so light and edges match the scene while the pasted pixels
+  keep the identity. Without a reference a person is drawn into the same box from the prompt.
+- cloth_change: the region is the clothing labels of the segmenter (upper clothes, skirt, pants,
+  dress, belt, scarf), dilated; references are pasted into the region's bounding box first
+  (reference-initialised inpainting at `REFERENCE_STRENGTH`) so they set garment colour/texture.
+- location_change: the region is the "Background" label, i.e. the person stays and the
+  surroundings become the `text_prompt` location; a reference pre-fills the background.
+- object_placement: the region is a box placed from words in `text_prompt` ("left", "right",
+  "top", "bottom", "center", "corner" ...; default the lower middle); a reference pre-fills it.
+
+When the segmenter finds nothing usable (no clothing, no background), a fixed box stands in
+(`FALLBACK_BOXES`), so a job never silently returns its input.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+from . import prompts
+from .common import RunContext
+from .erase import INPAINT_STRENGTH, inpaint_region
+from .errors import InvalidInput
+from .sizes import fit_to_size, output_size, resize_mask_to, resize_to, working_size
+
+MAIN = "input.main_image"
+CLOTHING_LABELS = ("Upper-clothes", "Skirt", "Pants", "Dress", "Belt", "Scarf")
+PERSON_HEIGHT = 0.6
+HARMONISE_STRENGTH = 0.5
+REFERENCE_STRENGTH = 0.85
+# (left, top, right, bottom) as fractions of the frame.
+FALLBACK_BOXES = {"person": (0.3, 0.3, 0.7, 0.95), "clothing": (0.3, 0.35, 0.7, 0.8),
+                  "surroundings_keep": (0.25, 0.15, 0.75, 1.0)}
+OBJECT_BOX_SIZE = 0.34
+
+
+def secondary_images(images: dict[str, Image.Image]) -> list[Image.Image]:
+    keys = sorted((k for k in images if k.startswith("input.secondary_images[")),
+                  key=lambda k: int(k[len("input.secondary_images["):-1]))
+    return [images[k].convert("RGB") for k in keys]
+
+
+def check_inputs(request, images: dict[str, Image.Image]) -> None:
+    if images.get(MAIN) is None:
+        raise InvalidInput(MAIN, "is required")
+    for i in range(len(request.input.secondary_images)):
+        if images.get(f"input.secondary_images[{i}]") is None:
+            raise InvalidInput(f"input.secondary_images[{i}]", "image is missing")
+    if request.options.mode == "location_change" and not request.input.text_prompt.strip():
+        raise InvalidInput("input.text_prompt", "is required for mode location_change")
+
+
+def box_mask(size: tuple[int, int], box: tuple[float, float, float, float]) -> np.ndarray:
+    w, h = size
+    left, top, right, bottom = (round(box[0] * w), round(box[1] * h), round(box[2] * w),
+                                round(box[3] * h))
+    mask = np.zeros((h, w), dtype=bool)
+    mask[top:max(bottom, top + 1), left:max(right, left + 1)] = True
+    return mask
+
+
+def dilate(mask: np.ndarray, fraction: float = 0.01) -> np.ndarray:
+    kernel = max(3, int(round(fraction * min(mask.shape))) | 1)
+    image = Image.fromarray(np.where(mask, 255, 0).astype(np.uint8), "L")
+    return np.asarray(image.filter(ImageFilter.MaxFilter(kernel))) >= 128
+
+
+def segment_labels(store, image: Image.Image, *labels: str, exclude: bool = False) -> np.ndarray:
+    """Mask of `labels` (or of everything else with `exclude`) at `image`'s size.
+
+    Segments at the working size, then resizes the mask with nearest (cheap at any output size).
+    """
+    work = working_size(image.size, native_size=max(store.native_size, 64), multiple=8)
+    segmentation = store.segmenter()(resize_to(image, work))
+    mask = segmentation.mask(*labels)
+    if exclude:
+        mask = ~mask
+    small = Image.fromarray(np.where(mask, 255, 0).astype(np.uint8), "L")
+    return np.asarray(resize_mask_to(small, image.size)) >= 128
+
+
+def bounding_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+    if rows.size == 0:
+        return None
+    return (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
+
+
+def prefill(base: Image.Image, mask: np.ndarray, reference: Image.Image) -> Image.Image:
+    """`base` with `reference` fitted into the mask's bounding box, inside the mask only."""
+    box = bounding_box(mask)
+    if box is None:
+        return base
+    canvas = base.copy()
+    patch = fit_to_size(reference, (box[2] - box[0], box[3] - box[1]))
+    layer = canvas.copy()
+    layer.paste(patch, box[:2])
+    return Image.fromarray(np.where(mask[..., None], np.asarray(layer), np.asarray(canvas)), "RGB")
+
+
+def _frame(store, request, images) -> Image.Image:
+    source = images[MAIN].convert("RGB")
+    size = output_size(request.options.aspect_ratio, native_size=store.native_size,
+                       source_size=source.size)
+    return fit_to_size(source, size)
+
+
+def _finish(store, request, ctx, base, mask, prompt, strength) -> list[Image.Image]:
+    ctx.check_cancelled()
+    ctx.report(0.15)
+    steps = store.quality_steps[request.options.quality]
+    result = inpaint_region(store, ctx, base, mask, prompt, prompts.NEGATIVE_PROMPT, steps,
+                            progress=ctx.stage(0.15, 1.0), strength=strength)
+    ctx.report(1.0)
+    return [result]
+
+
+def person_placement(store, request, images, ctx: RunContext) -> list[Image.Image]:
+    check_inputs(request, images)
+    ctx.report(0.0)
+    scene = _frame(store, request, images)
+    references = secondary_images(images)
+    prompt = prompts.person_placement_prompt(request.input.text_prompt)
+    if not references:
+        return _finish(store, request, ctx, scene, box_mask(scene.size, FALLBACK_BOXES["person"]),
+                       prompt, INPAINT_STRENGTH)
+    person = references[0]
+    person_mask = segment_labels(store, person, "Background", exclude=True)
+    box = bounding_box(person_mask) or (0, 0, person.width, person.height)
+    cut, cut_mask = person.crop(box), person_mask[box[1]:box[3], box[0]:box[2]]
+    if not cut_mask.any():
+        cut_mask = np.ones_like(cut_mask)
+    height = max(1, round(PERSON_HEIGHT * scene.height))
+    width = max(1, min(scene.width, round(cut.width * height / cut.height)))
+    cut = resize_to(cut, (width, height))
+    alpha = resize_mask_to(Image.fromarray(np.where(cut_mask, 255, 0).astype(np.uint8), "L"),
+                           (width, height))
+    left, top = (scene.width - width) // 2, round(0.95 * scene.height) - height
+    base = scene.copy()
+    base.paste(cut, (left, max(0, top)), alpha)
+    footprint = np.zeros((scene.height, scene.width), dtype=bool)
+    placed = np.asarray(alpha) >= 128
+    top = max(0, top)
+    footprint[top:top + height, left:left + width] = placed[:scene.height - top]
+    return _finish(store, request, ctx, base, dilate(footprint, 0.02), prompt, HARMONISE_STRENGTH)
+
+
+def cloth_change(store, request, images, ctx: RunContext) -> list[Image.Image]:
+    check_inputs(request, images)
+    ctx.report(0.0)
+    base = _frame(store, request, images)
+    mask = segment_labels(store, base, *CLOTHING_LABELS)
+    if not mask.any():
+        mask = box_mask(base.size, FALLBACK_BOXES["clothing"])
+    mask = dilate(mask)
+    references = secondary_images(images)
+    strength = INPAINT_STRENGTH
+    if references:
+        base, strength = prefill(base, mask, references[0]), REFERENCE_STRENGTH
+    return _finish(store, request, ctx, base, mask,
+                   prompts.cloth_change_prompt(request.input.text_prompt), strength)
+
+
+def location_change(store, request, images, ctx: RunContext) -> list[Image.Image]:
+    check_inputs(request, images)
+    ctx.report(0.0)
+    base = _frame(store, request, images)
+    mask = segment_labels(store, base, "Background")
+    if not mask.any() or mask.all():
+        mask = ~box_mask(base.size, FALLBACK_BOXES["surroundings_keep"])
+    references = secondary_images(images)
+    strength = INPAINT_STRENGTH
+    if references:
+        base, strength = prefill(base, mask, references[0]), REFERENCE_STRENGTH
+    return _finish(store, request, ctx, base, mask,
+                   prompts.location_change_prompt(request.input.text_prompt), strength)
+
+
+def object_box(text_prompt: str) -> tuple[float, float, float, float]:
+    """Where the object goes, from placement words in the prompt (default: lower middle)."""
+    words = text_prompt.lower()
+    size = OBJECT_BOX_SIZE
+    x = 0.5
+    y = 0.7
+    if "left" in words:
+        x = 0.22
+    elif "right" in words:
+        x = 0.78
+    if any(w in words for w in ("top", "above", "upper", "sky", "wall")):
+        y = 0.25
+    elif any(w in words for w in ("center", "centre", "middle")):
+        y = 0.5
+    elif any(w in words for w in ("bottom", "floor", "ground", "lower", "table")):
+        y = 0.75
+    half = size / 2
+    x, y = min(max(x, half), 1 - half), min(max(y, half), 1 - half)
+    return (x - half, y - half, x + half, y + half)
+
+
+def object_placement(store, request, images, ctx: RunContext) -> list[Image.Image]:
+    check_inputs(request, images)
+    ctx.report(0.0)
+    base = _frame(store, request, images)
+    mask = box_mask(base.size, object_box(request.input.text_prompt))
+    references = secondary_images(images)
+    strength = INPAINT_STRENGTH
+    if references:
+        base, strength = prefill(base, mask, references[0]), REFERENCE_STRENGTH
+    return _finish(store, request, ctx, base, mask,
+                   prompts.object_placement_prompt(request.input.text_prompt), strength)

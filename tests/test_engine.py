@@ -1,0 +1,262 @@
+"""Engine dispatch over every tool, mode and filter on the tiny profile (CPU)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from retouch.pipelines import carousel as carousel_module
+from retouch.pipelines.common import RunContext
+from retouch.pipelines.engine import Engine
+from retouch.pipelines.errors import Cancelled, InvalidInput
+from retouch.pipelines.images import encode_image
+from retouch.pipelines.requests import parse_generation_request
+from retouch.pipelines.vocabulary import (AI_FILTERS, ANGLES, ASPECT_RATIOS, PHOTOGRAPHER_MODES,
+                                          SEASONS, TIMES, WEATHERS)
+
+URL = "https://example.com/image.png"
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_store):
+    return Engine(tiny_store)
+
+
+def photo(width=96, height=80, seed=0) -> Image.Image:
+    """A smooth but non-trivial test photo: gradients plus a bright block."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    rgb = np.stack([x * 255 // width, y * 255 // height, (x + y) * 127 // (width + height)], -1)
+    rgb = rgb + rng.integers(0, 20, rgb.shape)
+    rgb[height // 4: height // 2, width // 3: 2 * width // 3] = (230, 200, 60)
+    return Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8), "RGB")
+
+
+def mask_image(width=96, height=80, box=(30, 20, 60, 50)) -> Image.Image:
+    mask = Image.new("L", (width, height), 0)
+    mask.paste(255, box)
+    return mask
+
+
+def photographer(mode, *, quality="low", aspect="original", **inputs):
+    body_input = {"main_image": URL, **inputs}
+    return parse_generation_request({"tool": "photographer", "input": body_input,
+                                     "options": {"mode": mode, "quality": quality,
+                                                 "aspect_ratio": aspect}})
+
+
+def images_for(request, **overrides) -> dict[str, Image.Image]:
+    defaults = {"input.main_image": photo(), "input.image": photo(),
+                "input.mask_image": mask_image()}
+    found = {}
+    for key in request.image_fields():
+        if key in overrides:
+            found[key] = overrides[key]
+        elif key in defaults:
+            found[key] = defaults[key]
+        else:  # references: a different photo per index
+            found[key] = photo(64, 64, seed=len(found) + 1).rotate(90)
+    return found
+
+
+def run(engine, request, seed=7, **overrides):
+    return engine.run(request, images_for(request, **overrides), RunContext(seed=seed))
+
+
+# ---- generator --------------------------------------------------------------------------------
+@pytest.mark.parametrize("ratio", list(ASPECT_RATIOS))
+def test_generator_exact_size_for_every_aspect_ratio(engine, ratio):
+    request = parse_generation_request({"tool": "generator", "input": {"prompt": "a red chair"},
+                                        "options": {"quality": "low", "aspect_ratio": ratio}})
+    (image,) = run(engine, request)
+    expected = ASPECT_RATIOS[ratio] or (engine.store.native_size,) * 2
+    assert image.size == expected and image.mode == "RGB"
+
+
+def test_generator_same_seed_same_bytes_and_different_seed_differs(engine):
+    request = parse_generation_request({"tool": "generator", "input": {"prompt": "a lighthouse"},
+                                        "options": {"quality": "low"}})
+    first = encode_image(run(engine, request, seed=11)[0], "png")
+    again = encode_image(run(engine, request, seed=11)[0], "png")
+    other = encode_image(run(engine, request, seed=12)[0], "png")
+    assert first == again and first != other
+
+
+def test_generator_auto_background_cuts_out_the_subject(engine, tiny_store):
+    def generate(prompt, background, fmt):
+        request = parse_generation_request({
+            "tool": "generator", "input": {"prompt": prompt},
+            "options": {"quality": "low", "background": background, "output_format": fmt}})
+        return run(engine, request)[0]
+
+    cut = generate("a sneaker, isolated on a transparent background", "auto", "png")
+    assert cut.mode == "RGBA"
+    background = tiny_store.segmenter()(cut.convert("RGB")).mask("Background")
+    alpha = np.asarray(cut.getchannel("A"))
+    assert 0 < background.mean() < 1
+    assert np.array_equal(alpha == 0, background) and set(np.unique(alpha)) == {0, 255}
+    assert generate("a sneaker, isolated", "auto", "jpeg").mode == "RGB"
+    assert generate("a sneaker, isolated", "opaque", "png").mode == "RGB"
+    assert generate("a sneaker on a street", "auto", "webp").mode == "RGB"
+
+
+# ---- editor -----------------------------------------------------------------------------------
+def test_editor_uses_first_image_size_and_references_change_the_result(engine):
+    one = parse_generation_request({"tool": "editor", "input": {"images": [URL], "prompt": "x"},
+                                    "options": {"quality": "low"}})
+    two = parse_generation_request({"tool": "editor",
+                                    "input": {"images": [URL, URL], "prompt": "x"},
+                                    "options": {"quality": "low"}})
+    main = photo(96, 80)
+    alone = run(engine, one, **{"input.images[0]": main})[0]
+    with_ref = run(engine, two, **{"input.images[0]": main,
+                                   "input.images[1]": Image.new("RGB", (64, 64), (0, 0, 255))})[0]
+    assert alone.size == with_ref.size == (96, 80)
+    assert not np.array_equal(np.asarray(alone), np.asarray(with_ref))
+    assert encode_image(run(engine, two)[0], "webp") == encode_image(run(engine, two)[0], "webp")
+
+
+# ---- photographer -----------------------------------------------------------------------------
+MODE_INPUTS = {
+    "person_placement": {"secondary_images": [URL]},
+    "angle_change": {"angle": "high angle, front-right"},
+    "cloth_change": {"text_prompt": "navy suit", "secondary_images": [URL]},
+    "time_change": {"time": "Golden Hour", "season": "Autumn", "weather": "Foggy"},
+    "location_change": {"text_prompt": "a courtroom"},
+    "carousel": {"text_prompt": "fashion carousel"},
+    "object_placement": {"text_prompt": "a green vase on the left"},
+    "erase_edit": {"mask_image": URL},
+}
+
+
+@pytest.mark.parametrize("mode", PHOTOGRAPHER_MODES)
+def test_every_photographer_mode(engine, mode):
+    request = photographer(mode, **MODE_INPUTS[mode])
+    seen: list[float] = []
+    outputs = engine.run(request, images_for(request), RunContext(seed=3, progress=seen.append))
+    assert len(outputs) == request.output_count == (10 if mode == "carousel" else 1)
+    assert all(image.size == (96, 80) and image.mode == "RGB" for image in outputs)
+    assert seen == sorted(seen) and seen[-1] == 1.0 and seen[0] <= 0.2
+    # The mode changed the picture.
+    assert not np.array_equal(np.asarray(outputs[0]), np.asarray(photo()))
+
+
+def test_named_aspect_ratio_gives_the_seed_size(engine):
+    (image,) = run(engine, photographer("time_change", aspect="4:5"))
+    assert image.size == (1536, 1920)
+
+
+def test_erase_keeps_every_unmasked_pixel_bit_exact(engine):
+    source, mask = photo(), mask_image(box=(20, 10, 50, 40))
+    for text in ("", "a potted plant"):
+        request = photographer("erase_edit", mask_image=URL, text_prompt=text)
+        (out,) = run(engine, request, **{"input.main_image": source, "input.mask_image": mask})
+        out_px, src_px = np.asarray(out), np.asarray(source)
+        inside = np.asarray(mask) >= 128
+        assert out.size == source.size
+        assert np.array_equal(out_px[~inside], src_px[~inside])
+        assert not np.array_equal(out_px[inside], src_px[inside])
+
+
+def test_erase_rejects_missing_and_empty_masks(engine):
+    with pytest.raises(InvalidInput) as exc:
+        photographer("erase_edit")
+    assert exc.value.field == "input.mask_image"
+    request = photographer("erase_edit", mask_image=URL)
+    with pytest.raises(InvalidInput) as exc:
+        run(engine, request, **{"input.mask_image": Image.new("L", (96, 80), 0)})
+    assert exc.value.field == "input.mask_image"
+
+
+def test_object_placement_changes_only_its_box(engine):
+    from retouch.pipelines.placement import box_mask, object_box
+
+    request = photographer("object_placement", text_prompt="a lamp on the right")
+    (out,) = run(engine, request)
+    region = box_mask((96, 80), object_box("a lamp on the right"))
+    assert region[:, 60:].any() and not region[:, :40].any()
+    assert np.array_equal(np.asarray(out)[~region], np.asarray(photo())[~region])
+
+
+def test_angle_values_validated_and_front_view_is_the_source(engine):
+    for angle in ANGLES:
+        assert photographer("angle_change", angle=angle).input.angle == angle
+    for bad in ("eye level, left", "Eye level, left side", "eye level,left side"):
+        with pytest.raises(InvalidInput) as exc:
+            photographer("angle_change", angle=bad)
+        assert exc.value.field == "input.angle"
+    with pytest.raises(InvalidInput) as exc:
+        photographer("angle_change")
+    assert exc.value.field == "input.angle"
+    (front,) = run(engine, photographer("angle_change", angle="eye level, front"))
+    assert np.array_equal(np.asarray(front), np.asarray(photo()))
+    (rear,) = run(engine, photographer("angle_change", angle="worm's eye view, rear"))
+    assert rear.size == (96, 80) and not np.array_equal(np.asarray(rear), np.asarray(photo()))
+
+
+@pytest.mark.parametrize("field, value", [("time", "Midnight"), ("season", "spring"),
+                                          ("weather", "Stormy")])
+def test_atmosphere_values_must_match_exactly(field, value):
+    with pytest.raises(InvalidInput) as exc:
+        photographer("time_change", **{field: value})
+    assert exc.value.field == f"input.{field}"
+    assert {"Bright Day", "Dusk"} <= set(TIMES) and "Winter" in SEASONS and "Snowy" in WEATHERS
+
+
+def test_carousel_frames_differ_and_record_their_plan(engine):
+    outputs = run(engine, photographer("carousel"))
+    assert len({encode_image(image, "png") for image in outputs}) == 10
+    assert [image.info["frame"] for image in outputs] == list(range(1, 11))
+    assert all(image.info["shot_source"] in ("planner", "fallback") for image in outputs)
+
+
+def test_carousel_plan_mixes_planner_lines_and_fallback(tiny_store, monkeypatch):
+    planner_text = ("Here is the plan:\n1. Wide shot of the street at dusk\n2) close-up of the "
+                    "silver earrings\n3. ....\n4. full body hero shot walking\n\n5 ~~~\n")
+    monkeypatch.setattr(carousel_module, "run_planner", lambda *a, **k: planner_text)
+    plan = carousel_module.plan_carousel(tiny_store, photo(), "")
+    assert plan.shots[:3] == ("Wide shot of the street at dusk", "close-up of the silver earrings",
+                              "full body hero shot walking")
+    assert plan.sources == ("planner",) * 3 + ("fallback",) * 7 and len(set(plan.shots)) == 10
+    assert "dominant colours" in plan.description
+
+
+# ---- filters and upscaler -----------------------------------------------------------------------
+@pytest.mark.parametrize("filter_id", AI_FILTERS)
+def test_every_ai_filter(engine, filter_id):
+    request = parse_generation_request({"tool": "ai_filter",
+                                        "input": {"image": URL, "filter": filter_id},
+                                        "options": {"quality": "low"}})
+    (out,) = run(engine, request)
+    pixels = np.asarray(out).astype(int)
+    assert out.size == (96, 80) and out.mode == "RGB"
+    is_grey = np.array_equal(pixels[..., 0], pixels[..., 1]) and \
+        np.array_equal(pixels[..., 1], pixels[..., 2])
+    assert is_grey == (filter_id == "noir-bw")
+    if filter_id == "polaroid":
+        assert (pixels[-5:, :] == (246, 244, 238)).all() and (pixels[:, :2] == (246, 244, 238)).all()
+
+
+def test_upscaler_is_dispatched(engine):
+    request = parse_generation_request({"tool": "upscaler", "input": {"image": URL},
+                                        "options": {"scale": 2}})
+    (out,) = run(engine, request, **{"input.image": photo(48, 40)})
+    assert out.size == (96, 80)
+
+
+# ---- engine contract --------------------------------------------------------------------------
+def test_missing_image_is_named(engine):
+    request = photographer("time_change")
+    with pytest.raises(InvalidInput) as exc:
+        engine.run(request, {}, RunContext(seed=1))
+    assert exc.value.field == "input.main_image"
+
+
+def test_cancel_stops_the_run(engine):
+    request = photographer("carousel")
+    seen: list[float] = []
+    ctx = RunContext(seed=1, progress=seen.append, is_cancelled=lambda: len(seen) >= 3)
+    with pytest.raises(Cancelled):
+        engine.run(request, images_for(request), ctx)
+    assert max(seen) < 0.5
