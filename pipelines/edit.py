@@ -41,9 +41,19 @@ def check_inputs(request, images: dict[str, Image.Image]) -> None:
 @torch.inference_mode()
 def encode_latents(pipe, image: Image.Image) -> torch.Tensor:
     """Scaled VAE latents (mean of the posterior) of an RGB image already at the working size."""
-    pixels = pipe.image_processor.preprocess(image).to(pipe.device, pipe.vae.dtype)
-    latents = pipe.vae.encode(pixels).latent_dist.mean
-    return latents * pipe.vae.config.scaling_factor
+    vae = pipe.vae
+    dtype = vae.dtype
+    # SDXL's VAE overflows in float16 (`force_upcast`): encode in float32 like diffusers does.
+    upcast = dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
+    if upcast:
+        vae.to(dtype=torch.float32)
+    try:
+        pixels = pipe.image_processor.preprocess(image).to(vae.device, vae.dtype)
+        latents = vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
+    finally:
+        if upcast:
+            vae.to(dtype=dtype)
+    return latents.to(dtype)
 
 
 def blended_init_latents(pipe, main: Image.Image, references: list[Image.Image],
