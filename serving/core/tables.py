@@ -174,3 +174,106 @@ class IdempotencyRecord(Base):
     request_hash: Mapped[str] = mapped_column(String(64))
     generation_id: Mapped[str] = mapped_column(ForeignKey("generations.id"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# ---- AIXpose (`/v1`): projects, pictures, quick actions, agent, resource idempotency ---------------
+PROJECT_OUTPUTS = ("picture", "video")
+PICTURE_RESOLUTIONS = ("1K", "2K", "4K")
+
+
+def new_prefixed_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:24]}"
+
+
+class Project(Base):
+    __tablename__ = "aixpose_projects"
+    __table_args__ = (Index("ix_aixpose_projects_account_created", "account_id", "created_at",
+                            "id"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True,
+                                    default=lambda: new_prefixed_id("prj"))
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    name: Mapped[str] = mapped_column(String(200))
+    output: Mapped[str] = mapped_column(String(16), default="picture")
+    picture_aspect_ratio: Mapped[str] = mapped_column(String(16), default="original")
+    picture_resolution: Mapped[str] = mapped_column(String(4), default="2K")
+    status: Mapped[str] = mapped_column(String(16), default="draft")  # draft | published
+    published_media: Mapped[list[Any]] = mapped_column(default=list)
+    published_at: Mapped[datetime | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Picture(Base):
+    """An original upload (`upload_id`, version 0) or a generated variant (`generation_id` +
+    `output_index` into that job's outputs). A generated picture's status is its job's status."""
+
+    __tablename__ = "aixpose_pictures"
+    __table_args__ = (
+        UniqueConstraint("root_id", "version", "subversion", name="uq_aixpose_picture_lineage"),
+        Index("ix_aixpose_pictures_project_created", "project_id", "created_at", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True,
+                                    default=lambda: new_prefixed_id("pic"))
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("aixpose_projects.id"))
+    parent_id: Mapped[str | None] = mapped_column(ForeignKey("aixpose_pictures.id"))
+    root_id: Mapped[str | None] = mapped_column(String(40))  # the original of this lineage
+    upload_id: Mapped[str | None] = mapped_column(ForeignKey("uploads.id"))
+    generation_id: Mapped[str | None] = mapped_column(ForeignKey("generations.id"), index=True)
+    output_index: Mapped[int] = mapped_column(Integer, default=0)
+    version: Mapped[int] = mapped_column(Integer, default=0)
+    subversion: Mapped[int] = mapped_column(Integer, default=0)
+    scene_type: Mapped[str | None] = mapped_column(String(32))
+    scene_location: Mapped[str | None] = mapped_column(String(64))
+    source_instruction: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    seed: Mapped[int | None] = mapped_column(BigInteger)
+    model_revision: Mapped[str | None] = mapped_column(String(200))
+    webhook_url: Mapped[str | None] = mapped_column(Text)
+    approved_at: Mapped[datetime | None] = mapped_column()
+    feedback_rating: Mapped[int | None] = mapped_column(Integer)
+    feedback_comment: Mapped[str | None] = mapped_column(Text)
+    feedback_at: Mapped[datetime | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class QuickAction(Base):
+    __tablename__ = "aixpose_quick_actions"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True,
+                                    default=lambda: new_prefixed_id("qa"))
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    instruction: Mapped[dict[str, Any]] = mapped_column()  # {"actions": [...]} or {"prompt": ...}
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AgentSettings(Base):
+    """Per account: whether the agent auto-enhances uploads, and its preferences per scene type:
+    `explicit` {scene_type: [action ids]} set by PATCH, `learned` {scene_type: {action id: score}}
+    moved by approvals and feedback."""
+
+    __tablename__ = "aixpose_agents"
+
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), primary_key=True)
+    enabled: Mapped[bool] = mapped_column(default=False)
+    explicit: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    learned: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ResourceIdempotencyRecord(Base):
+    """`Idempotency-Key` records for POSTs that create something other than a job (projects,
+    pictures, quick actions, feedback ...): same key + same body replays `resource_id`."""
+
+    __tablename__ = "resource_idempotency_records"
+    __table_args__ = (UniqueConstraint("api_key_id", "idempotency_key",
+                                       name="uq_resource_idempotency_key_per_api_key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    api_key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id"))
+    idempotency_key: Mapped[str] = mapped_column(String(255))
+    request_hash: Mapped[str] = mapped_column(String(64))
+    resource_type: Mapped[str] = mapped_column(String(32))
+    resource_id: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
