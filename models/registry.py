@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
@@ -48,16 +47,19 @@ class ModelSpec:
     revision: str | None = None
     dtype: str | None = None  # None: the profile's dtype
     purpose: str = ""
-    options: Mapping[str, Any] = field(default_factory=dict)  # e.g. a Real-ESRGAN arch config
+    # Loader options: `variant` (e.g. "fp16" weight files), a Real-ESRGAN arch config.
+    options: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def is_tiny(self) -> bool:
         return self.source.startswith(TINY_PREFIX)
 
     def with_source(self, source: str) -> "ModelSpec":
-        """This spec pointed at another hub id / local path; a path drops the hub revision."""
-        revision = None if Path(source).expanduser().exists() else self.revision
-        return dataclasses.replace(self, source=source, revision=revision)
+        """This spec pointed at another hub id / local path. The revision and the weight
+        `variant` belong to the original repository, so they are dropped."""
+        options = {k: v for k, v in self.options.items() if k != "variant"}
+        return dataclasses.replace(self, source=source, revision=None,
+                                   options=MappingProxyType(options))
 
 
 @dataclass(frozen=True)
@@ -108,14 +110,17 @@ def _sdxl_profile() -> Profile:
             "num_block": 23, "num_grow_ch": 32}
     srvgg = {"arch": "SRVGGNetCompact", "num_in_ch": 3, "num_out_ch": 3, "num_feat": 64,
              "num_conv": 32, "upscale": 4, "act_type": "prelu"}
+    fp16 = MappingProxyType({"variant": "fp16"})  # half-size weight files these repos publish
     specs = [
         ModelSpec("base", "diffusion", "StableDiffusionXLPipeline",
-                  "stabilityai/stable-diffusion-xl-base-1.0", purpose=_PURPOSES["base"]),
+                  "stabilityai/stable-diffusion-xl-base-1.0", purpose=_PURPOSES["base"],
+                  options=fp16),
         ModelSpec("inpaint", "diffusion", "StableDiffusionXLInpaintPipeline",
                   "diffusers/stable-diffusion-xl-1.0-inpainting-0.1",
-                  purpose=_PURPOSES["inpaint"]),
+                  purpose=_PURPOSES["inpaint"], options=fp16),
         ModelSpec("controlnet_depth", "controlnet", "ControlNetModel",
-                  "diffusers/controlnet-depth-sdxl-1.0", purpose=_PURPOSES["controlnet_depth"]),
+                  "diffusers/controlnet-depth-sdxl-1.0", purpose=_PURPOSES["controlnet_depth"],
+                  options=fp16),
         ModelSpec("controlnet_canny", "controlnet", "ControlNetModel",
                   "diffusers/controlnet-canny-sdxl-1.0", purpose=_PURPOSES["controlnet_canny"]),
         ModelSpec("ip_adapter", "ip_adapter", "IPAdapter", "h94/IP-Adapter",
@@ -170,7 +175,7 @@ def _tiny_profile() -> Profile:
     sdxl = _sdxl_profile()
     specs = {}
     for name, spec in sdxl.specs.items():
-        options = dict(spec.options)
+        options = {k: v for k, v in spec.options.items() if k != "variant"}
         if spec.family == "upscaler":
             options = dict(TINY_RRDB if options["arch"] == "RRDBNet" else TINY_SRVGG)
             if name == "realesrgan_x2plus":

@@ -3,7 +3,8 @@
 All loading goes through `from_pretrained(<local dir or hub id>, local_files_only=...)`, the same
 code path for the tiny twins (built on first use into the cache) and the real checkpoints. With
 `local_files_only=True` (the default) nothing is downloaded: production pre-fetches its
-checkpoints into the Hugging Face cache (or points overrides at local directories).
+checkpoints (`retouch fetch-models`, `retouch.models.fetch`) or points overrides at local
+directories.
 
 Pipelines returned here share their heavy components (`from_pipe`) but each has its own
 scheduler. One store serves one call at a time per pipeline; callers that run pipelines
@@ -13,6 +14,7 @@ concurrently use one store per worker.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import threading
 from dataclasses import dataclass
@@ -360,17 +362,22 @@ class ModelStore:
     def _weight_file(self, spec: ModelSpec) -> Path:
         """A local `.pth` for `spec`: a tiny-cache or local file, a URL (downloaded into the
         cache unless `local_files_only`), or a hub id with `weight_name`."""
+        from retouch.models.fetch import is_url, url_cache_path
+
         source = self.source_of(spec)
         if Path(source).is_file():
             return Path(source)
-        if source.startswith(("https://", "http://")):
-            target = self.cache_dir / "realesrgan" / source.rsplit("/", 1)[-1]
+        if is_url(source):
+            target = url_cache_path(self.cache_dir, source)
             if not target.is_file():
                 if self.local_files_only:
                     raise FileNotFoundError(
-                        f"{spec.name}: {target} is missing; download {source} there first")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                torch.hub.download_url_to_file(source, str(target), progress=False)
+                        f"{spec.name}: {target} is missing; run `retouch fetch-models` "
+                        f"(or download {source} there)")
+                from retouch.models.fetch import fetch_models
+
+                fetch_models(dataclasses.replace(self.profile, specs={spec.name: spec}),
+                             self.cache_dir)
             return target
         from huggingface_hub import hf_hub_download
 

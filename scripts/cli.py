@@ -69,5 +69,31 @@ def build_tiny(
                f"{time.perf_counter() - started:.1f} s)")
 
 
+@app.command("fetch-models")
+def fetch_models_command(
+    profile: str = typer.Option("sdxl", help="model profile to fetch"),
+    cache: Path = typer.Option(None, help="model cache folder (default <RETOUCH_HOME>/models)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="list what would be downloaded"),
+) -> None:
+    """Download a profile's checkpoints (Hugging Face cache + Real-ESRGAN .pth files)."""
+    from retouch.models.fetch import fetch_models, fetch_plan
+    from retouch.models.registry import resolve_profile
+    from retouch.serving.settings import Settings
+
+    settings = Settings()
+    resolved = resolve_profile(profile, settings.model_overrides)
+    cache_dir = cache or settings.resolved_model_cache
+
+    def describe(item) -> None:
+        where = item.target or "Hugging Face cache"
+        typer.echo(f"{', '.join(item.spec_names)}: {item.source} -> {where}")
+
+    if dry_run:
+        for item in fetch_plan(resolved, cache_dir):
+            describe(item)
+        return
+    fetch_models(resolved, cache_dir, on_item=describe)
+
+
 def main() -> None:
     app()

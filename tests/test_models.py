@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from retouch.models import realesrgan_arch
+from retouch.models.fetch import fetch_plan
 from retouch.models.registry import (SEGFORMER_CLOTHES_LABELS, UPSCALER_NAMES, resolve_profile)
 from retouch.models.store import ModelStore
 from retouch.models.tiny import BUILDER_VERSION, MARKER_NAME, build_tiny_models, tiny_root
@@ -92,6 +93,8 @@ def test_overrides_point_a_spec_elsewhere(tmp_path):
     assert profile.spec("base").source == "someone/sdxl-finetune"
     assert profile.spec("depth").source == str(tmp_path)
     assert profile.spec("inpaint").source == "diffusers/stable-diffusion-xl-1.0-inpainting-0.1"
+    assert profile.spec("inpaint").options["variant"] == "fp16"
+    assert "variant" not in profile.spec("base").options  # another repo: its own files
     with pytest.raises(KeyError, match="no model 'nope'"):
         resolve_profile("sdxl", {"nope": "x/y"})
     with pytest.raises(ValueError, match="unknown model profile"):
@@ -110,6 +113,46 @@ def test_missing_real_checkpoint_is_not_downloaded(tmp_path):
     store = ModelStore(profile="sdxl", cache_dir=tmp_path)
     with pytest.raises(FileNotFoundError, match="realesr-general-x4v3.pth"):
         store.upscaler("realesr_general_x4v3")
+
+
+def test_fetch_plan_lists_only_the_files_the_loaders_read(tmp_path):
+    plan = {item.spec_names: item for item in fetch_plan(resolve_profile("sdxl"), tmp_path)}
+    assert len(plan) == 12  # the IP-Adapter weights and its image encoder share one repo
+    base = plan[("base",)]
+    assert base.source == "stabilityai/stable-diffusion-xl-base-1.0" and not base.is_url
+    assert "*/diffusion_pytorch_model.fp16.safetensors" in base.allow_patterns
+    assert "model_index.json" in base.allow_patterns
+    assert plan[("controlnet_canny",)].allow_patterns == (
+        "config.json", "diffusion_pytorch_model.safetensors")
+    ip = plan[("ip_adapter", "image_encoder")]
+    assert "sdxl_models/ip-adapter_sdxl.safetensors" in ip.allow_patterns
+    assert "sdxl_models/image_encoder/*.safetensors" in ip.allow_patterns
+    assert "*.onnx" in plan[("depth",)].ignore_patterns
+    x4 = plan[("realesrgan_x4plus",)]
+    assert x4.is_url and x4.target == tmp_path / "realesrgan" / "RealESRGAN_x4plus.pth"
+    assert fetch_plan(resolve_profile("tiny"), tmp_path) == []
+    local = resolve_profile("sdxl", {"planner": str(tmp_path)})
+    assert all("planner" not in item.spec_names for item in fetch_plan(local, tmp_path))
+
+
+def test_release_file_is_fetched_into_the_cache_when_allowed(tmp_path):
+    torch.manual_seed(0)
+    official = realesrgan_arch.SRVGGNetCompact(3, 3, 64, 32, 4, "prelu")
+    release = tmp_path / "release" / "my-general-x4v3.pth"
+    release.parent.mkdir()
+    torch.save({"params_ema": official.state_dict()}, release)
+    overrides = {"realesr_general_x4v3": release.as_uri()}
+    cache = tmp_path / "cache"
+    offline = ModelStore(profile="sdxl", cache_dir=cache, overrides=overrides)
+    with pytest.raises(FileNotFoundError, match="retouch fetch-models"):
+        offline.upscaler("realesr_general_x4v3")
+    online = ModelStore(profile="sdxl", cache_dir=cache, overrides=overrides,
+                        local_files_only=False)
+    network = online.upscaler("realesr_general_x4v3")
+    assert (cache / "realesrgan" / "my-general-x4v3.pth").is_file()
+    x = torch.rand(1, 3, 6, 6)
+    with torch.inference_mode():
+        assert torch.equal(network(x), official.eval()(x))
 
 
 def _photo(width: int = 64, height: int = 64) -> Image.Image:
