@@ -41,6 +41,9 @@ class Planner:
     tokenizer: Any
     model: Any
 
+    def __iter__(self):  # `tokenizer, model = store.planner()`
+        return iter((self.tokenizer, self.model))
+
 
 @dataclass(frozen=True)
 class Segmentation:

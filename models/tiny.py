@@ -9,8 +9,8 @@ rebuilt only when the marker is missing or stale.
 
 from __future__ import annotations
 
+import fcntl
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -44,27 +44,29 @@ def tiny_cache_is_current(cache_dir: Path | str) -> bool:
 def build_tiny_models(cache_dir: Path | str, *, force: bool = False) -> Path:
     """Build every tiny twin under `<cache_dir>/tiny` (idempotent) and return that directory.
 
-    Builds into a temporary sibling and renames it into place, so a concurrent or interrupted
-    build never leaves a half-written cache behind a valid marker.
+    A file lock serialises concurrent builders (test workers, Ray replicas); the build goes to a
+    temporary sibling that is renamed into place, so a reader never sees a half-written cache.
     """
     root = tiny_root(cache_dir)
     if not force and tiny_cache_is_current(cache_dir):
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".tiny-build-", dir=root.parent))
-    try:
-        _build_all(staging)
-        (staging / MARKER_NAME).write_text(BUILDER_VERSION + "\n")
-        if tiny_cache_is_current(cache_dir) and not force:
-            return root  # another process finished first
-        if root.exists():
-            old = root.with_name(f".tiny-old-{os.getpid()}")
-            root.rename(old)
-            shutil.rmtree(old, ignore_errors=True)
-        staging.rename(root)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+    with open(root.parent / ".tiny-build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not force and tiny_cache_is_current(cache_dir):
+            return root  # another process built it while we waited
+        staging = Path(tempfile.mkdtemp(prefix=".tiny-build-", dir=root.parent))
+        try:
+            _build_all(staging)
+            (staging / MARKER_NAME).write_text(BUILDER_VERSION + "\n")
+            if root.exists():
+                old = Path(tempfile.mkdtemp(prefix=".tiny-old-", dir=root.parent))
+                root.rename(old / TINY_DIR_NAME)
+                shutil.rmtree(old, ignore_errors=True)
+            staging.rename(root)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
     return root
 
 

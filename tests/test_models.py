@@ -232,6 +232,8 @@ def test_segmenter_labels_every_pixel(tiny_store):
 
 def test_planner_generates_with_a_chat_template(tiny_store):
     planner = tiny_store.planner()
+    tokenizer, model = planner
+    assert (tokenizer, model) == (planner.tokenizer, planner.model)
     messages = [{"role": "user", "content": "plan a photo of a woman in the city"}]
     prompt = planner.tokenizer.apply_chat_template(messages, add_generation_prompt=True,
                                                    tokenize=False)
