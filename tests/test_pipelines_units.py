@@ -81,3 +81,48 @@ def test_parse_shot_lines_keeps_readable_numbered_lines_only():
            "4. a b\n5. wide shot of the beach\n10. low angle hero shot at sunset\n"
     assert parse_shot_lines(text) == ["wide shot of the beach", "close up of the hands holding",
                                       "low angle hero shot at sunset"]
+
+
+def test_person_placement_stands_the_cut_out_person_in_the_scene(monkeypatch):
+    """Compositing logic with a stand-in segmenter and the inpaint step captured, not run."""
+    from types import SimpleNamespace
+
+    from retouch.pipelines import placement
+    from retouch.pipelines.common import RunContext
+    from retouch.pipelines.requests import parse_generation_request
+
+    names = ("Background", "Face")
+
+    class Segmenter:  # the person is the magenta block of the reference
+        def __call__(self, image):
+            rgb = np.asarray(image).astype(int)
+            person = (rgb[..., 0] > 200) & (rgb[..., 1] < 60)
+            return SimpleNamespace(mask=lambda *labels: ~person if labels == ("Background",)
+                                   else person, names=names)
+
+    store = SimpleNamespace(native_size=64, segmenter=lambda: Segmenter(),
+                            quality_steps={"low": 2})
+    captured = {}
+
+    def fake_inpaint(store, ctx, base, mask, prompt, negative, steps, **kwargs):
+        captured.update(base=np.asarray(base), mask=mask, strength=kwargs["strength"])
+        return base
+
+    monkeypatch.setattr(placement, "inpaint_region", fake_inpaint)
+    scene = Image.new("RGB", (100, 80), (0, 90, 0))
+    reference = Image.new("RGB", (60, 60), (0, 0, 255))
+    reference.paste((255, 0, 255), (20, 10, 40, 50))  # a 20x40 "person"
+    request = parse_generation_request({
+        "tool": "photographer", "input": {"main_image": "https://e.x/a.png",
+                                          "secondary_images": ["https://e.x/b.png"]},
+        "options": {"mode": "person_placement", "quality": "low"}})
+    placement.person_placement(store, request, {"input.main_image": scene,
+                                                "input.secondary_images[0]": reference},
+                               RunContext(seed=1))
+    magenta = (captured["base"][..., 0] > 200) & (captured["base"][..., 2] > 200)
+    rows, cols = np.nonzero(magenta)
+    assert rows.max() - rows.min() + 1 == 48  # 60% of the scene height
+    assert rows.max() + 1 == 76 and abs((cols.min() + cols.max()) / 2 - 49.5) <= 1
+    assert not (captured["base"][..., 2] > 200)[~magenta].any()  # the reference's blue stays out
+    assert captured["mask"][magenta].all() and captured["mask"].mean() < 0.3
+    assert captured["strength"] == placement.HARMONISE_STRENGTH
