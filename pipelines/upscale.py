@@ -113,10 +113,12 @@ def upscale(store: Any, image: Image.Image, scale: int | str = 2,
         pixels = run_tiled(network, np.asarray(rgb), plan.model_factor, ctx,
                            tile_size=tile_size, tile_overlap=tile_overlap,
                            device=store.device)
-        if network_weight < 1.0:
+        if network_weight < 1.0:  # in place: the float image can be hundreds of MB
             resampled = np.asarray(rgb.resize(plan.model_size, Image.Resampling.BICUBIC))
-            pixels = network_weight * pixels + (1.0 - network_weight) * resampled
-        result = Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8))
+            pixels *= network_weight
+            pixels += (1.0 - network_weight) * resampled.astype(np.float32)
+        np.clip(np.rint(pixels, out=pixels), 0, 255, out=pixels)
+        result = Image.fromarray(pixels.astype(np.uint8))
 
     if result.size != plan.output_size:
         result = result.resize(plan.output_size, Image.Resampling.LANCZOS)
