@@ -95,12 +95,16 @@ def parse_shot_lines(text: str) -> list[str]:
 
 class _PlanComplete:
     """Stops generation once the plan is complete: 10 shot lines, or far more lines than a plan
-    has (a model that only writes blank lines or noise stops early, not at the token budget)."""
+    has (a model that only writes blank lines or noise stops early, not at the token budget),
+    or as soon as the job is cancelled."""
 
-    def __init__(self, tokenizer, prompt_length: int):
+    def __init__(self, tokenizer, prompt_length: int, is_cancelled=lambda: False):
         self.tokenizer, self.prompt_length = tokenizer, prompt_length
+        self.is_cancelled = is_cancelled
 
     def __call__(self, input_ids, scores, **kwargs) -> bool:
+        if self.is_cancelled():
+            return True
         text = self.tokenizer.decode(input_ids[0][self.prompt_length:], skip_special_tokens=True)
         if text.count("\n") >= 2 * CAROUSEL_FRAMES + 2:
             return True
@@ -108,7 +112,7 @@ class _PlanComplete:
 
 
 @torch.inference_mode()
-def run_planner(store, description: str, text_prompt: str) -> str:
+def run_planner(store, description: str, text_prompt: str, ctx: RunContext | None = None) -> str:
     planner = store.planner()
     instruction = prompts.CAROUSEL_PLANNER_INSTRUCTION.format(
         description=description, request=text_prompt.strip() or "a varied carousel of the photo")
@@ -125,14 +129,19 @@ def run_planner(store, description: str, text_prompt: str) -> str:
     prompt_length = inputs["input_ids"].shape[1]
     output = model.generate(
         **inputs, max_new_tokens=PLANNER_MAX_NEW_TOKENS, do_sample=False,
-        stopping_criteria=StoppingCriteriaList([_PlanComplete(tokenizer, prompt_length)]),
+        stopping_criteria=StoppingCriteriaList([_PlanComplete(
+            tokenizer, prompt_length, ctx.is_cancelled if ctx else (lambda: False))]),
         pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+    if ctx is not None:
+        ctx.check_cancelled()
     return tokenizer.decode(output[0][prompt_length:], skip_special_tokens=True)
 
 
-def plan_carousel(store, image: Image.Image, text_prompt: str) -> CarouselPlan:
+def plan_carousel(store, image: Image.Image, text_prompt: str,
+                  ctx: RunContext | None = None) -> CarouselPlan:
     description = describe_image(store, image)
-    planned = parse_shot_lines(run_planner(store, description, text_prompt))[:CAROUSEL_FRAMES]
+    planned = parse_shot_lines(run_planner(store, description, text_prompt, ctx))
+    planned = planned[:CAROUSEL_FRAMES]
     fallback = [s for s in prompts.CAROUSEL_FALLBACK_SHOTS if s not in planned]
     shots = planned + fallback[:CAROUSEL_FRAMES - len(planned)]
     sources = ["planner"] * len(planned) + ["fallback"] * (CAROUSEL_FRAMES - len(planned))
@@ -143,7 +152,7 @@ def carousel(store, request, images: dict[str, Image.Image], ctx: RunContext) ->
     check_inputs(request, images)
     ctx.report(0.0)
     source = images[MAIN].convert("RGB")
-    plan = plan_carousel(store, source, request.input.text_prompt)
+    plan = plan_carousel(store, source, request.input.text_prompt, ctx)
     ctx.report(0.1)
     pipe = store.img2img()
     size = output_size(request.options.aspect_ratio, native_size=store.native_size,

@@ -291,3 +291,17 @@ def test_editor_named_aspect_ratio(engine):
     request = parse_generation_request({"tool": "editor", "input": {"images": [URL]},
                                         "options": {"quality": "low", "aspect_ratio": "9:16"}})
     assert run(engine, request)[0].size == (1440, 2560)
+
+
+def test_cancel_during_shot_planning(engine):
+    request = photographer("carousel")
+    calls = {"n": 0}
+
+    def cancelled_after_a_few_checks() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 2  # engine + first planner step pass, then the flag turns true
+
+    with pytest.raises(Cancelled):
+        engine.run(request, images_for(request),
+                   RunContext(seed=1, is_cancelled=cancelled_after_a_few_checks))
+    assert calls["n"] <= 5
