@@ -119,7 +119,8 @@ class DispatcherConfig:
     lease_seconds: float = 30.0
     max_attempts: int = 2
     concurrency: int = 2
-    poll_seconds: float = 0.2
+    poll_seconds: float = 0.05  # how often an idle worker looks for a pending job
+    expire_every_seconds: float = 1.0  # how often a worker sweeps expired leases
 
     @classmethod
     def from_settings(cls, settings) -> "DispatcherConfig":
@@ -160,9 +161,12 @@ class Dispatcher:
     def _worker_loop(self, worker_id: str) -> None:
         from .core.jobs import expire_leases, lease_next_job
 
+        last_sweep = float("-inf")
         while not self._stop.is_set():
             try:
-                expire_leases(self.session_factory, self.config.max_attempts)
+                if time.monotonic() - last_sweep >= self.config.expire_every_seconds:
+                    expire_leases(self.session_factory, self.config.max_attempts)
+                    last_sweep = time.monotonic()
                 job = lease_next_job(self.session_factory, worker_id, self.config.lease_seconds)
             except Exception:
                 log.exception("dispatcher: leasing failed")
@@ -224,6 +228,10 @@ class Dispatcher:
 
     def load_inputs(self, job) -> dict[str, bytes]:
         """The job's input images as stored bytes, keyed by request field."""
+        if job.tool == "video":  # a reel reads its pictures and music track by storage key
+            from .core.videos import load_video_inputs
+
+            return load_video_inputs(self.session_factory, self.storage, job)
         from .core.image_refs import load_job_inputs
 
         return load_job_inputs(self.session_factory, self.storage, job)

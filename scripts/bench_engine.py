@@ -1,0 +1,190 @@
+"""Engine benchmark: our generator pipeline vs plain diffusers, per-step time, upscaler MP/s.
+
+    python -m retouch.scripts.bench_engine [--profile tiny|sdxl] [--device cpu|cuda]
+        [--dtype fp32|fp16|bf16] [--channels-last] [--compile] [--repeats 5]
+        [--quality low] [--aspect-ratio original] [--upscale-size 128] [--threads 1]
+
+Side by side in one run, on the same weights and parameters:
+- `Engine.run(generator request)`: our pipeline (prompt templates, working size, step callback,
+  progress, resize to the output size);
+- a plain `diffusers.StableDiffusionXLPipeline` loaded from the same model folder, called with the
+  same prompt, negative prompt, working size, steps and seed;
+- the ratio of the two, and the time per denoising step of each;
+- the upscaler's throughput in output megapixels per second (`scale` 4 by default).
+
+`--profile sdxl` loads the real SDXL weights (from the Hugging Face cache or the profile's local
+overrides); `tiny` builds the tiny twins. Reported numbers are medians over `--repeats`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from pathlib import Path
+
+DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+PROMPT = "A premium studio product photo of a red sneaker"
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _optimise(pipe, channels_last: bool, compile_unet: bool) -> None:
+    import torch
+
+    if channels_last:
+        pipe.unet.to(memory_format=torch.channels_last)
+        pipe.vae.to(memory_format=torch.channels_last)
+    if compile_unet:
+        pipe.unet = torch.compile(pipe.unet, mode="max-autotune", fullgraph=False)
+
+
+class StepTimer:
+    """A `callback_on_step_end` that records when each denoising step ends."""
+
+    def __init__(self, device: str):
+        self.device = device
+        self.marks: list[float] = []
+
+    def __call__(self, pipe, step, timestep, callback_kwargs):
+        _sync(self.device)
+        self.marks.append(time.perf_counter())
+        return callback_kwargs
+
+    def per_step(self) -> float:
+        gaps = [b - a for a, b in zip(self.marks, self.marks[1:])]
+        return statistics.median(gaps) if gaps else float("nan")
+
+
+def _timed(fn, device: str, repeats: int) -> list[float]:
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        started = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--profile", default="tiny")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=tuple(DTYPES), default="fp32")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--quality", default="medium", choices=("low", "medium", "high"))
+    parser.add_argument("--aspect-ratio", default="original")
+    parser.add_argument("--upscale-size", type=int, default=128)
+    parser.add_argument("--upscale-scale", default="4", choices=("2", "4"))
+    parser.add_argument("--model-cache", type=Path, default=None)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (1 gives stable numbers on a shared machine)")
+    args = parser.parse_args(argv)
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from diffusers import StableDiffusionXLPipeline
+    from PIL import Image
+
+    from retouch.models.store import ModelStore
+    from retouch.pipelines import prompts
+    from retouch.pipelines.common import RunContext, size_multiple
+    from retouch.pipelines.engine import Engine
+    from retouch.pipelines.requests import parse_generation_request
+    from retouch.pipelines.sizes import output_size, working_size
+
+    torch.manual_seed(0)
+    store = ModelStore(profile=args.profile, device=args.device, cache_dir=args.model_cache,
+                       dtype=DTYPES[args.dtype])
+    engine = Engine(store)
+    ours_pipe = store.text2img()
+    _optimise(ours_pipe, args.channels_last, args.compile)
+
+    spec = store.spec("base")
+    plain = StableDiffusionXLPipeline.from_pretrained(
+        store.source_of(spec), dtype=store.dtype_for(spec), local_files_only=True,
+        **({"subfolder": spec.subfolder} if spec.subfolder else {}))
+    plain.to(args.device)
+    plain.set_progress_bar_config(disable=True)
+    _optimise(plain, args.channels_last, args.compile)
+
+    steps = store.quality_steps[args.quality]
+    size = output_size(args.aspect_ratio, native_size=store.native_size)
+    work = working_size(size, native_size=store.native_size,
+                        multiple=size_multiple(ours_pipe, store.native_size))
+    request = parse_generation_request({
+        "tool": "generator", "input": {"prompt": PROMPT},
+        "options": {"quality": args.quality, "aspect_ratio": args.aspect_ratio, "seed": 1}})
+
+    def run_ours():
+        return engine.run(request, {}, RunContext(seed=1))
+
+    plain_timer = StepTimer(args.device)
+
+    def run_plain():
+        plain_timer.marks.clear()
+        return plain(prompt=prompts.generator_prompt(PROMPT),
+                     negative_prompt=prompts.NEGATIVE_PROMPT, width=work[0], height=work[1],
+                     num_inference_steps=steps, output_type="pil",
+                     generator=torch.Generator(device="cpu").manual_seed(1),
+                     callback_on_step_end=plain_timer)
+
+    ours_marks: list[float] = []
+
+    def run_ours_timed():
+        ours_marks.clear()
+        ctx = RunContext(seed=1, progress=lambda f: (_sync(args.device),
+                                                     ours_marks.append(time.perf_counter())))
+        return engine.run(request, {}, ctx)
+
+    with torch.inference_mode():
+        run_ours(), run_plain()  # warm-up (and compilation)
+        ours_times, plain_times = [], []
+        for _ in range(args.repeats):  # interleaved, so background load hits both alike
+            ours_times += _timed(run_ours, args.device, 1)
+            plain_times += _timed(run_plain, args.device, 1)
+        run_ours_timed()
+        ours_gaps = [b - a for a, b in zip(ours_marks[1:], ours_marks[2:])][:max(1, steps - 1)]
+
+        source = Image.new("RGB", (args.upscale_size, args.upscale_size), (90, 120, 200))
+        up_request = parse_generation_request({
+            "tool": "upscaler", "input": {"image": "https://example.invalid/x.png"},
+            "options": {"scale": int(args.upscale_scale)}})
+        up_images = {"input.image": source}
+        output = engine.run(up_request, up_images, RunContext(seed=0))[0]  # warm-up
+        up_times = _timed(lambda: engine.run(up_request, up_images, RunContext(seed=0)),
+                          args.device, args.repeats)
+
+    ours, base = statistics.median(ours_times), statistics.median(plain_times)
+    megapixels = output.size[0] * output.size[1] / 1e6
+    flags = [f"profile={args.profile}", f"device={args.device}", f"dtype={args.dtype}",
+             f"channels_last={args.channels_last}", f"compile={args.compile}",
+             f"threads={torch.get_num_threads()}"]
+    print("bench_engine  " + "  ".join(flags))
+    print(f"generator: {steps} steps at working size {work[0]}x{work[1]} → output "
+          f"{size[0]}x{size[1]} (quality {args.quality}, aspect {args.aspect_ratio})")
+    print(f"  {'':28s} {'per job':>10s} {'per step':>10s}")
+    print(f"  {'retouch generator pipeline':28s} {ours * 1000:8.1f}ms "
+          f"{statistics.median(ours_gaps) * 1000 if ours_gaps else float('nan'):8.2f}ms")
+    print(f"  {'plain diffusers SDXL':28s} {base * 1000:8.1f}ms "
+          f"{plain_timer.per_step() * 1000:8.2f}ms")
+    print(f"  ratio retouch / plain = {ours / base:.2f}x")
+    print(f"upscaler x{args.upscale_scale}: {args.upscale_size}px → {output.size[0]}x"
+          f"{output.size[1]} in {statistics.median(up_times) * 1000:.1f} ms = "
+          f"{megapixels / statistics.median(up_times):.2f} output MP/s")
+
+
+if __name__ == "__main__":
+    main()
