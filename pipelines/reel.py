@@ -1,0 +1,306 @@
+"""Reel: a short MP4 from still pictures — a Ken Burns camera move over each picture, crossfades
+between them, H.264 (yuv420p) at a fixed frame rate, and an optional music track.
+
+`render_reel(pictures, spec, ctx, music=None) -> bytes` returns the MP4 file. The frame count is
+exactly `spec.duration_s * spec.fps`. Each picture gets an equal share of the timeline; neighbours
+overlap by the transition, during which they are blended. A picture's camera move (zoom in or out,
+pan direction) is drawn from `ctx.seed`, so the same seed renders the same reel.
+
+Music (WAV or MP3 bytes) is decoded, resampled to 44.1 kHz stereo, looped or cut to the video's
+length, faded out over the last second and encoded as AAC. Without music the file has no audio
+stream. No HTTP, no database: the caller supplies decoded pictures and audio bytes.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import random
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+from PIL import Image
+
+from .common import RunContext
+from .errors import InvalidInput
+
+FPS = 24
+MIN_DURATION_S, MAX_DURATION_S = 2, 60
+MAX_PICTURES = 30
+MAX_SIDE = 3840
+TRANSITION_S = 0.5
+ZOOM_RANGE = 0.15  # the camera zooms by up to 15 % across one picture
+AUDIO_RATE = 44_100
+AUDIO_FRAME_SAMPLES = 1024
+FADE_OUT_S = 1.0
+MAX_MUSIC_BYTES = 25 * 1024 * 1024
+
+# Short side in pixels per named video resolution; the long side follows the aspect ratio.
+RESOLUTIONS: dict[str, int] = {"240p": 240, "360p": 360, "720p": 720, "1080p": 1080}
+ASPECT_RATIOS: dict[str, tuple[int, int]] = {"16:9": (16, 9), "9:16": (9, 16), "1:1": (1, 1),
+                                             "4:5": (4, 5), "4:3": (4, 3), "3:4": (3, 4)}
+
+
+def frame_size(aspect_ratio: str, resolution: str) -> tuple[int, int]:
+    """Even `(width, height)` for an aspect ratio (`16:9`) and a named resolution (`720p`)."""
+    if aspect_ratio not in ASPECT_RATIOS:
+        raise InvalidInput("aspect_ratio", f"must be one of {', '.join(ASPECT_RATIOS)}")
+    if resolution not in RESOLUTIONS:
+        raise InvalidInput("resolution", f"must be one of {', '.join(RESOLUTIONS)}")
+    w, h = ASPECT_RATIOS[aspect_ratio]
+    short = RESOLUTIONS[resolution]
+    if w >= h:
+        return _even(short * w / h), short
+    return short, _even(short * h / w)
+
+
+def _even(value: float) -> int:
+    return max(2, int(round(value / 2)) * 2)
+
+
+@dataclass(frozen=True)
+class ReelSpec:
+    width: int
+    height: int
+    duration_s: int
+    fps: int = FPS
+    transition_s: float = TRANSITION_S
+
+    @property
+    def frame_count(self) -> int:
+        return self.duration_s * self.fps
+
+
+@dataclass(frozen=True)
+class CameraMove:
+    """Where the crop window starts and ends: zoom factors (≥ 1) and centres in [0, 1]."""
+
+    zoom_start: float
+    zoom_end: float
+    centre_start: tuple[float, float]
+    centre_end: tuple[float, float]
+
+
+def check_inputs(pictures: list[Image.Image], spec: ReelSpec) -> None:
+    """Validate a reel request; errors name the field."""
+    if not pictures:
+        raise InvalidInput("picture_ids", "at least one picture is needed")
+    if len(pictures) > MAX_PICTURES:
+        raise InvalidInput("picture_ids", f"at most {MAX_PICTURES} pictures fit in one reel")
+    if not (isinstance(spec.duration_s, int) and MIN_DURATION_S <= spec.duration_s
+            <= MAX_DURATION_S):
+        raise InvalidInput("duration", f"must be a whole number of seconds from "
+                                       f"{MIN_DURATION_S} to {MAX_DURATION_S}")
+    for name, value in (("width", spec.width), ("height", spec.height)):
+        if value < 2 or value > MAX_SIDE or value % 2:
+            raise InvalidInput(name, f"must be an even number of pixels from 2 to {MAX_SIDE}")
+    if not 1 <= spec.fps <= 60:
+        raise InvalidInput("fps", "must be from 1 to 60")
+    if spec.frame_count < len(pictures):
+        raise InvalidInput("duration", f"{spec.duration_s} s is too short for {len(pictures)} "
+                                       "pictures")
+
+
+def camera_moves(count: int, seed: int) -> list[CameraMove]:
+    """One camera move per picture, drawn from `seed`; consecutive moves alternate in/out."""
+    rng = random.Random(seed)
+    moves = []
+    for i in range(count):
+        zoomed = 1.0 + ZOOM_RANGE * rng.uniform(0.6, 1.0)
+        start = (rng.uniform(0.35, 0.65), rng.uniform(0.35, 0.65))
+        end = (rng.uniform(0.3, 0.7), rng.uniform(0.3, 0.7))
+        zoom_in = (i + rng.randrange(2)) % 2 == 0
+        moves.append(CameraMove(1.0 if zoom_in else zoomed, zoomed if zoom_in else 1.0,
+                                start, end))
+    return moves
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """Picture segments on the frame axis: segment i covers `[i*step, i*step + length)`."""
+
+    length: float
+    step: float
+    overlap: float
+    count: int
+
+    @classmethod
+    def build(cls, count: int, frames: int, transition_frames: float) -> "Timeline":
+        # frames = count*length - (count-1)*overlap, with the overlap at most half a segment.
+        overlap = 0.0 if count == 1 else min(transition_frames, frames / (count + 1))
+        length = (frames + (count - 1) * overlap) / count
+        return cls(length=length, step=length - overlap, overlap=overlap, count=count)
+
+    def layers(self, frame: int) -> list[tuple[int, float, float]]:
+        """`(picture index, position in its segment 0..1, blend weight)` for one frame."""
+        centre = frame + 0.5
+        found = []
+        for i in range(self.count):
+            start = i * self.step
+            if start <= centre < start + self.length or (i == self.count - 1
+                                                         and centre >= start):
+                position = min(1.0, (centre - start) / self.length)
+                found.append((i, position))
+        if len(found) == 1 or self.overlap <= 0:
+            index, position = found[-1]
+            return [(index, position, 1.0)]
+        (a, pos_a), (b, pos_b) = found[0], found[-1]
+        weight_b = min(1.0, max(0.0, (centre - b * self.step) / self.overlap))
+        return [(a, pos_a, 1.0 - weight_b), (b, pos_b, weight_b)]
+
+
+def _ease(t: float) -> float:
+    return 0.5 - 0.5 * math.cos(math.pi * min(1.0, max(0.0, t)))
+
+
+def _cover_box(size: tuple[int, int], aspect: float) -> tuple[float, float]:
+    """The largest (width, height) of the target aspect that fits inside the picture."""
+    width, height = size
+    if width / height > aspect:
+        return height * aspect, float(height)
+    return float(width), width / aspect
+
+
+def _prepare(picture: Image.Image, spec: ReelSpec) -> Image.Image:
+    """RGB, scaled down so the widest crop is at most ~1.5× the output (cheap per-frame resizes)."""
+    picture = picture.convert("RGB")
+    crop_w, _ = _cover_box(picture.size, spec.width / spec.height)
+    limit = spec.width * (1.0 + ZOOM_RANGE) * 1.5
+    if crop_w > limit:
+        scale = limit / crop_w
+        picture = picture.resize((max(1, round(picture.width * scale)),
+                                  max(1, round(picture.height * scale))), Image.Resampling.LANCZOS)
+    return picture
+
+
+def camera_frame(picture: Image.Image, move: CameraMove, position: float,
+                 size: tuple[int, int]) -> np.ndarray:
+    """The picture seen by the camera at `position` (0..1) of its move, as an RGB array."""
+    t = _ease(position)
+    zoom = move.zoom_start + (move.zoom_end - move.zoom_start) * t
+    cx = move.centre_start[0] + (move.centre_end[0] - move.centre_start[0]) * t
+    cy = move.centre_start[1] + (move.centre_end[1] - move.centre_start[1]) * t
+    base_w, base_h = _cover_box(picture.size, size[0] / size[1])
+    crop_w, crop_h = base_w / zoom, base_h / zoom
+    # The centre moves only as far as the crop window stays inside the picture.
+    left = (picture.width - crop_w) * cx
+    top = (picture.height - crop_h) * cy
+    frame = picture.resize(size, Image.Resampling.BILINEAR,
+                           box=(left, top, left + crop_w, top + crop_h))
+    return np.asarray(frame, dtype=np.float32)
+
+
+def render_frames(pictures: list[Image.Image], spec: ReelSpec, ctx: RunContext,
+                  progress_end: float = 0.9):
+    """Yield the reel's frames as uint8 RGB arrays (H×W×3), reporting progress up to
+    `progress_end` and stopping with `Cancelled` when asked."""
+    prepared = [_prepare(p, spec) for p in pictures]
+    moves = camera_moves(len(prepared), ctx.seed)
+    timeline = Timeline.build(len(prepared), spec.frame_count, spec.transition_s * spec.fps)
+    size = (spec.width, spec.height)
+    for n in range(spec.frame_count):
+        if n % 4 == 0:
+            ctx.check_cancelled()
+        frame = np.zeros((spec.height, spec.width, 3), dtype=np.float32)
+        for index, position, weight in timeline.layers(n):
+            if weight > 0:
+                frame += weight * camera_frame(prepared[index], moves[index], position, size)
+        yield np.clip(np.rint(frame), 0, 255).astype(np.uint8)
+        ctx.report(progress_end * (n + 1) / spec.frame_count)
+
+
+def decode_music(data: bytes, field: str = "music_url") -> np.ndarray:
+    """WAV/MP3 bytes → float32 stereo samples `(2, n)` at 44.1 kHz; `InvalidInput` otherwise."""
+    import av
+
+    if len(data) > MAX_MUSIC_BYTES:
+        raise InvalidInput(field, f"the music file is larger than {MAX_MUSIC_BYTES} bytes")
+    chunks = []
+    try:
+        with av.open(io.BytesIO(data), mode="r") as container:
+            if container.format.name.split(",")[0] not in ("wav", "mp3"):
+                raise InvalidInput(field, "must be a WAV or MP3 audio file")
+            if not container.streams.audio:
+                raise InvalidInput(field, "the file has no audio track")
+            resampler = av.AudioResampler(format="fltp", layout="stereo", rate=AUDIO_RATE)
+            for frame in container.decode(audio=0):
+                for out in resampler.resample(frame):
+                    chunks.append(out.to_ndarray())
+            for out in resampler.resample(None):
+                chunks.append(out.to_ndarray())
+    except InvalidInput:
+        raise
+    except (av.error.FFmpegError, ValueError) as exc:
+        raise InvalidInput(field, f"must be a WAV or MP3 audio file ({type(exc).__name__})") \
+            from None
+    samples = np.concatenate(chunks, axis=1) if chunks else np.zeros((2, 0), np.float32)
+    if samples.shape[1] == 0:
+        raise InvalidInput(field, "the audio track is empty")
+    return samples.astype(np.float32)
+
+
+def fit_music(samples: np.ndarray, duration_s: int) -> np.ndarray:
+    """Loop or cut `samples` to exactly `duration_s` and fade out over the last second."""
+    needed = duration_s * AUDIO_RATE
+    repeats = -(-needed // samples.shape[1])
+    track = np.tile(samples, (1, repeats))[:, :needed].copy()
+    fade = min(needed, int(FADE_OUT_S * AUDIO_RATE))
+    track[:, needed - fade:] *= np.linspace(1.0, 0.0, fade, dtype=np.float32)
+    return track
+
+
+def render_reel(pictures: list[Image.Image], spec: ReelSpec, ctx: RunContext,
+                music: bytes | None = None) -> bytes:
+    """The reel as MP4 bytes: H.264 yuv420p video, plus AAC music when `music` is given."""
+    import av
+
+    check_inputs(pictures, spec)
+    track = fit_music(decode_music(music), spec.duration_s) if music is not None else None
+    ctx.report(0.0)
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format="mp4") as container:
+        video = container.add_stream("libx264", rate=spec.fps)
+        video.width, video.height, video.pix_fmt = spec.width, spec.height, "yuv420p"
+        video.codec_context.time_base = Fraction(1, spec.fps)
+        video.options = {"preset": "veryfast", "crf": "20"}
+        audio = None
+        if track is not None:
+            audio = container.add_stream("aac", rate=AUDIO_RATE, layout="stereo")
+        for n, pixels in enumerate(render_frames(pictures, spec, ctx)):
+            frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
+            frame.pts = n  # in 1/fps units: frame n is shown at n/fps seconds
+            container.mux(video.encode(frame))
+        container.mux(video.encode(None))
+        if audio is not None:
+            _encode_audio(container, audio, track)
+    ctx.report(1.0)
+    return buffer.getvalue()
+
+
+def _encode_audio(container, stream, track: np.ndarray) -> None:
+    import av
+
+    for start in range(0, track.shape[1], AUDIO_FRAME_SAMPLES):
+        chunk = np.ascontiguousarray(track[:, start:start + AUDIO_FRAME_SAMPLES])
+        frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout="stereo")
+        frame.sample_rate = AUDIO_RATE
+        frame.pts = start
+        container.mux(stream.encode(frame))
+    container.mux(stream.encode(None))
+
+
+def run_reel_job(body: dict, inputs: dict[str, bytes], seed: int, progress, is_cancelled
+                 ) -> list[bytes]:
+    """Render a stored `video` job body: `inputs` holds `input.pictures[i]` image bytes and
+    optionally `input.music`; returns `[mp4 bytes]`."""
+    from .images import decode_image
+
+    options = body["options"]
+    count = len(body["input"]["pictures"])
+    pictures = [decode_image(inputs[f"input.pictures[{n}]"], f"picture_ids[{n}]")
+                for n in range(count)]
+    spec = ReelSpec(width=int(options["width"]), height=int(options["height"]),
+                    duration_s=int(options["duration"]), fps=int(options.get("fps", FPS)))
+    ctx = RunContext(seed=seed, progress=progress, is_cancelled=is_cancelled)
+    return [render_reel(pictures, spec, ctx, music=inputs.get("input.music"))]

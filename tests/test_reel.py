@@ -1,0 +1,124 @@
+"""The reel pipeline: exact frame count and size, crossfades, camera moves, music only when
+given, progress and cancel."""
+
+from __future__ import annotations
+
+import io
+import wave
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+
+from retouch.pipelines.common import RunContext
+from retouch.pipelines.errors import Cancelled, InvalidInput
+from retouch.pipelines.reel import (ReelSpec, Timeline, camera_frame, camera_moves, frame_size,
+                                    render_reel, run_reel_job)
+
+RED, BLUE = (230, 20, 20), (20, 20, 230)
+
+
+def wav_bytes(seconds: float = 0.5, rate: int = 22_050) -> bytes:
+    t = np.arange(int(seconds * rate)) / rate
+    samples = (np.sin(2 * np.pi * 440 * t) * 12_000).astype(np.int16)
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(samples.tobytes())
+    return buffer.getvalue()
+
+
+def decode(data: bytes) -> tuple[list[np.ndarray], list]:
+    with av.open(io.BytesIO(data)) as container:
+        assert container.streams.video[0].codec_context.name == "h264"
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+        audio = [(s.codec_context.name, float(s.duration * s.time_base))
+                 for s in container.streams.audio]
+    return frames, audio
+
+
+def test_frame_sizes_are_even_and_follow_the_aspect_ratio():
+    assert frame_size("16:9", "240p") == (426, 240)
+    assert frame_size("9:16", "360p") == (360, 640)
+    assert frame_size("1:1", "720p") == (720, 720)
+    with pytest.raises(InvalidInput) as error:
+        frame_size("7:3", "720p")
+    assert error.value.field == "aspect_ratio"
+
+
+def test_reel_has_exact_frames_size_and_a_crossfade_without_audio():
+    pictures = [Image.new("RGB", (320, 200), RED), Image.new("RGB", (200, 300), BLUE)]
+    reported: list[float] = []
+    data = render_reel(pictures, ReelSpec(128, 72, 2), RunContext(seed=5,
+                                                                   progress=reported.append))
+    frames, audio = decode(data)
+    assert len(frames) == 2 * 24 and frames[0].shape == (72, 128, 3)
+    assert audio == []  # no music supplied: no audio stream
+    first, last = frames[0].mean(axis=(0, 1)), frames[-1].mean(axis=(0, 1))
+    assert first[0] > 200 and first[2] < 50 and last[2] > 200 and last[0] < 50
+    # Around the cut both pictures are visible at once (the crossfade), never a hard switch.
+    middle = [f.mean(axis=(0, 1)) for f in frames[20:28]]
+    assert any(m[0] > 60 and m[2] > 60 for m in middle)
+    reds = [f.mean(axis=(0, 1))[0] for f in frames]
+    assert all(a >= b - 6 for a, b in zip(reds, reds[1:]))  # the fade moves one way
+    assert reported == sorted(reported) and reported[-1] == 1.0
+
+
+def test_music_is_looped_to_the_reel_and_muxed_as_aac():
+    data = render_reel([Image.new("RGB", (64, 64), RED)], ReelSpec(128, 72, 2),
+                       RunContext(seed=1), music=wav_bytes(0.5))
+    frames, audio = decode(data)
+    assert len(frames) == 48
+    assert len(audio) == 1 and audio[0][0] == "aac" and abs(audio[0][1] - 2.0) < 0.1
+
+
+def test_camera_moves_pan_and_zoom_deterministically():
+    gradient = np.tile(np.linspace(0, 255, 300, dtype=np.uint8)[None, :, None], (200, 1, 3))
+    picture = Image.fromarray(gradient)
+    moves = camera_moves(3, seed=9)
+    assert moves == camera_moves(3, seed=9) and moves != camera_moves(3, seed=10)
+    assert all(max(m.zoom_start, m.zoom_end) > 1.05 and min(m.zoom_start, m.zoom_end) == 1.0
+               for m in moves)
+    start = camera_frame(picture, moves[0], 0.0, (64, 36))
+    end = camera_frame(picture, moves[0], 1.0, (64, 36))
+    assert start.shape == (36, 64, 3) and np.abs(start - end).mean() > 1.0  # the camera moved
+
+
+def test_timeline_covers_every_frame_with_weights_summing_to_one():
+    timeline = Timeline.build(3, 48, 12)
+    for frame in range(48):
+        layers = timeline.layers(frame)
+        assert abs(sum(w for _, _, w in layers) - 1.0) < 1e-9
+    assert timeline.layers(0)[0][0] == 0 and timeline.layers(47)[-1][0] == 2
+
+
+def test_bad_inputs_name_the_field_and_cancel_stops_the_render():
+    picture = Image.new("RGB", (64, 64), RED)
+    for spec, field in ((ReelSpec(127, 72, 2), "width"), (ReelSpec(128, 72, 1), "duration"),
+                        (ReelSpec(128, 72, 61), "duration")):
+        with pytest.raises(InvalidInput) as error:
+            render_reel([picture], spec, RunContext(seed=0))
+        assert error.value.field == field
+    with pytest.raises(InvalidInput) as error:
+        render_reel([], ReelSpec(128, 72, 2), RunContext(seed=0))
+    assert error.value.field == "picture_ids"
+    with pytest.raises(InvalidInput) as error:
+        render_reel([picture], ReelSpec(128, 72, 2), RunContext(seed=0), music=b"not audio")
+    assert error.value.field == "music_url"
+    with pytest.raises(Cancelled):
+        render_reel([picture], ReelSpec(128, 72, 2), RunContext(seed=0, is_cancelled=lambda: True))
+
+
+def test_run_reel_job_reads_a_stored_job_body():
+    png = io.BytesIO()
+    Image.new("RGB", (40, 30), BLUE).save(png, format="PNG")
+    body = {"tool": "video", "input": {"pictures": [{"picture_id": "pic_1", "storage_key": "k"}],
+                                       "music_key": None},
+            "options": {"width": 64, "height": 36, "duration": 2, "fps": 12}}
+    [data] = run_reel_job(body, {"input.pictures[0]": png.getvalue()}, 3, lambda _: None,
+                          lambda: False)
+    frames, audio = decode(data)
+    assert len(frames) == 24 and frames[0].shape == (36, 64, 3) and audio == []
