@@ -77,6 +77,10 @@ def build_app(settings: Settings, *, services: Services | None = None) -> FastAP
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        from .core.webhooks import WebhookWorker
+
+        webhook_worker = WebhookWorker(services)  # sends the webhooks outbox
+        webhook_worker.start()
         if services.executor is not None:
             services.executor.start()
         try:
@@ -84,6 +88,7 @@ def build_app(settings: Settings, *, services: Services | None = None) -> FastAP
         finally:
             if services.executor is not None:
                 services.executor.stop()
+            webhook_worker.stop()
 
     app = FastAPI(title="retouch — Wixma API v1", version="1.0.0", lifespan=lifespan,
                   description="Async image generation, editing, photography and upscaling. "

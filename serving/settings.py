@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     dispatcher_concurrency: int = 2
     idempotency_ttl_hours: int = 24
     redis_url: str | None = None  # rate-limit storage; in-memory when unset
+    webhook_retry_scale: float = 1.0  # multiplies the webhook retry schedule (tests shrink it)
+    webhook_poll_seconds: float = 1.0  # how often the webhook worker looks for due deliveries
 
     @property
     def resolved_database_url(self) -> str:

@@ -59,13 +59,21 @@ class ImageFetcher:
         self.transport = transport
 
     def fetch(self, url: str, field: str) -> FetchedImage:
+        data, final_url = self.fetch_bytes(url, field)
+        return FetchedImage(validate_image_bytes(data, field), final_url)
+
+    def fetch_bytes(self, url: str, field: str,
+                    accept: str = "image/png,image/jpeg,image/webp") -> tuple[bytes, str]:
+        """The body behind `url` (capped, redirects vetted hop by hop) and the final URL; the
+        caller validates what it is (images above, music tracks for videos)."""
         deadline = time.monotonic() + self.timeout_s
         current = self._parse(url, field)
         with httpx.Client(transport=self.transport, timeout=self.timeout_s,
                           follow_redirects=False, trust_env=False) as client:
             for hop in range(self.max_redirects + 1):
                 address = self._vetted_address(current, field)
-                response = self._open(client, current, address, field)
+                response = self._open(client, current, address, field, headers={
+                    "Accept": accept, "User-Agent": "retouch-fetcher/1"})
                 try:
                     if response.status_code in REDIRECT_STATUSES:
                         location = response.headers.get("location")
@@ -80,9 +88,24 @@ class ImageFetcher:
                     data = self._read_capped(response, field, deadline)
                 finally:
                     response.close()
-                return FetchedImage(validate_image_bytes(data, field), str(current))
+                return data, str(current)
         raise InvalidInput(field, f"the image URL redirected more than {self.max_redirects} "
                                   "times")
+
+    def vet_url(self, url: str, field: str) -> tuple[httpx.URL, str]:
+        """`(parsed URL, vetted address)` under the image URL rules, or `InvalidInput(field)`.
+        Webhook URLs are checked with this when given and again before each delivery."""
+        parsed = self._parse(url, field)
+        return parsed, self._vetted_address(parsed, field)
+
+    def send_vetted(self, client: httpx.Client, method: str, vetted: tuple[httpx.URL, str],
+                    field: str, *, headers: dict[str, str],
+                    content: bytes | None = None) -> httpx.Response:
+        """One streamed request to a `vet_url` result, pinned to the vetted address (no
+        redirects followed); the caller closes the response."""
+        parsed, address = vetted
+        return self._open(client, parsed, address, field, method=method, headers=headers,
+                          content=content)
 
     # -- one hop ---------------------------------------------------------------------------------
     def _parse(self, url: str, field: str) -> httpx.URL:
@@ -119,21 +142,21 @@ class ImageFetcher:
                                               f"address ({url.host})")
         return addresses[0]
 
-    def _open(self, client: httpx.Client, url: httpx.URL, address: str,
-              field: str) -> httpx.Response:
+    def _open(self, client: httpx.Client, url: httpx.URL, address: str, field: str, *,
+              method: str = "GET", headers: dict[str, str] | None = None,
+              content: bytes | None = None, stream: bool = True) -> httpx.Response:
         host_header = url.host if url.port is None else f"{url.host}:{url.port}"
         pinned = url.copy_with(host=address)
         extensions = {"sni_hostname": url.host} if url.scheme == "https" else {}
-        request = client.build_request("GET", pinned, headers={
-            "Host": host_header, "Accept": "image/png,image/jpeg,image/webp",
-            "User-Agent": "retouch-image-fetcher/1"}, extensions=extensions)
+        request = client.build_request(method, pinned, headers={
+            "Host": host_header, **(headers or {})},
+            content=content, extensions=extensions)
         try:
-            return client.send(request, stream=True)
+            return client.send(request, stream=stream)
         except httpx.TimeoutException:
-            raise InvalidInput(field, "the image URL timed out") from None
+            raise InvalidInput(field, "the URL timed out") from None
         except httpx.HTTPError as exc:
-            raise InvalidInput(field, f"the image URL is unreachable "
-                                      f"({type(exc).__name__})") from None
+            raise InvalidInput(field, f"the URL is unreachable ({type(exc).__name__})") from None
 
     def _read_capped(self, response: httpx.Response, field: str, deadline: float) -> bytes:
         declared = response.headers.get("content-length")

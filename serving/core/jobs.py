@@ -359,8 +359,10 @@ def _refund_and_release(session: Session, job: Generation, *, now: datetime) -> 
 
 def enqueue_terminal_events(session: Session, job: Generation) -> None:
     """The place where webhook/outbox events for a finished job are enqueued, inside the same
-    transaction that settles it (so an event exists if and only if the job settled). None yet."""
-    return None
+    transaction that settles it (so an event exists if and only if the job settled)."""
+    from .webhooks import enqueue_job_events
+
+    enqueue_job_events(session, job)
 
 
 # ---- reads --------------------------------------------------------------------------------------

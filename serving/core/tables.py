@@ -277,3 +277,98 @@ class ResourceIdempotencyRecord(Base):
     resource_type: Mapped[str] = mapped_column(String(32))
     resource_id: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+# ---- webhooks (durable outbox + attempt log) and videos -------------------------------------------
+WEBHOOK_EVENT_TYPES = ("picture.completed", "picture.failed", "video.completed", "video.failed",
+                       "project.published")
+WEBHOOK_DELIVERY_STATUSES = ("pending", "delivered", "failed")
+
+
+class WebhookSecret(Base):
+    """An account's `whsec_` signing secret. After a rotation the previous secret keeps signing
+    (a second signature) until `previous_valid_until`, so receivers can switch over."""
+
+    __tablename__ = "webhook_secrets"
+
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), primary_key=True)
+    secret: Mapped[str] = mapped_column(String(100))
+    previous_secret: Mapped[str | None] = mapped_column(String(100))
+    previous_valid_until: Mapped[datetime | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    rotated_at: Mapped[datetime | None] = mapped_column()
+
+
+class WebhookDelivery(Base):
+    """One event for one URL in the outbox: enqueued in the transaction that caused it, sent by
+    the delivery worker until it is `delivered` or its retry schedule runs out (`failed`)."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+        Index("ix_webhook_deliveries_account_created", "account_id", "created_at", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True,
+                                    default=lambda: new_prefixed_id("whd"))
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    event_id: Mapped[str] = mapped_column(String(40), unique=True)  # `webhook-id`, `evt_...`
+    event_type: Mapped[str] = mapped_column(String(40))
+    url: Mapped[str] = mapped_column(Text)
+    # The exact JSON body sent. Events of a settled job are enqueued with only `subject_id`
+    # (the picture or video); the worker renders the body on the first attempt (it needs
+    # storage for public URLs) and every retry sends that same body.
+    payload: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    subject_id: Mapped[str | None] = mapped_column(String(40))
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempt_count: Mapped[int] = mapped_column(Integer, default=0)
+    schedule_step: Mapped[int] = mapped_column(Integer, default=0)  # next delay in the schedule
+    next_attempt_at: Mapped[datetime | None] = mapped_column()
+    locked_until: Mapped[datetime | None] = mapped_column()  # a worker is sending it
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    delivered_at: Mapped[datetime | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WebhookAttempt(Base):
+    __tablename__ = "webhook_attempts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[str] = mapped_column(ForeignKey("webhook_deliveries.id"), index=True)
+    attempt: Mapped[int] = mapped_column(Integer)  # 1, 2, ... across retries and redeliveries
+    manual: Mapped[bool] = mapped_column(default=False)  # after a manual redelivery
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    duration_ms: Mapped[int] = mapped_column(Integer, default=0)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Video(Base):
+    """A reel rendered by a `video` job; its status is the job's status."""
+
+    __tablename__ = "aixpose_videos"
+    __table_args__ = (
+        Index("ix_aixpose_videos_project_created", "project_id", "created_at", "id"),
+        Index("ix_aixpose_videos_account_created", "account_id", "created_at", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True,
+                                    default=lambda: new_prefixed_id("vid"))
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    project_id: Mapped[str] = mapped_column(ForeignKey("aixpose_projects.id"))
+    generation_id: Mapped[str] = mapped_column(ForeignKey("generations.id"), unique=True)
+    picture_ids: Mapped[list[Any]] = mapped_column(default=list)
+    scene_context: Mapped[str | None] = mapped_column(Text)
+    voice: Mapped[str | None] = mapped_column(Text)  # audio direction, recorded as given
+    background_music: Mapped[str | None] = mapped_column(Text)
+    music_url: Mapped[str | None] = mapped_column(Text)  # a user-supplied track, muxed in
+    music_key: Mapped[str | None] = mapped_column(String(500))
+    duration_seconds: Mapped[int] = mapped_column(Integer)
+    aspect_ratio: Mapped[str] = mapped_column(String(8))
+    resolution: Mapped[str] = mapped_column(String(8))
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    fps: Mapped[int] = mapped_column(Integer)
+    webhook_url: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+

@@ -1,0 +1,412 @@
+"""Signed webhooks (Standard Webhooks): per-account `whsec_` secrets, a durable outbox, delivery
+with retries, an attempt log and manual redelivery.
+
+- `enqueue_event(session, account_id, event_type, data, webhook_url)` inserts one outbox row in
+  the CALLER's transaction, so an event exists if and only if what caused it committed.
+  `enqueue_job_events(session, job)` is what `jobs.enqueue_terminal_events` calls when a job
+  settles: AIXpose picture and video jobs whose resource has a `webhook_url` get their
+  `picture.*` / `video.*` event, whose body is rendered on the first attempt (public URLs need
+  storage) and then frozen, so every retry sends the same bytes.
+- `deliver_due(services)` sends what is due: the URL is vetted again with the image URL rules
+  (`ImageFetcher.vet_url`: https only and public addresses, unless `allow_private_urls`), the
+  body is signed (`webhook-id` = the event id, `webhook-timestamp`, `webhook-signature`), any
+  2xx is success, anything else (including redirects) is retried on the spec's schedule:
+  immediately, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h — times `retry_scale` (tests shrink it).
+  Each attempt is logged with its status code, error and duration. A URL that is not allowed
+  fails the delivery at once (it will not become allowed by waiting).
+- `WebhookWorker` runs `deliver_due` in a background thread for the app.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import httpx
+from sqlalchemy import or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from retouch.pipelines.errors import InvalidInput, NotFound
+
+from .db import transaction, utcnow
+from .tables import (WEBHOOK_EVENT_TYPES, Generation, WebhookAttempt, WebhookDelivery,
+                     WebhookSecret)
+
+log = logging.getLogger(__name__)
+
+RETRY_SCHEDULE_S: tuple[float, ...] = (0, 5, 5 * 60, 30 * 60, 2 * 3600, 5 * 3600, 10 * 3600,
+                                       10 * 3600)
+ATTEMPT_TIMEOUT_S = 15.0
+CLAIM_SECONDS = 120.0  # a claimed delivery is left alone this long by other workers
+ROTATION_GRACE = timedelta(hours=24)  # the previous secret keeps signing this long
+MAX_LOGGED_ERROR = 500
+MAX_DELIVERY_PAGE = 100
+SECRET_PREFIX = "whsec_"
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_NO_SYNC = {"synchronize_session": False}
+
+
+# ---- ids, times, secrets ------------------------------------------------------------------------
+def new_event_id(now: datetime | None = None) -> str:
+    """`evt_` + a ULID (48-bit millisecond time + 80 random bits, Crockford base32)."""
+    millis = int((now or utcnow()).timestamp() * 1000)
+    value = (millis << 80) | int.from_bytes(os.urandom(10), "big")
+    chars = [_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5)]
+    return "evt_" + "".join(chars)
+
+
+def event_time(moment: datetime) -> str:
+    """`2026-05-06T05:56:00Z`: UTC, whole seconds (the seed's `created_at`)."""
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def new_secret() -> str:
+    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def account_secret(session: Session, account_id: str) -> WebhookSecret:
+    """The account's signing secret, created on first use."""
+    row = session.get(WebhookSecret, account_id)
+    if row is not None:
+        return row
+    row = WebhookSecret(account_id=account_id, secret=new_secret(), created_at=utcnow())
+    try:
+        with session.begin_nested():
+            session.add(row)
+    except IntegrityError:  # a concurrent first use won the insert
+        row = session.get_one(WebhookSecret, account_id, populate_existing=True)
+    return row
+
+
+def rotate_secret(session: Session, account_id: str) -> WebhookSecret:
+    """A new secret; the old one keeps signing alongside it for `ROTATION_GRACE`."""
+    row = account_secret(session, account_id)
+    now = utcnow()
+    row.previous_secret, row.previous_valid_until = row.secret, now + ROTATION_GRACE
+    row.secret, row.rotated_at = new_secret(), now
+    session.flush()
+    return row
+
+
+def signing_secrets(row: WebhookSecret, now: datetime) -> list[str]:
+    keys = [row.secret]
+    if row.previous_secret and row.previous_valid_until and row.previous_valid_until > now:
+        keys.append(row.previous_secret)
+    return keys
+
+
+def signed_headers(keys: list[str], event_id: str, body: str, now: datetime) -> dict[str, str]:
+    """Standard Webhooks headers: one `v1,<base64 HMAC-SHA256>` signature per secret."""
+    from standardwebhooks import Webhook
+
+    moment = now.astimezone(timezone.utc)
+    signatures = " ".join(Webhook(key).sign(event_id, moment, body) for key in keys)
+    return {"webhook-id": event_id, "webhook-timestamp": str(int(moment.timestamp())),
+            "webhook-signature": signatures, "content-type": "application/json",
+            "user-agent": "retouch-webhooks/1"}
+
+
+def serialise(payload: dict[str, Any]) -> str:
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+
+
+# ---- enqueueing ---------------------------------------------------------------------------------
+def check_webhook_url(fetcher, url: str | None, field: str = "webhook_url") -> str | None:
+    """Validate a `webhook_url` when it is given (same rules as image URLs)."""
+    if url is None:
+        return None
+    if not isinstance(url, str) or len(url) > 2000:
+        raise InvalidInput(field, "must be a URL of at most 2000 characters")
+    fetcher.vet_url(url, field)
+    return url
+
+
+def enqueue_event(session: Session, account_id: str, event_type: str,
+                  data: dict[str, Any] | None, webhook_url: str | None, *,
+                  subject_id: str | None = None) -> WebhookDelivery | None:
+    """Put one event in the outbox inside the caller's transaction; None without a URL.
+
+    `data` is the event's `data` object; pass `subject_id` instead to have it rendered on the
+    first attempt (see the module docstring).
+    """
+    if not webhook_url:
+        return None
+    if event_type not in WEBHOOK_EVENT_TYPES:
+        raise ValueError(f"unknown webhook event type {event_type!r}")
+    now = utcnow()
+    event_id = new_event_id(now)
+    payload = None
+    if data is not None:
+        payload = {"id": event_id, "type": event_type, "created_at": event_time(now),
+                   "data": data}
+    delivery = WebhookDelivery(account_id=account_id, event_id=event_id, event_type=event_type,
+                               url=webhook_url, payload=payload, subject_id=subject_id,
+                               status="pending", attempt_count=0, schedule_step=0,
+                               next_attempt_at=now, created_at=now)
+    session.add(delivery)
+    session.flush()
+    return delivery
+
+
+def enqueue_job_events(session: Session, job: Generation) -> None:
+    """The terminal events of a settled AIXpose job (called from `jobs.enqueue_terminal_events`
+    inside the settlement transaction)."""
+    if job.surface != "aixpose" or job.status not in ("completed", "failed"):
+        return
+    outcome = "completed" if job.status == "completed" else "failed"
+    if job.tool == "video":
+        from .tables import Video
+
+        for video in session.scalars(select(Video).where(Video.generation_id == job.id)):
+            enqueue_event(session, job.account_id, f"video.{outcome}", None, video.webhook_url,
+                          subject_id=video.id)
+        return
+    from .tables import Picture
+
+    for picture in session.scalars(select(Picture).where(Picture.generation_id == job.id)):
+        enqueue_event(session, job.account_id, f"picture.{outcome}", None, picture.webhook_url,
+                      subject_id=picture.id)
+
+
+def render_event_data(session: Session, storage, event_type: str,
+                      subject_id: str) -> dict[str, Any]:
+    """The `data` object of a job event, from the resource as it is now."""
+    if event_type.startswith("video."):
+        from .videos import get_video, video_object
+
+        video = get_video(session, None, subject_id)
+        return video_object(session, storage, video)
+    from .projects import picture_payload
+    from .tables import Picture
+
+    return picture_payload(session, session.get_one(Picture, subject_id), storage.url)
+
+
+# ---- delivery -----------------------------------------------------------------------------------
+def claim_due(session_factory, now: datetime, limit: int) -> list[str]:
+    """Claim up to `limit` due deliveries (conditional UPDATEs); returns their ids."""
+    with transaction(session_factory) as session:
+        ids = list(session.scalars(
+            select(WebhookDelivery.id)
+            .where(WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= now,
+                   or_(WebhookDelivery.locked_until.is_(None),
+                       WebhookDelivery.locked_until < now))
+            .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.id).limit(limit)))
+        claimed = []
+        for delivery_id in ids:
+            result = session.execute(
+                update(WebhookDelivery)
+                .where(WebhookDelivery.id == delivery_id, WebhookDelivery.status == "pending",
+                       or_(WebhookDelivery.locked_until.is_(None),
+                           WebhookDelivery.locked_until < now))
+                .values(locked_until=now + timedelta(seconds=CLAIM_SECONDS))
+                .execution_options(**_NO_SYNC))
+            if result.rowcount == 1:
+                claimed.append(delivery_id)
+        return claimed
+
+
+def deliver_due(services, *, now: datetime | None = None, retry_scale: float | None = None,
+                limit: int = 20, transport: httpx.BaseTransport | None = None) -> int:
+    """Send every due delivery once; returns how many attempts were made.
+
+    `now` lets tests step through the schedule without waiting; `retry_scale` defaults to
+    `settings.webhook_retry_scale`.
+    """
+    now = now or utcnow()
+    scale = services.settings.webhook_retry_scale if retry_scale is None else retry_scale
+    claimed = claim_due(services.session_factory, now, limit)
+    if not claimed:
+        return 0
+    with httpx.Client(transport=transport, timeout=ATTEMPT_TIMEOUT_S, follow_redirects=False,
+                      trust_env=False) as client:
+        for delivery_id in claimed:
+            attempt_delivery(services, client, delivery_id, now=now, retry_scale=scale)
+    return len(claimed)
+
+
+def attempt_delivery(services, client: httpx.Client, delivery_id: str, *, now: datetime,
+                     retry_scale: float) -> WebhookDelivery:
+    """One signed POST of a claimed delivery, logged and scheduled."""
+    try:
+        url, event_id, payload, keys = _prepare(services, delivery_id)
+    except Exception as exc:
+        log.exception("webhook delivery %s could not be prepared", delivery_id)
+        return record_attempt(services.session_factory, delivery_id, now=now, status_code=None,
+                              error=f"the event could not be rendered ({type(exc).__name__})",
+                              duration_ms=0, permanent=False, retry_scale=retry_scale)
+    body = serialise(payload)
+    status_code, error, permanent = None, None, False
+    started = time.monotonic()
+    try:
+        vetted = services.fetcher.vet_url(url, "webhook_url")
+    except InvalidInput as exc:
+        error, permanent = exc.message, True
+    else:
+        try:
+            response = services.fetcher.send_vetted(
+                client, "POST", vetted, "webhook_url",
+                headers=signed_headers(keys, event_id, body, utcnow()),
+                content=body.encode("utf-8"))
+            status_code = response.status_code
+            response.close()
+            if not 200 <= status_code < 300:
+                error = f"the receiver answered HTTP {status_code}"
+        except InvalidInput as exc:
+            error = exc.message.removeprefix("webhook_url: ")
+    duration_ms = int(round((time.monotonic() - started) * 1000))
+    return record_attempt(services.session_factory, delivery_id, now=now,
+                          status_code=status_code, error=error, duration_ms=duration_ms,
+                          permanent=permanent, retry_scale=retry_scale)
+
+
+def _prepare(services, delivery_id: str) -> tuple[str, str, dict[str, Any], list[str]]:
+    """`(url, event id, body, signing secrets)`; a job event's body is rendered once, here."""
+    with transaction(services.session_factory) as session:
+        delivery = session.get_one(WebhookDelivery, delivery_id)
+        if delivery.payload is None:
+            data = render_event_data(session, services.storage, delivery.event_type,
+                                     delivery.subject_id)
+            delivery.payload = {"id": delivery.event_id, "type": delivery.event_type,
+                                "created_at": event_time(delivery.created_at), "data": data}
+        keys = signing_secrets(account_secret(session, delivery.account_id), utcnow())
+        return delivery.url, delivery.event_id, dict(delivery.payload), keys
+
+
+def record_attempt(session_factory, delivery_id: str, *, now: datetime, status_code: int | None,
+                   error: str | None, duration_ms: int, permanent: bool,
+                   retry_scale: float) -> WebhookDelivery:
+    """Log an attempt and move the delivery on: delivered, retried later, or failed."""
+    with transaction(session_factory) as session:
+        delivery = session.get_one(WebhookDelivery, delivery_id, populate_existing=True)
+        delivery.attempt_count += 1
+        # The first attempt after `redeliver` (which restarts the schedule) is the manual one.
+        manual = delivery.schedule_step == 0 and delivery.attempt_count > 1
+        session.add(WebhookAttempt(delivery_id=delivery.id, attempt=delivery.attempt_count,
+                                   manual=manual, status_code=status_code,
+                                   error=error[:MAX_LOGGED_ERROR] if error else None,
+                                   duration_ms=duration_ms, started_at=now))
+        delivery.last_status_code, delivery.last_error = status_code, error
+        delivery.locked_until = None
+        next_step = delivery.schedule_step + 1
+        if error is None:
+            delivery.status, delivery.delivered_at, delivery.next_attempt_at = "delivered", now, None
+        elif permanent or next_step >= len(RETRY_SCHEDULE_S):
+            delivery.status, delivery.next_attempt_at = "failed", None
+        else:
+            delivery.schedule_step = next_step
+            delay = RETRY_SCHEDULE_S[next_step] * retry_scale
+            delivery.next_attempt_at = now + timedelta(seconds=delay)
+        session.flush()
+        return delivery
+
+
+def redeliver(session: Session, account_id: str, delivery_id: str) -> WebhookDelivery:
+    """Send a delivery again now, whatever its state; its retry schedule starts over."""
+    delivery = get_delivery(session, account_id, delivery_id)
+    session.execute(update(WebhookDelivery).where(WebhookDelivery.id == delivery.id)
+                    .values(status="pending", schedule_step=0, next_attempt_at=utcnow(),
+                            locked_until=None).execution_options(**_NO_SYNC))
+    session.flush()
+    return session.get_one(WebhookDelivery, delivery.id, populate_existing=True)
+
+
+# ---- reads --------------------------------------------------------------------------------------
+def get_delivery(session: Session, account_id: str, delivery_id: str) -> WebhookDelivery:
+    delivery = session.get(WebhookDelivery, delivery_id)
+    if delivery is None or delivery.account_id != account_id:
+        raise NotFound("delivery_id", f"webhook delivery {delivery_id!r} was not found")
+    return delivery
+
+
+def list_deliveries(session: Session, account_id: str, *, limit: int = 20,
+                    cursor: str | None = None, status: str | None = None,
+                    ) -> tuple[list[WebhookDelivery], str | None]:
+    """The account's deliveries, newest first; `(items, next_cursor)`."""
+    from .jobs import decode_cursor
+
+    if not 1 <= limit <= MAX_DELIVERY_PAGE:
+        raise InvalidInput("limit", f"must be between 1 and {MAX_DELIVERY_PAGE}")
+    query = select(WebhookDelivery).where(WebhookDelivery.account_id == account_id)
+    if status is not None:
+        query = query.where(WebhookDelivery.status == status)
+    if cursor:
+        after_time, after_id = decode_cursor(cursor)
+        query = query.where(or_(WebhookDelivery.created_at < after_time,
+                                (WebhookDelivery.created_at == after_time)
+                                & (WebhookDelivery.id < after_id)))
+    query = query.order_by(WebhookDelivery.created_at.desc(), WebhookDelivery.id.desc())
+    items = list(session.scalars(query.limit(limit + 1)))
+    if len(items) <= limit:
+        return items, None
+    from .jobs import encode_cursor
+
+    return items[:limit], encode_cursor(items[limit - 1])
+
+
+def attempts_of(session: Session, delivery_id: str) -> list[WebhookAttempt]:
+    return list(session.scalars(select(WebhookAttempt)
+                                .where(WebhookAttempt.delivery_id == delivery_id)
+                                .order_by(WebhookAttempt.attempt)))
+
+
+def delivery_object(session: Session, delivery: WebhookDelivery) -> dict[str, Any]:
+    """The delivery log entry as the API shows it."""
+    return {
+        "id": delivery.id, "object": "webhook_delivery", "event_id": delivery.event_id,
+        "event_type": delivery.event_type, "url": delivery.url, "status": delivery.status,
+        "attempt_count": delivery.attempt_count,
+        "next_attempt_at": event_time(delivery.next_attempt_at)
+        if delivery.next_attempt_at and delivery.status == "pending" else None,
+        "delivered_at": event_time(delivery.delivered_at) if delivery.delivered_at else None,
+        "created_at": event_time(delivery.created_at),
+        "payload": delivery.payload,
+        "attempts": [{"attempt": a.attempt, "manual": a.manual, "status_code": a.status_code,
+                      "error": a.error, "duration_ms": a.duration_ms,
+                      "at": event_time(a.started_at)}
+                     for a in attempts_of(session, delivery.id)],
+    }
+
+
+# ---- the background worker ----------------------------------------------------------------------
+class WebhookWorker:
+    """Polls the outbox every `poll_seconds` and sends what is due (one thread)."""
+
+    def __init__(self, services, *, poll_seconds: float | None = None,
+                 deliver: Callable[..., int] = deliver_due):
+        self.services = services
+        self.poll_seconds = (services.settings.webhook_poll_seconds if poll_seconds is None
+                             else poll_seconds)
+        self.deliver = deliver
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="webhook-worker", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = ATTEMPT_TIMEOUT_S + 5) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                sent = self.deliver(self.services)
+            except Exception:
+                log.exception("webhook delivery sweep failed")
+                sent = 0
+            if not sent:
+                self._stop.wait(self.poll_seconds)

@@ -1,0 +1,203 @@
+"""Signed webhooks: the outbox is written in the caller's transaction, deliveries are signed per
+Standard Webhooks (verified with the `standardwebhooks` library), retried on the spec's schedule,
+logged, redeliverable, and held to the SSRF rules of image URLs."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select
+from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError
+
+from retouch.pipelines.errors import InvalidInput
+from retouch.serving.app import build_services
+from retouch.serving.core import accounts, keys, webhooks
+from retouch.serving.core.db import transaction, utcnow
+from retouch.serving.core.tables import WebhookDelivery
+
+from api_fixtures import api_for, assert_error, make_settings
+from webhook_receiver import webhook_receiver
+
+PICTURE = {"id": "pic_generated", "project_id": "prj_123", "status": "completed",
+           "public_url": "https://cdn.example/projects/prj_123/pic_generated.jpg",
+           "version": 1, "subversion": 0, "scene_type": "interior",
+           "scene_location": "living_room",
+           "source_instruction": {"source": "preset",
+                                  "actions": ["interior-style-japandi",
+                                              "interior-decoration-medium"]}}
+
+
+@pytest.fixture
+def services(tmp_path):
+    services = build_services(make_settings(tmp_path, allow_private_urls=True))
+    yield services
+    services.engine.dispose()
+
+
+def new_account(services) -> str:
+    with transaction(services.session_factory) as session:
+        return accounts.create_account(session, "hooks", plan="plus", credits=100).id
+
+
+def enqueue(services, account_id: str, url: str, data=PICTURE) -> WebhookDelivery:
+    with transaction(services.session_factory) as session:
+        return webhooks.enqueue_event(session, account_id, "picture.completed", data, url)
+
+
+def secret_of(services, account_id: str) -> str:
+    with transaction(services.session_factory) as session:
+        return webhooks.account_secret(session, account_id).secret
+
+
+def test_a_delivery_is_signed_and_shaped_like_the_seed_example(services):
+    account_id = new_account(services)
+    with webhook_receiver() as receiver:
+        delivery = enqueue(services, account_id, receiver.url)
+        assert webhooks.deliver_due(services) == 1
+        [post] = receiver.received
+    secret = secret_of(services, account_id)
+    assert secret.startswith("whsec_")
+    payload = Webhook(secret).verify(post.body, post.headers)
+    assert set(payload) == {"id", "type", "created_at", "data"}
+    assert payload["type"] == "picture.completed" and payload["data"] == PICTURE
+    assert re.fullmatch(r"evt_[0-9A-HJKMNP-TV-Z]{26}", payload["id"])
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", payload["created_at"])
+    assert post.headers["webhook-id"] == payload["id"] == delivery.event_id
+    assert post.path == "/hooks/aixpose"
+
+    tampered = post.body.replace(b"pic_generated", b"pic_forged")
+    with pytest.raises(WebhookVerificationError):
+        Webhook(secret).verify(tampered, post.headers)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(webhooks.new_secret()).verify(post.body, post.headers)
+
+
+def test_the_outbox_row_belongs_to_the_callers_transaction(services):
+    account_id = new_account(services)
+    with pytest.raises(RuntimeError):
+        with transaction(services.session_factory) as session:
+            webhooks.enqueue_event(session, account_id, "picture.failed", PICTURE,
+                                   "http://127.0.0.1:9/x")
+            raise RuntimeError("the settlement failed")
+    with services.session_factory() as session:
+        assert session.scalar(select(func.count()).select_from(WebhookDelivery)) == 0
+    with transaction(services.session_factory) as session:  # no URL: nothing to deliver
+        assert webhooks.enqueue_event(session, account_id, "picture.failed", PICTURE, None) is None
+
+
+def test_failed_attempts_are_retried_on_the_schedule_and_logged(services):
+    account_id = new_account(services)
+    with webhook_receiver([500, 200]) as receiver:
+        delivery = enqueue(services, account_id, receiver.url)
+        start = utcnow()
+        assert webhooks.deliver_due(services, now=start) == 1
+        with services.session_factory() as session:
+            row = session.get_one(WebhookDelivery, delivery.id)
+            assert row.status == "pending" and row.last_status_code == 500
+            assert row.next_attempt_at == start + timedelta(seconds=5)  # the spec's 2nd step
+        assert webhooks.deliver_due(services, now=start + timedelta(seconds=4)) == 0
+        assert webhooks.deliver_due(services, now=start + timedelta(seconds=5)) == 1
+        first, second = receiver.received
+    assert first.headers["webhook-id"] == second.headers["webhook-id"]  # same message
+    assert first.body == second.body
+    with services.session_factory() as session:
+        shown = webhooks.delivery_object(session, session.get_one(WebhookDelivery, delivery.id))
+    assert shown["status"] == "delivered" and shown["attempt_count"] == 2
+    assert [a["status_code"] for a in shown["attempts"]] == [500, 200]
+    assert shown["attempts"][0]["error"] == "the receiver answered HTTP 500"
+    assert shown["attempts"][1]["error"] is None
+    assert all(a["duration_ms"] >= 0 and not a["manual"] for a in shown["attempts"])
+
+
+def test_a_receiver_that_keeps_failing_gets_the_whole_schedule_then_fails(services):
+    account_id = new_account(services)
+    scale = 0.01
+    with webhook_receiver([503]) as receiver:
+        delivery = enqueue(services, account_id, receiver.url)
+        now, gaps = utcnow(), []
+        for _ in webhooks.RETRY_SCHEDULE_S:
+            assert webhooks.deliver_due(services, now=now, retry_scale=scale) == 1
+            with services.session_factory() as session:
+                row = session.get_one(WebhookDelivery, delivery.id)
+            if row.next_attempt_at is not None:
+                gaps.append((row.next_attempt_at - now).total_seconds())
+                now = row.next_attempt_at
+        assert len(receiver.received) == len(webhooks.RETRY_SCHEDULE_S) == 8
+    assert row.status == "failed" and row.attempt_count == 8
+    assert gaps == pytest.approx([s * scale for s in (5, 300, 1800, 7200, 18000, 36000, 36000)])
+
+
+def test_private_webhook_urls_are_refused_without_allow_private_urls(tmp_path):
+    services = build_services(make_settings(tmp_path, allow_private_urls=False))
+    try:
+        for url in ("http://127.0.0.1:8080/hook", "https://127.0.0.1/hook",
+                    "https://10.1.2.3/hook", "https://[::1]/hook"):
+            with pytest.raises(InvalidInput) as error:
+                webhooks.check_webhook_url(services.fetcher, url)
+            assert error.value.field == "webhook_url"
+        account_id = new_account(services)
+        with webhook_receiver() as receiver:
+            # Enqueued anyway (e.g. the rules changed): the delivery re-checks and gives up.
+            delivery = enqueue(services, account_id, receiver.url.replace("http:", "https:"))
+            assert webhooks.deliver_due(services) == 1
+            assert receiver.received == []
+        with services.session_factory() as session:
+            row = session.get_one(WebhookDelivery, delivery.id)
+            shown = webhooks.delivery_object(session, row)
+        assert row.status == "failed" and row.attempt_count == 1
+        assert "private" in shown["attempts"][0]["error"]
+    finally:
+        services.engine.dispose()
+
+
+def test_secret_rotation_deliveries_log_and_redelivery_over_http(tmp_path):
+    settings = make_settings(tmp_path, allow_private_urls=True, webhook_poll_seconds=0.05)
+    with api_for(settings) as api, webhook_receiver() as receiver:
+        account_id = api.account()
+        with transaction(api.services.session_factory) as session:
+            _, secret = keys.create_key(session, account_id, surface="aixpose")
+        headers = api.headers(secret)
+        first = api.client.get("/v1/webhooks/secret", headers=headers)
+        assert first.status_code == 200 and set(first.json()) == {"secret"}
+        old = first.json()["secret"]
+        assert api.client.get("/v1/webhooks/secret", headers=headers).json()["secret"] == old
+        rotated = api.client.post("/v1/webhooks/secret/rotate",
+                                  headers=api.headers(secret, **{"Idempotency-Key": "rot-1"}))
+        assert rotated.status_code == 200, rotated.text
+        new = rotated.json()["secret"]
+        assert new.startswith("whsec_") and new != old
+        again = api.client.post("/v1/webhooks/secret/rotate",
+                                headers=api.headers(secret, **{"Idempotency-Key": "rot-1"}))
+        assert again.json()["secret"] == new  # replayed, not rotated twice
+        assert api.client.get("/v1/webhooks/secret", headers=headers).json()["secret"] == new
+
+        delivery = enqueue(api.services, account_id, receiver.url)
+        [post] = receiver.wait_for(1)  # sent by the app's background worker
+        assert Webhook(new).verify(post.body, post.headers)["id"] == delivery.event_id
+        assert Webhook(old).verify(post.body, post.headers)  # still valid during the grace
+
+        log = api.client.get("/v1/webhooks/deliveries", headers=headers).json()
+        assert log["object"] == "list" and log["has_more"] is False
+        [entry] = log["data"]
+        assert entry["id"] == delivery.id and entry["status"] == "delivered"
+        assert entry["event_type"] == "picture.completed" and entry["attempt_count"] == 1
+        assert json.loads(post.body) == entry["payload"]
+
+        again = api.client.post(f"/v1/webhooks/deliveries/{delivery.id}/redeliver",
+                                headers=headers)
+        assert again.status_code == 202, again.text
+        first_post, second_post = receiver.wait_for(2)
+        assert second_post.headers["webhook-id"] == first_post.headers["webhook-id"]
+        assert second_post.body == first_post.body
+        shown = api.client.get(f"/v1/webhooks/deliveries/{delivery.id}", headers=headers).json()
+        assert shown["attempt_count"] == 2 and shown["attempts"][1]["manual"] is True
+
+        missing = api.client.post("/v1/webhooks/deliveries/whd_nope/redeliver", headers=headers)
+        assert_error(missing, 404, "invalid_input", "delivery_id")
+        other_key = api.key()[1]  # a Wixma key does not open the AIXpose surface
+        assert api.client.get("/v1/webhooks/secret",
+                              headers=api.headers(other_key)).status_code == 401
