@@ -37,11 +37,15 @@ def run_engine_job(engine, body: dict[str, Any], images: dict[str, bytes], seed:
     The single implementation of "run one job" shared by the Ray deployments and the in-process
     executor. Raises `InvalidInput` for bad inputs, `Cancelled` when cancelled.
     """
+    if body.get("tool") == "video":  # a reel needs no model: the reel pipeline renders it
+        from retouch.pipelines.reel import run_reel_job
+
+        return run_reel_job(body, images, seed, progress, is_cancelled)
     from retouch.pipelines.common import RunContext
     from retouch.pipelines.images import decode_image, encode_image
-    from retouch.pipelines.requests import parse_generation_request
+    from retouch.pipelines.requests import parse_job_request
 
-    request = parse_generation_request(body)
+    request = parse_job_request(body)
     decoded = {name: decode_image(data, name) for name, data in images.items()}
     ctx = RunContext(seed=seed, progress=progress, is_cancelled=is_cancelled)
     outputs = engine.run(request, decoded, ctx)
@@ -145,7 +149,12 @@ class _EngineDeployment:
     tools: tuple[str, ...] = ()
 
     def __init__(self, engine_config: EngineConfig):
+        import threading
+
         self._engine = engine_config.build_engine()
+        # Diffusers pipelines keep per-call state (scheduler timesteps): one job at a time per
+        # replica; further requests (up to max_ongoing_requests) wait here.
+        self._run_lock = threading.Lock()
 
     def run_job(self, job_id: str, body: dict[str, Any], images: dict[str, bytes],
                 seed: int) -> dict[str, Any]:
@@ -161,10 +170,11 @@ class _EngineDeployment:
             raise ValueError(f"{type(self).__name__} does not run tool {body.get('tool')!r}")
         board = ray.get_actor(BOARD_NAME, namespace=RAY_NAMESPACE)
         reporter = _BoardReporter(board, job_id)
-        reporter.progress(0.0)
         try:
-            return {"outputs": run_engine_job(self._engine, body, images, seed,
-                                              reporter.progress, reporter.is_cancelled)}
+            with self._run_lock:
+                reporter.progress(0.0)
+                return {"outputs": run_engine_job(self._engine, body, images, seed,
+                                                  reporter.progress, reporter.is_cancelled)}
         except RetouchError as exc:
             return {"error": {"code": exc.code, "message": exc.message, "field": exc.field,
                               "cancelled": isinstance(exc, Cancelled)}}
@@ -174,7 +184,7 @@ class _EngineDeployment:
 
 
 class DiffusionDeployment(_EngineDeployment):
-    tools = ("generator", "editor", "photographer", "ai_filter")
+    tools = ("generator", "editor", "photographer", "ai_filter", "video")
 
 
 class UpscalerDeployment(_EngineDeployment):

@@ -236,3 +236,24 @@ def test_started_dispatcher_drains_the_queue_with_two_workers(store):
     assert [job_row(store, j).status for j in job_ids] == ["completed"] * 4
     assert max(peak) == 2
     assert account_row(store).active_slots == 0
+
+
+def test_in_process_backend_runs_the_real_engine_with_progress_and_cancel(tiny_store):
+    from retouch.pipelines.engine import Engine
+    from retouch.serving.dispatcher import InProcessBackend
+
+    backend = InProcessBackend(Engine(tiny_store))
+    progress: list[float] = []
+    outputs = backend.run("job-1", BODY, {}, 5, progress.append, lambda: False)
+    assert len(outputs) == 1
+    with Image.open(io.BytesIO(outputs[0])) as image:
+        assert image.format == "WEBP" and image.width == image.height == tiny_store.native_size
+    assert progress == sorted(progress) and progress[-1] == 1.0 and len(progress) >= 3
+    assert backend.run("job-2", BODY, {}, 5, lambda f: None, lambda: False) == outputs
+
+    with pytest.raises(Cancelled):
+        backend.run("job-3", BODY, {}, 5, lambda f: None, lambda: True)
+    upscale = {"tool": "upscaler", "input": {"image": {"upload_id": "u1"}}}
+    with pytest.raises(InvalidInput, match="input.image"):
+        backend.run("job-4", upscale, {"input.image": b"not an image"}, 5, lambda f: None,
+                    lambda: False)
