@@ -21,10 +21,14 @@ from retouch.pipelines.vocabulary import CAROUSEL_FRAMES
 QUALITY_PRICES: dict[str, int] = {"low": 40, "medium": 110, "high": 200}
 UPSCALE_PRICES: dict[int | str, int] = {2: 40, 4: 80, "4k": 120}
 CAROUSEL_PLANNER_CREDITS = 10
+# AIXpose videos (`POST /v1/videos`), credits per second: 240p 2, 360p 3, 720p 5, 1080p 8.
+VIDEO_CREDITS_PER_SECOND: dict[str, int] = {"240p": 2, "360p": 3, "720p": 5, "1080p": 8}
 
 
 def price(request) -> int:
     """Credits a typed request (from `pipelines.requests.parse_generation_request`) costs."""
+    if request.tool == "video":  # AIXpose reels: per second of video, by resolution
+        return request.duration_seconds * VIDEO_CREDITS_PER_SECOND[request.resolution]
     if request.tool == "upscaler":
         return UPSCALE_PRICES[request.options.scale]
     image_price = QUALITY_PRICES[request.options.quality]

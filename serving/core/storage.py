@@ -13,7 +13,7 @@ from typing import Protocol
 
 from retouch.pipelines.errors import InvalidInput, ServiceUnavailable
 
-MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp", "mp4": "video/mp4"}
 EXTENSIONS = {v: k for k, v in MEDIA_TYPES.items()}
 
 

@@ -1,0 +1,78 @@
+"""`/v1/videos`: create a reel from a project's pictures, read one, list them."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Body, Depends, Query, Response
+from pydantic import Field
+
+from retouch.pipelines.reel import ASPECT_RATIOS, MAX_DURATION_S, MAX_PICTURES, MIN_DURATION_S
+from retouch.pipelines.reel import RESOLUTIONS as VIDEO_RESOLUTIONS
+from retouch.serving.core import videos
+from retouch.serving.core.tables import ApiKey
+from retouch.serving.core.webhooks import check_webhook_url
+from retouch.serving.wixma.deps import ServicesDep
+
+from .deps import READ, WRITE, IdempotencyKey, aixpose_key
+from .schemas import _Strict, list_payload
+
+router = APIRouter(tags=["aixpose videos"])
+
+
+class VideoCreate(_Strict):
+    project_id: str = Field(min_length=1, max_length=40)
+    picture_ids: list[str] | None = Field(
+        default=None, min_length=1, max_length=MAX_PICTURES,
+        description="The pictures in reel order; omit for every approved picture")
+    scene_context: str | None = Field(default=None, max_length=2000)
+    voice: str | None = Field(default=None, max_length=500,
+                              description="Voice-over direction (recorded with the video)")
+    background_music: str | None = Field(default=None, max_length=500,
+                                         description="Music direction (recorded)")
+    music_url: str | None = Field(default=None, max_length=2000,
+                                  description="A WAV or MP3 track to mux into the reel")
+    duration: int = Field(default=15, ge=MIN_DURATION_S, le=MAX_DURATION_S,
+                          description="Seconds; the reel has duration × 24 frames")
+    aspect_ratio: Literal[tuple(ASPECT_RATIOS)] = "16:9"  # type: ignore[valid-type]
+    resolution: Literal[tuple(VIDEO_RESOLUTIONS)] = "720p"  # type: ignore[valid-type]
+    webhook_url: str | None = None
+
+
+@router.post("/videos", status_code=201)
+def create_video(body: Annotated[VideoCreate, Body()], response: Response, services: ServicesDep,
+                 key: Annotated[ApiKey, Depends(aixpose_key(WRITE))],
+                 idempotency_key: IdempotencyKey = None) -> dict:
+    """Start rendering an MP4 reel: a camera move over each picture, crossfades between them,
+    and the music track when `music_url` is given. Same `Idempotency-Key` + body → the same
+    video (200)."""
+    check_webhook_url(services.fetcher, body.webhook_url)
+    services.require_executor()
+    video, replayed = videos.create_video(services, key, videos.VideoSettings(**body.model_dump()),
+                                          idempotency_key=idempotency_key)
+    if replayed:
+        response.status_code = 200
+    with services.session_factory() as session:
+        return videos.video_object(session, services.storage, video)
+
+
+@router.get("/videos/{video_id}")
+def get_video(video_id: str, services: ServicesDep,
+              key: Annotated[ApiKey, Depends(aixpose_key(READ))]) -> dict:
+    """Status, progress and, once completed, the MP4's `public_url`."""
+    with services.session_factory() as session:
+        video = videos.get_video(session, key.account_id, video_id)
+        return videos.video_object(session, services.storage, video)
+
+
+@router.get("/videos")
+def list_videos(services: ServicesDep, key: Annotated[ApiKey, Depends(aixpose_key(READ))],
+                project_id: str | None = None,
+                limit: Annotated[int, Query(ge=1, le=videos.MAX_VIDEO_PAGE)] = 20,
+                cursor: str | None = None) -> dict:
+    """Newest first, optionally of one project; pass `next_cursor` back as `cursor`."""
+    with services.session_factory() as session:
+        items, next_cursor = videos.list_videos(session, key.account_id, project_id=project_id,
+                                                limit=limit, cursor=cursor)
+        return list_payload([videos.video_object(session, services.storage, v) for v in items],
+                            next_cursor)

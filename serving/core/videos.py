@@ -1,0 +1,234 @@
+"""AIXpose videos: a reel of a project's pictures, rendered by a `video` job.
+
+`create_video(...)` resolves the pictures (the given ids, or every approved picture of the
+project) to their stored images, fetches a user-supplied music track once (SSRF-safe, stored
+content-addressed), and creates the job through `jobs.create_generation` (credits, slots and
+`Idempotency-Key` as for every job) with the `Video` row written in that same transaction. The
+job body carries storage keys only, so the worker never reads the internet; the dispatcher loads
+them with `load_video_inputs` and `pipelines.reel.run_reel_job` renders the MP4. A video's status,
+progress and file are its job's: `core.jobs` stays the only owner of status.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import and_, or_, select
+from sqlalchemy.orm import Session
+
+from retouch.pipelines.errors import InvalidInput, NotFound
+from retouch.pipelines.reel import FPS, decode_music, frame_size
+
+from . import jobs
+from .tables import Generation, Picture, Video
+
+VIDEO_TOOL = "video"
+MAX_VIDEO_PAGE = 100
+MUSIC_ACCEPT = "audio/wav,audio/x-wav,audio/mpeg,audio/*;q=0.5"
+MUSIC_MEDIA_TYPES = {"wav": "audio/wav", "mp3": "audio/mpeg"}
+
+
+@dataclass(frozen=True)
+class VideoSettings:
+    """What a client asked for (validated at the edge by the route's schema)."""
+
+    project_id: str
+    picture_ids: list[str] | None = None  # None: every approved picture of the project
+    scene_context: str | None = None
+    voice: str | None = None
+    background_music: str | None = None
+    music_url: str | None = None
+    duration: int = 15
+    aspect_ratio: str = "16:9"
+    resolution: str = "720p"
+    webhook_url: str | None = None
+
+
+@dataclass(frozen=True)
+class VideoJobRequest:
+    """The typed request `jobs.create_generation` and `pricing.price` need for a video job."""
+
+    duration_seconds: int
+    resolution: str
+    tool: str = VIDEO_TOOL
+    slots: int = 1
+    options: Any = field(default=None)
+
+
+# ---- creation -----------------------------------------------------------------------------------
+def video_pictures(session: Session, account_id: str, project_id: str,
+                   picture_ids: list[str] | None) -> list[tuple[Picture, str]]:
+    """`(picture, storage key)` in reel order; every picture must be completed."""
+    from .projects import get_picture, get_project, picture_state
+
+    project = get_project(session, account_id, project_id)
+    if picture_ids is None:
+        pictures = list(session.scalars(
+            select(Picture).where(Picture.project_id == project.id,
+                                  Picture.approved_at.is_not(None))
+            .order_by(Picture.approved_at, Picture.id)))
+        if not pictures:
+            raise InvalidInput("picture_ids", "the project has no approved pictures; approve "
+                                              "some or list picture_ids")
+    else:
+        if not picture_ids:
+            raise InvalidInput("picture_ids", "must list at least one picture")
+        pictures = []
+        for n, picture_id in enumerate(picture_ids):
+            picture = get_picture(session, account_id, picture_id, field=f"picture_ids[{n}]")
+            if picture.project_id != project.id:
+                raise InvalidInput(f"picture_ids[{n}]", f"picture {picture_id!r} belongs to "
+                                                        "another project")
+            pictures.append(picture)
+    resolved = []
+    for n, picture in enumerate(pictures):
+        state = picture_state(session, picture)
+        if state["storage_key"] is None:
+            raise InvalidInput(f"picture_ids[{n}]", f"picture {picture.id!r} is "
+                                                    f"{state['status']}; only completed "
+                                                    "pictures go into a video")
+        resolved.append((picture, state["storage_key"]))
+    return resolved
+
+
+def store_music(fetcher, storage, url: str) -> str:
+    """Fetch and validate a WAV/MP3 track; stored under its content hash (so a retried request
+    makes the same job body). Returns the storage key."""
+    import av
+
+    data, _ = fetcher.fetch_bytes(url, "music_url", accept=MUSIC_ACCEPT)
+    decode_music(data, "music_url")  # raises InvalidInput("music_url") unless WAV/MP3 audio
+    import io
+
+    with av.open(io.BytesIO(data)) as container:
+        kind = "mp3" if container.format.name.split(",")[0] == "mp3" else "wav"
+    key = f"uploads/audio/{hashlib.sha256(data).hexdigest()}.{kind}"
+    if not storage.exists(key):
+        storage.put(key, data, MUSIC_MEDIA_TYPES[kind])
+    return key
+
+
+def video_job_body(settings: VideoSettings, pictures: list[tuple[Picture, str]],
+                   music_key: str | None) -> dict[str, Any]:
+    width, height = frame_size(settings.aspect_ratio, settings.resolution)
+    return {
+        "tool": VIDEO_TOOL,
+        "project_id": settings.project_id,
+        "input": {"pictures": [{"picture_id": p.id, "storage_key": key} for p, key in pictures],
+                  "music_key": music_key},
+        "direction": {"scene_context": settings.scene_context, "voice": settings.voice,
+                      "background_music": settings.background_music,
+                      "music_url": settings.music_url},
+        "options": {"duration": settings.duration, "aspect_ratio": settings.aspect_ratio,
+                    "resolution": settings.resolution, "width": width, "height": height,
+                    "fps": FPS, "output_format": "mp4"},
+        "webhook_url": settings.webhook_url,
+    }
+
+
+def create_video(services, key, settings: VideoSettings, *,
+                 idempotency_key: str | None = None) -> tuple[Video, bool]:
+    """Create the video and its job; returns `(video, replayed)`."""
+    with services.session_factory() as session:
+        pictures = video_pictures(session, key.account_id, settings.project_id,
+                                  settings.picture_ids)
+    music_key = (store_music(services.fetcher, services.storage, settings.music_url)
+                 if settings.music_url else None)
+    body = video_job_body(settings, pictures, music_key)
+    options = body["options"]
+
+    def add_video(session: Session, job: Generation) -> None:
+        video = Video(account_id=key.account_id, project_id=settings.project_id,
+                      generation_id=job.id, picture_ids=[p.id for p, _ in pictures],
+                      scene_context=settings.scene_context, voice=settings.voice,
+                      background_music=settings.background_music, music_url=settings.music_url,
+                      music_key=music_key, duration_seconds=settings.duration,
+                      aspect_ratio=settings.aspect_ratio, resolution=settings.resolution,
+                      width=options["width"], height=options["height"], fps=options["fps"],
+                      webhook_url=settings.webhook_url, created_at=job.created_at)
+        session.add(video)
+        session.flush()
+
+    request = VideoJobRequest(duration_seconds=settings.duration, resolution=settings.resolution)
+    job, replayed = jobs.create_generation(
+        services.session_factory, key, request, body, idempotency_key=idempotency_key,
+        surface="aixpose", idempotency_ttl_hours=services.settings.idempotency_ttl_hours,
+        on_created=add_video)
+    with services.session_factory() as session:
+        video = session.scalars(select(Video).where(Video.generation_id == job.id)).one()
+    return video, replayed
+
+
+# ---- the job ------------------------------------------------------------------------------------
+def load_video_inputs(session_factory, storage, job) -> dict[str, bytes]:
+    """A video job's stored inputs: `input.pictures[i]` images and `input.music` (if any)."""
+    inputs: dict[str, bytes] = {}
+    body_input = job.request["input"]
+    named = [(f"input.pictures[{n}]", item["storage_key"])
+             for n, item in enumerate(body_input["pictures"])]
+    if body_input.get("music_key"):
+        named.append(("input.music", body_input["music_key"]))
+    for name, storage_key in named:
+        try:
+            inputs[name] = storage.get(storage_key)
+        except KeyError:
+            raise InvalidInput(name, "the stored file is gone") from None
+    return inputs
+
+
+# ---- reads --------------------------------------------------------------------------------------
+def get_video(session: Session, account_id: str | None, video_id: str) -> Video:
+    """The account's video (any account when `account_id` is None), or `NotFound`."""
+    video = session.get(Video, video_id) if isinstance(video_id, str) else None
+    if video is None or (account_id is not None and video.account_id != account_id):
+        raise NotFound("video_id", f"video {video_id!r} was not found")
+    return video
+
+
+def list_videos(session: Session, account_id: str, *, project_id: str | None = None,
+                limit: int = 20, cursor: str | None = None) -> tuple[list[Video], str | None]:
+    """The account's videos (optionally of one project), newest first; `(items, next_cursor)`."""
+    if not 1 <= limit <= MAX_VIDEO_PAGE:
+        raise InvalidInput("limit", f"must be between 1 and {MAX_VIDEO_PAGE}")
+    query = select(Video).where(Video.account_id == account_id)
+    if project_id is not None:
+        from .projects import get_project
+
+        get_project(session, account_id, project_id)
+        query = query.where(Video.project_id == project_id)
+    if cursor:
+        after_time, after_id = jobs.decode_cursor(cursor)
+        query = query.where(or_(Video.created_at < after_time,
+                                and_(Video.created_at == after_time, Video.id < after_id)))
+    query = query.order_by(Video.created_at.desc(), Video.id.desc()).limit(limit + 1)
+    items = list(session.scalars(query))
+    if len(items) <= limit:
+        return items, None
+    return items[:limit], jobs.encode_cursor(items[limit - 1])
+
+
+def video_object(session: Session, storage, video: Video) -> dict[str, Any]:
+    """The public video object (API responses and `video.*` webhook `data`)."""
+    from retouch.serving.wixma.schemas import format_timestamp
+
+    job = session.get_one(Generation, video.generation_id)
+    public_url = None
+    if job.status == "completed" and job.output_keys:
+        public_url = storage.url(job.output_keys[0])
+    return {
+        "id": video.id, "object": "video", "project_id": video.project_id,
+        "status": job.status, "progress": job.progress, "public_url": public_url,
+        "picture_ids": list(video.picture_ids), "scene_context": video.scene_context,
+        "audio": {"voice": video.voice, "background_music": video.background_music,
+                  "music_url": video.music_url, "music_track": video.music_key is not None},
+        "duration": video.duration_seconds, "fps": video.fps,
+        "frame_count": video.duration_seconds * video.fps,
+        "aspect_ratio": video.aspect_ratio, "resolution": video.resolution,
+        "width": video.width, "height": video.height, "media_type": "video/mp4",
+        "cost_credits": job.cost_credits, "error_code": job.error_code,
+        "webhook_url": video.webhook_url,
+        "created_at": format_timestamp(video.created_at),
+        "completed_at": format_timestamp(job.finished_at) if job.finished_at else None,
+    }

@@ -1,0 +1,156 @@
+"""`/v1/videos` end to end on the in-process executor: pictures uploaded and approved over HTTP,
+a reel rendered by the dispatcher, decoded with PyAV (frame count, size, music only when
+supplied), credits charged, and a signed `video.completed` webhook."""
+
+from __future__ import annotations
+
+import base64
+import io
+import time
+import wave
+
+import av
+import numpy as np
+from standardwebhooks import Webhook
+
+from retouch.serving.core import keys
+from retouch.serving.core.db import transaction
+from retouch.serving.executor import InProcessExecutor
+
+from api_fixtures import api_for, assert_error, image_bytes, make_settings, serve_routes
+from webhook_receiver import webhook_receiver
+
+
+def wav_bytes(seconds: float = 0.4, rate: int = 16_000) -> bytes:
+    t = np.arange(int(seconds * rate)) / rate
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes((np.sin(2 * np.pi * 330 * t) * 9000).astype(np.int16).tobytes())
+    return buffer.getvalue()
+
+
+def aixpose_secret(api, credits: int = 1000) -> str:
+    account_id = api.account(plan="pro", credits=credits)
+    with transaction(api.services.session_factory) as session:
+        return keys.create_key(session, account_id, surface="aixpose")[1]
+
+
+def add_picture(api, headers, project_id: str, color) -> str:
+    data = base64.b64encode(image_bytes(96, 64, fmt="JPEG", color=color)).decode()
+    response = api.client.post(f"/v1/projects/{project_id}/pictures", headers=headers, json={
+        "source": {"type": "base64", "media_type": "image/jpeg", "data": data},
+        "scene_type": "interior", "scene_location": "living_room"})
+    assert response.status_code == 201, response.text
+    return response.json()["id"]
+
+
+def wait_for_video(api, headers, video_id: str, timeout_s: float = 60.0) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        video = api.client.get(f"/v1/videos/{video_id}", headers=headers).json()
+        if video["status"] in ("completed", "failed"):
+            return video
+        time.sleep(0.05)
+    raise AssertionError(f"video {video_id} did not finish")
+
+
+def decode(data: bytes) -> tuple[int, tuple[int, int], list[str]]:
+    with av.open(io.BytesIO(data)) as container:
+        frames = list(container.decode(video=0))
+        audio = [s.codec_context.name for s in container.streams.audio]
+    return len(frames), (frames[0].width, frames[0].height), audio
+
+
+def test_video_reels_render_end_to_end(tmp_path):
+    settings = make_settings(tmp_path, allow_private_urls=True, webhook_poll_seconds=0.05)
+
+    def executor(services):
+        return InProcessExecutor(services, lambda: None)  # reels need no diffusion model
+
+    music = wav_bytes()
+    with api_for(settings, executor=executor) as api, webhook_receiver() as receiver, \
+            serve_routes({"/track.wav": (200, {"Content-Type": "audio/wav"}, music)}) as base:
+        secret = aixpose_secret(api)
+        headers = api.headers(secret)
+        project = api.client.post("/v1/projects", headers=headers,
+                                  json={"name": "Gdynia apartment campaign", "output": "video"})
+        assert project.status_code == 201, project.text
+        project_id = project.json()["id"]
+        first = add_picture(api, headers, project_id, (220, 40, 40))
+        second = add_picture(api, headers, project_id, (40, 40, 220))
+
+        body = {"project_id": project_id, "picture_ids": [first, second],
+                "scene_context": "Bright two-room flat near the beach", "voice": "calm, warm",
+                "background_music": "soft piano", "music_url": f"{base}/track.wav",
+                "duration": 2, "aspect_ratio": "16:9", "resolution": "240p",
+                "webhook_url": receiver.url}
+        created = api.client.post("/v1/videos", json=body,
+                                  headers=api.headers(secret, **{"Idempotency-Key": "reel-1"}))
+        assert created.status_code == 201, created.text
+        video = created.json()
+        assert video["id"].startswith("vid_") and video["status"] in ("pending", "processing")
+        assert video["picture_ids"] == [first, second] and video["cost_credits"] == 2 * 2
+        assert video["audio"] == {"voice": "calm, warm", "background_music": "soft piano",
+                                  "music_url": f"{base}/track.wav", "music_track": True}
+        assert (video["width"], video["height"], video["frame_count"]) == (426, 240, 48)
+        replay = api.client.post("/v1/videos", json=body,
+                                 headers=api.headers(secret, **{"Idempotency-Key": "reel-1"}))
+        assert replay.status_code == 200 and replay.json()["id"] == video["id"]
+
+        done = wait_for_video(api, headers, video["id"])
+        assert done["status"] == "completed", done
+        mp4 = api.client.get(done["public_url"].removeprefix("http://testserver"))
+        assert mp4.status_code == 200 and mp4.headers["content-type"] == "video/mp4"
+        assert decode(mp4.content) == (48, (426, 240), ["aac"])
+
+        [post] = receiver.wait_for(1)
+        event = Webhook(api.client.get("/v1/webhooks/secret", headers=headers).json()["secret"]
+                        ).verify(post.body, post.headers)
+        assert event["type"] == "video.completed" and event["data"]["id"] == video["id"]
+        assert event["data"]["public_url"] == done["public_url"]
+
+        # Every approved picture when none are listed; no music given: no audio stream.
+        for picture_id in (second, first):
+            assert api.client.post(f"/v1/pictures/{picture_id}/approve",
+                                   headers=headers).status_code in (200, 201)
+        silent = api.client.post("/v1/videos", headers=headers, json={
+            "project_id": project_id, "duration": 2, "aspect_ratio": "9:16",
+            "resolution": "240p"})
+        assert silent.status_code == 201, silent.text
+        assert silent.json()["picture_ids"] == [second, first]
+        silent_done = wait_for_video(api, headers, silent.json()["id"])
+        data = api.client.get(silent_done["public_url"].removeprefix("http://testserver")).content
+        assert decode(data) == (48, (240, 426), [])
+
+        listed = api.client.get(f"/v1/videos?project_id={project_id}", headers=headers).json()
+        assert [v["id"] for v in listed["data"]] == [silent.json()["id"], video["id"]]
+        balance = api.client.get("/v1/credits/balance", headers=headers).json()["balance"]
+        assert balance == 1000 - 4 - 4  # 2 s at 240p = 4 credits each, none refunded
+        ledger = api.client.get("/v1/credits/ledger", headers=headers).json()["data"]
+        assert sorted(e["amount"] for e in ledger if e["kind"] == "reserve") == [-4, -4]
+
+
+def test_video_requests_are_validated_at_the_edge(tmp_path):
+    with api_for(make_settings(tmp_path), executor=lambda s: InProcessExecutor(s, lambda: None)) \
+            as api:
+        secret = aixpose_secret(api)
+        headers = api.headers(secret)
+        project_id = api.client.post("/v1/projects", headers=headers,
+                                     json={"name": "empty"}).json()["id"]
+        none_approved = api.client.post("/v1/videos", headers=headers,
+                                        json={"project_id": project_id, "duration": 2})
+        assert_error(none_approved, 400, "invalid_input", "picture_ids")
+        too_long = api.client.post("/v1/videos", headers=headers,
+                                   json={"project_id": project_id, "duration": 600})
+        assert_error(too_long, 400, "invalid_input", "duration")
+        private_hook = api.client.post("/v1/videos", headers=headers, json={
+            "project_id": project_id, "webhook_url": "https://127.0.0.1/hook"})
+        assert_error(private_hook, 400, "invalid_input", "webhook_url")
+        missing_project = api.client.post("/v1/videos", headers=headers,
+                                          json={"project_id": "prj_nope", "duration": 2})
+        assert missing_project.status_code == 404
+        assert_error(api.client.get("/v1/videos/vid_nope", headers=headers), 404,
+                     "invalid_input", "video_id")
