@@ -10,8 +10,9 @@ Models and `noise_scale` (0–0.5, "lower keeps closer to source"):
   of the network's reconstruction replaces a bicubic resample of the source:
   `out = w · network + (1 − w) · bicubic` with `w = 0.5 + noise_scale` (0.5…1.0).
 * **"4k"** picks the 2× path when the needed factor is at most 2, else the 4× path, then resizes
-  (Lanczos) to the exact 2160p size with the aspect kept. A source whose shorter side is already
-  at least 2160 px is only resized.
+  (Lanczos) to the exact 2160p size with the aspect kept (as Real-ESRGAN's `--outscale` does:
+  one network pass, then a resize). A source whose shorter side is already at least 2160 px is
+  only resized.
 
 Inference is tiled: each tile is cut with `tile_overlap` pixels of context on every side, run
 through the network, and the context is cropped off before the tile is written into the output,
