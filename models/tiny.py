@@ -20,7 +20,7 @@ import torch
 from retouch.models.registry import (SEGFORMER_CLOTHES_LABELS, TINY_RRDB, TINY_SOURCES,
                                      TINY_SRVGG)
 
-BUILDER_VERSION = "2"
+BUILDER_VERSION = "2"  # bump whenever any twin changes: caches rebuild on a new version
 MARKER_NAME = "BUILD_VERSION"
 TINY_DIR_NAME = "tiny"
 
