@@ -45,6 +45,10 @@ class Engine:
             return filters.ai_filter
         if tool == "upscaler":
             return self._upscale
+        if tool == "enhance":  # AIXpose enhancements
+            from .enhance import enhance
+
+            return enhance
         if tool == "photographer":
             mode = request.options.mode
             if mode not in PHOTOGRAPHER_PIPELINES:

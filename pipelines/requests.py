@@ -287,3 +287,13 @@ def parse_generation_request(body: Any, *, allow_paths: bool = False):
 
 def request_seed(request) -> int | None:
     return getattr(request.options, "seed", None)
+
+
+def parse_job_request(body: Any, *, allow_paths: bool = False):
+    """A stored job body of any surface: the Wixma tools, plus AIXpose `enhance` jobs (which
+    `parse_generation_request` does not accept: they are created through `/v1` only)."""
+    if isinstance(body, dict) and body.get("tool") == "enhance":
+        from .enhance import parse_enhance_request
+
+        return parse_enhance_request(body, allow_paths=allow_paths)
+    return parse_generation_request(body, allow_paths=allow_paths)

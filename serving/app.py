@@ -122,6 +122,9 @@ def include_surfaces(app: FastAPI) -> None:
     from .wixma.routes import router as wixma_router
 
     app.include_router(wixma_router, prefix="/api/v1")
+    from .aixpose import router as aixpose_router
+
+    app.include_router(aixpose_router, prefix="/v1")
     # AIXpose (`/v1`), MCP (`/mcp`) and the settings/dashboard pages are included here too.
 
 

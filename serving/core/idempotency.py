@@ -74,3 +74,71 @@ def purge_expired(session: Session, *, ttl_hours: float, now: datetime) -> int:
     result = session.execute(delete(IdempotencyRecord).where(
         IdempotencyRecord.created_at <= now - timedelta(hours=ttl_hours)))
     return result.rowcount or 0
+
+
+# ---- resources other than jobs (AIXpose projects, pictures, quick actions ...) ------------------
+def find_resource_replay(session: Session, api_key_id: str, idempotency_key: str, body_hash: str,
+                         resource_type: str, *, ttl_hours: float, now: datetime) -> str | None:
+    """`find_replay` for `ResourceIdempotencyRecord`s: the resource id to replay, None when the
+    key is new or stale, `IdempotencyConflict` for another body or another kind of resource."""
+    from .tables import ResourceIdempotencyRecord
+
+    record = session.scalars(select(ResourceIdempotencyRecord).where(
+        ResourceIdempotencyRecord.api_key_id == api_key_id,
+        ResourceIdempotencyRecord.idempotency_key == idempotency_key)).first()
+    if record is None:
+        return None
+    if record.created_at <= now - timedelta(hours=ttl_hours):
+        session.execute(delete(ResourceIdempotencyRecord)
+                        .where(ResourceIdempotencyRecord.id == record.id))
+        return None
+    if record.request_hash != body_hash or record.resource_type != resource_type:
+        raise IdempotencyConflict(
+            "This Idempotency-Key was already used with a different request. Use a new key for "
+            "a different request.",
+            details={"idempotency_key": idempotency_key, "resource_id": record.resource_id})
+    return record.resource_id
+
+
+def remember_resource(session: Session, api_key_id: str, idempotency_key: str, body_hash: str,
+                      resource_type: str, resource_id: str, *, now: datetime) -> None:
+    from .tables import ResourceIdempotencyRecord
+
+    session.add(ResourceIdempotencyRecord(
+        api_key_id=api_key_id, idempotency_key=idempotency_key, request_hash=body_hash,
+        resource_type=resource_type, resource_id=resource_id, created_at=now))
+    session.flush()
+
+
+def create_idempotently(session_factory, api_key_id: str, idempotency_key: str | None,
+                        body: Any, resource_type: str, create, *, ttl_hours: float
+                        ) -> tuple[str, bool]:
+    """Run `create(session) -> resource_id` in one transaction under `Idempotency-Key` semantics;
+    returns `(resource_id, replayed)`. A concurrent twin loses on the unique constraint, rolls
+    back and replays the winner."""
+    from sqlalchemy.exc import IntegrityError
+
+    from .db import transaction, utcnow
+
+    if idempotency_key is not None:
+        idempotency_key = check_idempotency_key(idempotency_key)
+    body_hash = request_hash(body)
+    for attempt in range(2 if idempotency_key else 1):
+        try:
+            with transaction(session_factory) as session:
+                now = utcnow()
+                if idempotency_key is not None:
+                    replay = find_resource_replay(session, api_key_id, idempotency_key,
+                                                  body_hash, resource_type, ttl_hours=ttl_hours,
+                                                  now=now)
+                    if replay is not None:
+                        return replay, True
+                resource_id = create(session)
+                if idempotency_key is not None:
+                    remember_resource(session, api_key_id, idempotency_key, body_hash,
+                                      resource_type, resource_id, now=now)
+                return resource_id, False
+        except IntegrityError:
+            if attempt == 1 or idempotency_key is None:
+                raise
+    raise AssertionError("unreachable")

@@ -176,11 +176,11 @@ def load_job_inputs(session_factory, storage, job) -> dict[str, bytes]:
 
     Used by the dispatcher: the job body only holds `{upload_id}` / `{generation_id}` refs.
     """
-    from retouch.pipelines.requests import parse_generation_request
+    from retouch.pipelines.requests import parse_job_request
 
     from .tables import Generation, Upload
 
-    request = parse_generation_request(job.request)
+    request = parse_job_request(job.request)
     keys: dict[str, str] = {}
     with session_factory() as session:
         for field, ref in request.image_fields().items():

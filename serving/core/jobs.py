@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import base64
 import secrets
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -51,6 +51,7 @@ def create_generation(session_factory: SessionFactory, key: ApiKey, request, bod
                       *, idempotency_key: str | None = None, input_image: str | None = None,
                       surface: str = "wixma",
                       idempotency_ttl_hours: float = DEFAULT_IDEMPOTENCY_TTL_HOURS,
+                      on_created: Callable[[Session, Generation], None] | None = None,
                       ) -> tuple[Generation, bool]:
     """Create a `pending` job for a typed request; returns `(generation, replayed)`.
 
@@ -59,7 +60,9 @@ def create_generation(session_factory: SessionFactory, key: ApiKey, request, bod
     reservation (`QueueLimitExceeded`), key monthly/total budgets, account credits
     (`InsufficientCredits`), a `reserve` ledger entry and the job row. Any error rolls all of it
     back. `body` is stored as the job's request (the dispatcher re-parses it) and hashed for
-    idempotency; `input_image` is the URL shown in responses.
+    idempotency; `input_image` is the URL shown in responses. `on_created(session, job)` runs
+    inside that transaction for a new job (not a replay), so rows a surface keeps beside the job
+    (AIXpose pictures) exist if and only if the job does.
     """
     if idempotency_key is not None:
         idempotency_key = idempotency.check_idempotency_key(idempotency_key)
@@ -74,7 +77,7 @@ def create_generation(session_factory: SessionFactory, key: ApiKey, request, bod
                 return _create_in_transaction(
                     session, key, request, body, body_hash=body_hash, cost=cost,
                     idempotency_key=idempotency_key, input_image=input_image, surface=surface,
-                    ttl_hours=idempotency_ttl_hours)
+                    ttl_hours=idempotency_ttl_hours, on_created=on_created)
         except IntegrityError:
             if attempt == tries - 1:
                 raise
@@ -83,8 +86,8 @@ def create_generation(session_factory: SessionFactory, key: ApiKey, request, bod
 
 def _create_in_transaction(session: Session, key: ApiKey, request, body: dict[str, Any], *,
                            body_hash: str, cost: int, idempotency_key: str | None,
-                           input_image: str | None, surface: str,
-                           ttl_hours: float) -> tuple[Generation, bool]:
+                           input_image: str | None, surface: str, ttl_hours: float,
+                           on_created=None) -> tuple[Generation, bool]:
     now = utcnow()
     if idempotency_key is not None:
         replay_id = idempotency.find_replay(session, key.id, idempotency_key, body_hash,
@@ -117,6 +120,8 @@ def _create_in_transaction(session: Session, key: ApiKey, request, body: dict[st
                             memo=f"{request.tool} generation"))
     if idempotency_key is not None:
         idempotency.remember(session, key.id, idempotency_key, body_hash, generation.id, now=now)
+    if on_created is not None:
+        on_created(session, generation)
     session.flush()
     return generation, False
 

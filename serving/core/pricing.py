@@ -29,9 +29,20 @@ def price(request) -> int:
     """Credits a typed request (from `pipelines.requests.parse_generation_request`) costs."""
     if request.tool == "video":  # AIXpose reels: per second of video, by resolution
         return request.duration_seconds * VIDEO_CREDITS_PER_SECOND[request.resolution]
+    if request.tool == "enhance":  # AIXpose: the catalog's action credits, per variant
+        return enhancement_price(request.options.actions, bool(request.options.prompt),
+                                 request.options.variants)
     if request.tool == "upscaler":
         return UPSCALE_PRICES[request.options.scale]
     image_price = QUALITY_PRICES[request.options.quality]
     if request.tool == "photographer" and request.options.mode == "carousel":
         return CAROUSEL_FRAMES * image_price + CAROUSEL_PLANNER_CREDITS
     return image_price
+
+
+def enhancement_price(action_ids: list[str], has_prompt: bool, variants: int) -> int:
+    """An AIXpose enhancement: each variant costs the sum of its actions' catalog credits (a
+    custom prompt alone costs `actions.CUSTOM_PROMPT_CREDITS`)."""
+    from retouch.pipelines.actions import action_credits
+
+    return variants * action_credits(action_ids, has_prompt)

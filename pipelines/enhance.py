@@ -1,0 +1,189 @@
+"""AIXpose enhancements: preset actions and/or a custom prompt, composed into ONE diffusion pass.
+
+`EnhanceRequest` is the job body (`tool: "enhance"`): `input.image` is the picture being enhanced,
+`options` carry the action ids, the optional custom prompt, aspect ratio, resolution (1K/2K/4K:
+the output's long side), variants (1–4; variant i uses seed + i) and the output format.
+
+Flow: fit the source to the output size → `compose_actions` merges the recipes (joined prompts,
+united regions, strongest strength) → either
+- a whole-frame pass (some action works on the `frame`, or only a custom prompt): depth ControlNet
+  img2img, so the room's geometry stays put while style and light change; or
+- a region pass: the union of the actions' masks (depth bands, sky, people from the segmenter) is
+  inpainted and every pixel outside it is pasted back bit-exact (`erase.inpaint_region`).
+Masks and the depth condition are computed once and shared by all variants.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from PIL import Image
+from pydantic import Field, ValidationError, field_validator
+
+from . import prompts
+from .actions import (CUSTOM_PROMPT_STRENGTH, PHOTO_STYLE, ActionRecipe, check_instruction,
+                      enhancement_size)
+from .common import RunContext, depth_control_image, run_diffusion, size_multiple, \
+    steps_for_strength
+from .erase import inpaint_region
+from .errors import InvalidInput
+from .placement import box_mask, segment_labels
+from .requests import AspectRatio, ImageRef, Quality, Seed, _image_ref, _Request, _Strict
+from .sizes import fit_to_size, resize_mask_to, resize_to, working_size
+
+IMAGE = "input.image"
+MAX_VARIANTS = 4
+CONTROL_SCALE = 0.8
+MIN_REGION_FRACTION = 0.03  # a depth-narrowed region smaller than this falls back to its band
+# Bands as (top, bottom) fractions of the height; people fall back to a centre box.
+BANDS = {"floor": (0.45, 1.0), "walls": (0.1, 0.7), "ground": (0.6, 1.0), "room": (0.1, 1.0),
+         "sky": (0.0, 0.45)}
+PEOPLE_FALLBACK_BOX = (0.3, 0.3, 0.7, 0.95)
+
+Resolution = Literal["1K", "2K", "4K"]
+
+
+# ---- the request ------------------------------------------------------------------------------
+class EnhanceInput(_Strict):
+    image: ImageRef
+
+    _one = field_validator("image", mode="before")(lambda cls, v, info: _image_ref(v, info))
+
+
+class EnhanceOptions(_Strict):
+    actions: list[str] = Field(default_factory=list, max_length=8)
+    prompt: str | None = Field(default=None, max_length=2000)
+    aspect_ratio: AspectRatio = "original"
+    resolution: Resolution = "2K"
+    variants: int = Field(default=1, ge=1, le=MAX_VARIANTS)
+    quality: Quality = "medium"
+    output_format: Literal["png", "webp", "jpeg"] = "jpeg"
+    seed: Seed | None = None
+
+
+class EnhanceRequest(_Request):
+    tool: Literal["enhance"]
+    input: EnhanceInput
+    options: EnhanceOptions
+
+    @property
+    def output_count(self) -> int:
+        return self.options.variants
+
+
+def parse_enhance_request(body: dict[str, Any], *, allow_paths: bool = False) -> EnhanceRequest:
+    """Validate an enhance job body, or raise `InvalidInput` naming the field."""
+    try:
+        request = EnhanceRequest.model_validate(body, context={"allow_paths": allow_paths})
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        field = ".".join(str(p) for p in first["loc"]) or "body"
+        raise InvalidInput(field, first["msg"].removeprefix("Value error, ")) from None
+    check_instruction(request.options.actions, request.options.prompt, "options")
+    return request
+
+
+# ---- composition ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ComposedRecipe:
+    """Several actions as one pass."""
+
+    prompt: str
+    negative_prompt: str
+    strength: float
+    whole_frame: bool
+    regions: tuple[str, ...]  # used when not whole_frame
+
+
+def compose_actions(recipes: list[ActionRecipe], custom_prompt: str | None) -> ComposedRecipe:
+    parts = [r.prompt for r in recipes]
+    prompt = prompts.with_instruction(", ".join(parts + [PHOTO_STYLE]), custom_prompt)
+    negative = ", ".join([r.negative for r in recipes if r.negative] + [prompts.NEGATIVE_PROMPT])
+    strengths = [r.strength for r in recipes]
+    has_prompt = bool((custom_prompt or "").strip())
+    if has_prompt:
+        strengths.append(CUSTOM_PROMPT_STRENGTH)
+    regions = tuple(dict.fromkeys(r.region for r in recipes if r.region != "frame"))
+    whole_frame = any(r.region == "frame" for r in recipes) or not regions
+    return ComposedRecipe(prompt=prompt, negative_prompt=negative, strength=max(strengths),
+                          whole_frame=whole_frame, regions=() if whole_frame else regions)
+
+
+# ---- masks ------------------------------------------------------------------------------------
+def band_mask(size: tuple[int, int], band: tuple[float, float]) -> np.ndarray:
+    return box_mask(size, (0.0, band[0], 1.0, band[1]))
+
+
+def region_mask(store, region: str, image: Image.Image, inverse_depth: np.ndarray) -> np.ndarray:
+    """Boolean mask of `region` at `image`'s size (`inverse_depth` has the same size)."""
+    if region == "people":
+        mask = segment_labels(store, image, "Background", exclude=True)
+        return mask if mask.mean() >= MIN_REGION_FRACTION / 3 else box_mask(image.size,
+                                                                            PEOPLE_FALLBACK_BOX)
+    band = band_mask(image.size, BANDS[region])
+    if region in ("walls", "room"):
+        return band
+    if region == "sky":
+        luminance = np.asarray(image.convert("L"), dtype=np.float32)
+        far = inverse_depth <= np.percentile(inverse_depth, 35)
+        bright = luminance >= 0.75 * float(luminance.max())
+        mask = band & (far | bright)
+    else:  # floor, ground: the near part of the lower band
+        mask = band & (inverse_depth >= np.percentile(inverse_depth[band], 40))
+    return mask if mask.mean() >= MIN_REGION_FRACTION else band
+
+
+# ---- the pipeline -----------------------------------------------------------------------------
+def check_inputs(request, images: dict[str, Image.Image]) -> list[ActionRecipe]:
+    if images.get(IMAGE) is None:
+        raise InvalidInput(IMAGE, "is required")
+    return check_instruction(request.options.actions, request.options.prompt, "options")
+
+
+def enhance(store, request, images: dict[str, Image.Image], ctx: RunContext) -> list[Image.Image]:
+    recipes = check_inputs(request, images)
+    options = request.options
+    ctx.report(0.0)
+    source = images[IMAGE].convert("RGB")
+    size = enhancement_size(options.aspect_ratio, options.resolution, source.size)
+    composed = compose_actions(recipes, options.prompt)
+    steps = store.quality_steps[options.quality]
+    if composed.whole_frame:
+        pipe = store.controlnet_img2img("depth")
+        work = working_size(size, native_size=store.native_size,
+                            multiple=size_multiple(pipe, store.native_size))
+        init = fit_to_size(source, work)
+        control = depth_control_image(store.depth_estimator()(init))
+        ctx.report(0.1)
+        outputs = []
+        for variant in range(options.variants):
+            progress = ctx.stage(0.1 + 0.9 * variant / options.variants,
+                                 0.1 + 0.9 * (variant + 1) / options.variants)
+            result = run_diffusion(
+                pipe, progress, ctx, seed_offset=variant, prompt=composed.prompt,
+                negative_prompt=composed.negative_prompt, image=init, control_image=control,
+                strength=composed.strength, controlnet_conditioning_scale=CONTROL_SCALE,
+                num_inference_steps=steps_for_strength(steps, composed.strength))
+            outputs.append(resize_to(result, size))
+        return outputs
+
+    base = fit_to_size(source, size)
+    work = working_size(size, native_size=max(store.native_size, 64), multiple=8)
+    small = resize_to(base, work)
+    inverse_depth = store.depth_estimator()(small)
+    mask_small = np.zeros((work[1], work[0]), dtype=bool)
+    for region in composed.regions:
+        mask_small |= region_mask(store, region, small, inverse_depth)
+    mask_image = Image.fromarray(np.where(mask_small, 255, 0).astype(np.uint8), "L")
+    mask = np.asarray(resize_mask_to(mask_image, size)) >= 128
+    ctx.report(0.1)
+    outputs = []
+    for variant in range(options.variants):
+        progress = ctx.stage(0.1 + 0.9 * variant / options.variants,
+                             0.1 + 0.9 * (variant + 1) / options.variants)
+        outputs.append(inpaint_region(store, ctx, base, mask, composed.prompt,
+                                      composed.negative_prompt, steps, progress=progress,
+                                      strength=composed.strength, seed_offset=variant))
+    return outputs

@@ -1,0 +1,56 @@
+"""AIXpose auth and shared dependencies: `Authorization: Bearer aix_live_...` keys (surface
+`aixpose`) through the same auth sequence as Wixma (active key, paid plan, rate limit, scope)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated
+
+from fastapi import Depends, Header, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from retouch.pipelines.errors import InvalidInput
+from retouch.serving.core.tables import ApiKey
+from retouch.serving.wixma.deps import ServicesDep, authenticate_request
+
+# AIXpose keys carry the surface's scopes: reads, writes (projects, enhancements), uploads, credits.
+READ, WRITE, UPLOAD, CREDITS = ("generations:read", "generations:create", "uploads:create",
+                                "credits:read")
+
+bearer_scheme = HTTPBearer(auto_error=False, scheme_name="AIXposeApiKey",
+                           bearerFormat="aix_live_...",
+                           description="An AIXpose API key: `Authorization: Bearer aix_live_...`")
+
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]
+
+
+def aixpose_key(scope: str) -> Callable[..., ApiKey]:
+    def dependency(response: Response, services: ServicesDep,
+                   credentials: Annotated[HTTPAuthorizationCredentials | None,
+                                          Depends(bearer_scheme)]) -> ApiKey:
+        secret = credentials.credentials if credentials is not None else None
+        return authenticate_request(services, secret, "aixpose", scope, response)
+
+    dependency.__name__ = f"aixpose_key_{scope.replace(':', '_')}"
+    return dependency
+
+
+def model_revision(settings) -> str:
+    """The diffusion model an enhancement ran on, e.g. `sdxl:stabilityai/...-base-1.0@<rev>`."""
+    from retouch.models.registry import TINY_PREFIX, resolve_profile
+
+    profile = resolve_profile(settings.profile, settings.model_overrides)
+    spec = profile.spec("base")
+    source = spec.source.removeprefix(TINY_PREFIX)
+    return f"{profile.name}:{source}" + (f"@{spec.revision}" if spec.revision else "")
+
+
+def check_webhook_url(url: str | None, settings, field: str = "webhook_url") -> str | None:
+    """An `https://` URL (plain `http://` only with private URLs allowed), or None."""
+    if url is None:
+        return None
+    url = url.strip()
+    allowed = ("https://", "http://") if settings.allow_private_urls else ("https://",)
+    if not url.startswith(allowed) or len(url) > 2000 or " " in url:
+        raise InvalidInput(field, "must be an https:// URL")
+    return url
