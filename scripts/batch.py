@@ -165,12 +165,12 @@ def batch_command(manifest: Path, out: Path, profile: str = "tiny", device: str 
 
     from rich.console import Console
 
-    from retouch.models.store import ModelStore
+    from retouch.models.store import ModelStore, default_cache_dir
     from retouch.pipelines.engine import Engine
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     console = Console(stderr=True)
-    cache_dir = Path(model_cache) if model_cache else Path.home() / ".retouch" / "models"
+    cache_dir = Path(model_cache) if model_cache else default_cache_dir()
     if profile == "tiny":
         from retouch.models.tiny import build_tiny_models
 

@@ -122,3 +122,28 @@ def test_output_names():
     carousel = output_names(3, 10, "png")
     assert carousel[0] == "line-0003-01.png" and carousel[-1] == "line-0003-10.png"
     assert len(carousel) == 10
+
+
+def test_image_refs_in_a_manifest(tmp_path):
+    from retouch.pipelines.errors import InvalidInput
+    from retouch.pipelines.requests import ImageRef
+    from retouch.scripts.batch import read_image_ref
+
+    (tmp_path / "a.png").write_bytes(b"png bytes")
+    fetched = []
+
+    def fetch(url, field):
+        fetched.append((url, field))
+        return b"remote bytes"
+
+    path_ref = ImageRef(kind="path", value="a.png")
+    assert read_image_ref(path_ref, "input.image", tmp_path, fetch) == b"png bytes"
+    url_ref = ImageRef(kind="url", value="https://cdn.example.com/x.png")
+    assert read_image_ref(url_ref, "input.images[1]", tmp_path, fetch) == b"remote bytes"
+    assert fetched == [("https://cdn.example.com/x.png", "input.images[1]")]
+    with pytest.raises(InvalidInput, match="input.image: only HTTPS"):
+        read_image_ref(ImageRef(kind="url", value="http://cdn.example.com/x.png"),
+                       "input.image", tmp_path, fetch)
+    with pytest.raises(InvalidInput, match="generation_id references only work"):
+        read_image_ref(ImageRef(kind="generation_id", value="g1"), "input.main_image",
+                       tmp_path, fetch)
