@@ -17,7 +17,9 @@ from retouch.serving.executor import InProcessExecutor
 
 from api_fixtures import api_for, assert_error, image_bytes, make_settings, serve_routes
 
-WEBHOOK = "https://partner.example/aixpose/webhook"
+# The seed's partner URL with a loopback host: webhook URLs are vetted like image URLs (DNS +
+# address rules), and loopback is allowed here (`allow_private_urls`).
+WEBHOOK = "http://127.0.0.1:9/aixpose/webhook"
 
 
 @pytest.fixture(scope="module")
@@ -274,6 +276,10 @@ def test_catalog_quick_actions_idempotency_and_errors(aix):
     assert_error(post(aix, secret, f"/v1/projects/{project_id}/pictures",
                       {"source": {"type": "base64", "media_type": "image/png", "data": "@@"},
                        "scene_type": "interior"}), 400, "invalid_input", "source.data")
+    assert_error(post(aix, secret, f"/v1/pictures/{picture['id']}/enhancements",
+                      {"instruction": {"source": "custom", "prompt": "x"},
+                       "webhook_url": "ftp://partner.example/hook"}),
+                 400, "invalid_input", "webhook_url")
     assert_error(post(aix, secret, "/v1/projects", {"name": "x", "picture_resolution": "8K"}),
                  400, "invalid_input", "picture_resolution")
     assert_error(aix.client.get("/v1/projects/prj_missing",

@@ -9,7 +9,6 @@ from typing import Annotated
 from fastapi import Depends, Header, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from retouch.pipelines.errors import InvalidInput
 from retouch.serving.core.tables import ApiKey
 from retouch.serving.wixma.deps import ServicesDep, authenticate_request
 
@@ -45,12 +44,9 @@ def model_revision(settings) -> str:
     return f"{profile.name}:{source}" + (f"@{spec.revision}" if spec.revision else "")
 
 
-def check_webhook_url(url: str | None, settings, field: str = "webhook_url") -> str | None:
-    """An `https://` URL (plain `http://` only with private URLs allowed), or None."""
-    if url is None:
-        return None
-    url = url.strip()
-    allowed = ("https://", "http://") if settings.allow_private_urls else ("https://",)
-    if not url.startswith(allowed) or len(url) > 2000 or " " in url:
-        raise InvalidInput(field, "must be an https:// URL")
-    return url
+def check_webhook_url(url: str | None, services, field: str = "webhook_url") -> str | None:
+    """A webhook URL under the image URL rules (SSRF-safe: public https hosts; loopback only with
+    private URLs allowed), or None."""
+    from retouch.serving.core.webhooks import check_webhook_url as vet_webhook_url
+
+    return vet_webhook_url(services.fetcher, url, field)

@@ -1,5 +1,5 @@
 """`/v1/credits/balance` and `/v1/credits/ledger` (every reservation and refund, newest first,
-with its job and the pictures it rendered; all entries sum to the balance)."""
+with its job and the pictures or video it rendered; all entries sum to the balance)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Query
 from sqlalchemy import select
 
 from retouch.serving.core import credits
-from retouch.serving.core.tables import ApiKey, Picture
+from retouch.serving.core.tables import ApiKey, Picture, Video
 from retouch.serving.wixma.deps import ServicesDep
 from retouch.serving.wixma.schemas import format_timestamp
 
@@ -38,7 +38,10 @@ def credit_ledger(services: ServicesDep,
                                                    cursor=cursor)
         job_ids = {e.generation_id for e in entries if e.generation_id}
         pictures: dict[str, list[str]] = {}
+        videos: dict[str, str] = {}
         if job_ids:
+            videos = dict(session.execute(select(Video.generation_id, Video.id)
+                                          .where(Video.generation_id.in_(job_ids))).all())
             rows = session.execute(select(Picture.generation_id, Picture.id)
                                    .where(Picture.generation_id.in_(job_ids))
                                    .order_by(Picture.output_index))
@@ -46,6 +49,7 @@ def credit_ledger(services: ServicesDep,
                 pictures.setdefault(job_id, []).append(picture_id)
     data = [{"id": str(e.id), "object": "ledger_entry", "kind": e.kind, "amount": e.amount,
              "balance_after": e.balance_after, "job_id": e.generation_id,
-             "picture_ids": pictures.get(e.generation_id, []), "memo": e.memo,
+             "picture_ids": pictures.get(e.generation_id, []),
+             "video_id": videos.get(e.generation_id), "memo": e.memo,
              "created_at": format_timestamp(e.created_at)} for e in entries]
     return list_payload(data, next_cursor)

@@ -95,7 +95,7 @@ def _create_picture(services, key: ApiKey, project_id: str, fields, file_data: b
                                           now=utcnow())
             if replay is not None:
                 return replay, True
-    webhook_url = check_webhook_url(fields.webhook_url, services.settings)
+    webhook_url = check_webhook_url(fields.webhook_url, services)
     if file_data is not None:
         image = validate_image_bytes(file_data, "file")
     elif source.type == "url":
@@ -186,7 +186,7 @@ def create_enhancement(picture_id: str, body: EnhancementCreate, response: Respo
                        idempotency_key: IdempotencyKey = None) -> dict:
     """One new picture per variant, rendered asynchronously; answers them as a list."""
     services.require_executor()
-    webhook_url = check_webhook_url(body.webhook_url, services.settings)
+    webhook_url = check_webhook_url(body.webhook_url, services)
     spec = body.instruction
     instruction = spec.model_dump(exclude_none=True)
     with services.session_factory() as session:
