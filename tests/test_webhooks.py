@@ -201,3 +201,75 @@ def test_secret_rotation_deliveries_log_and_redelivery_over_http(tmp_path):
         other_key = api.key()[1]  # a Wixma key does not open the AIXpose surface
         assert api.client.get("/v1/webhooks/secret",
                               headers=api.headers(other_key)).status_code == 401
+
+
+SEED_PICTURE_KEYS = {"id", "project_id", "status", "public_url", "version", "subversion",
+                     "scene_type", "scene_location", "source_instruction"}
+
+
+def test_settled_picture_jobs_and_publishing_send_their_events(tmp_path):
+    """An enhancement with a webhook_url: completing its job sends one `picture.completed` per
+    variant (the seed's payload), failing one sends `picture.failed`, publishing the project
+    sends `project.published` to the project's webhook URL."""
+    import base64
+
+    from retouch.serving.core import jobs
+
+    from api_fixtures import finish_next_job, image_bytes
+
+    settings = make_settings(tmp_path, allow_private_urls=True, webhook_poll_seconds=0.05)
+    with api_for(settings) as api, webhook_receiver() as receiver:  # no executor: we settle
+        account_id = api.account()
+        with transaction(api.services.session_factory) as session:
+            _, secret = keys.create_key(session, account_id, surface="aixpose")
+        headers = api.headers(secret)
+        project_id = api.client.post("/v1/projects", headers=headers,
+                                     json={"name": "hooks"}).json()["id"]
+        source = api.client.post(f"/v1/projects/{project_id}/pictures", headers=headers, json={
+            "source": {"type": "base64", "media_type": "image/png",
+                       "data": base64.b64encode(image_bytes(64, 48)).decode()},
+            "scene_type": "interior", "scene_location": "living_room"})
+        assert source.status_code == 201, source.text
+        instruction = {"source": "preset", "actions": ["interior-style-japandi"]}
+        enhanced = api.client.post(f"/v1/pictures/{source.json()['id']}/enhancements",
+                                   headers=headers, json={"instruction": instruction,
+                                                          "variants": 2,
+                                                          "webhook_url": receiver.url})
+        assert enhanced.status_code == 201, enhanced.text
+        variants = [p["id"] for p in enhanced.json()["data"]]
+        finish_next_job(api, [image_bytes(32, 24), image_bytes(32, 24, color=(1, 2, 3))])
+
+        posts = receiver.wait_for(2)
+        secret_value = api.client.get("/v1/webhooks/secret", headers=headers).json()["secret"]
+        events = [Webhook(secret_value).verify(p.body, p.headers) for p in posts]
+        assert {e["type"] for e in events} == {"picture.completed"}
+        assert sorted(e["data"]["id"] for e in events) == sorted(variants)
+        for event in events:
+            data = event["data"]
+            assert SEED_PICTURE_KEYS <= set(data) and data["status"] == "completed"
+            assert data["project_id"] == project_id and data["version"] == 1
+            assert data["source_instruction"]["actions"] == instruction["actions"]
+            assert api.client.get(data["public_url"].removeprefix("http://testserver")
+                                  ).status_code == 200
+        assert sorted(e["data"]["subversion"] for e in events) == [0, 1]
+
+        again = api.client.post(f"/v1/pictures/{variants[0]}/enhancements", headers=headers,
+                                json={"instruction": instruction, "webhook_url": receiver.url})
+        assert again.status_code == 201, again.text
+        job = jobs.lease_next_job(api.services.session_factory, "test-worker", 30)
+        assert jobs.fail_job(api.services.session_factory, job.id, "test-worker",
+                             "service_unavailable", "the GPU fell off")
+        failed = Webhook(secret_value).verify(receiver.wait_for(3)[2].body,
+                                              receiver.received[2].headers)
+        assert failed["type"] == "picture.failed"
+        assert failed["data"]["id"] == again.json()["data"][0]["id"]
+        assert failed["data"]["status"] == "failed"
+
+        assert api.client.post(f"/v1/pictures/{variants[1]}/approve",
+                               headers=headers).status_code in (200, 201)
+        published = api.client.post(f"/v1/projects/{project_id}/publish", headers=headers)
+        assert published.status_code == 200, published.text
+        event = Webhook(secret_value).verify(receiver.wait_for(4)[3].body,
+                                             receiver.received[3].headers)
+        assert event["type"] == "project.published" and event["data"]["id"] == project_id
+        assert [m["id"] for m in event["data"]["media"]] == [variants[1]]

@@ -40,11 +40,12 @@ def webhook_receiver(statuses: list[int] | None = None):
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
             n = len(receiver.received)
             status = receiver.statuses[min(n, len(receiver.statuses) - 1)]
+            # Recorded before answering, so a sender that got its answer finds it recorded.
+            receiver.received.append(Received(self.path, dict(self.headers.items()), body))
             self.send_response(status)
             self.send_header("Content-Length", "2")
             self.end_headers()
             self.wfile.write(b"ok")
-            receiver.received.append(Received(self.path, dict(self.headers.items()), body))
 
         def log_message(self, *args):
             pass

@@ -136,8 +136,13 @@ def enqueue_event(session: Session, account_id: str, event_type: str,
     """Put one event in the outbox inside the caller's transaction; None without a URL.
 
     `data` is the event's `data` object; pass `subject_id` instead to have it rendered on the
-    first attempt (see the module docstring).
+    first attempt (see the module docstring). `project.published` without a URL goes to every
+    webhook URL the project's pictures and videos were created with.
     """
+    if not webhook_url and event_type == "project.published" and data and data.get("id"):
+        sent = [enqueue_event(session, account_id, event_type, data, url)
+                for url in project_webhook_urls(session, data["id"])]
+        return sent[0] if sent else None
     if not webhook_url:
         return None
     if event_type not in WEBHOOK_EVENT_TYPES:
@@ -155,6 +160,20 @@ def enqueue_event(session: Session, account_id: str, event_type: str,
     session.add(delivery)
     session.flush()
     return delivery
+
+
+def project_webhook_urls(session: Session, project_id: str) -> list[str]:
+    """The distinct webhook URLs given for a project's pictures and videos, oldest first."""
+    from .tables import Picture, Video
+
+    urls: dict[str, None] = {}
+    for model in (Picture, Video):
+        for url in session.scalars(select(model.webhook_url)
+                                   .where(model.project_id == project_id,
+                                          model.webhook_url.is_not(None))
+                                   .order_by(model.created_at, model.id)):
+            urls.setdefault(url)
+    return list(urls)
 
 
 def enqueue_job_events(session: Session, job: Generation) -> None:
