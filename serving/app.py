@@ -8,7 +8,7 @@ routers added in `build_app`: Wixma under `/api/v1`; others mount beside it.
 from __future__ import annotations
 
 import logging
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,7 +84,10 @@ def build_app(settings: Settings, *, services: Services | None = None) -> FastAP
         if services.executor is not None:
             services.executor.start()
         try:
-            yield
+            async with AsyncExitStack() as surfaces:  # e.g. the MCP session manager
+                for surface_lifespan in app.state.surface_lifespans:
+                    await surfaces.enter_async_context(surface_lifespan())
+                yield
         finally:
             if services.executor is not None:
                 services.executor.stop()
@@ -95,6 +98,7 @@ def build_app(settings: Settings, *, services: Services | None = None) -> FastAP
                               "Errors: `{object: \"error\", error: {code, message, details}, "
                               "request_id}`.")
     app.state.services = services
+    app.state.surface_lifespans = []  # async context factories that surfaces register
     install_error_handlers(app)
 
     include_surfaces(app)
@@ -122,6 +126,9 @@ def include_surfaces(app: FastAPI) -> None:
     from .wixma.routes import router as wixma_router
 
     app.include_router(wixma_router, prefix="/api/v1")
+    from .mcp import install_mcp
+
+    install_mcp(app)  # /mcp, /oauth/*, /.well-known/*, sign-in and consent pages
     from .aixpose import router as aixpose_router
 
     app.include_router(aixpose_router, prefix="/v1")

@@ -106,6 +106,12 @@ def authenticate(session: Session, secret: str | None, surface: str = "wixma") -
     key = session.scalars(select(ApiKey).where(ApiKey.secret_hash == hash_secret(secret))).first()
     if key is None or key.surface != surface:
         raise Unauthorized("Invalid API key.")
+    return ensure_key_usable(session, key)
+
+
+def ensure_key_usable(session: Session, key: ApiKey) -> ApiKey:
+    """`Forbidden` for a paused, revoked or expired key; else touches `last_used_at` (at most once
+    a minute, in the caller's session) and returns the key. Shared by bearer keys and MCP grants."""
     now = utcnow()
     if key.status == "revoked":
         raise Forbidden("This API key has been revoked. Create a new key.",

@@ -372,3 +372,119 @@ class Video(Base):
     webhook_url: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
+
+# ---- dashboard members and MCP OAuth grants (migration 0004) --------------------------------------
+MEMBER_STATUSES = ("active", "disabled")
+GRANT_STATUSES = ("active", "revoked")
+OAUTH_TOKEN_KINDS = ("access", "refresh")
+
+
+def new_member_id() -> str:
+    return f"mem_{uuid.uuid4().hex[:24]}"
+
+
+def new_grant_id() -> str:
+    return f"grant_{uuid.uuid4().hex[:24]}"
+
+
+class AccountMember(Base):
+    """A person who signs in to the dashboard of one account (argon2 password hash)."""
+
+    __tablename__ = "account_members"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=new_member_id)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)  # stored lower-cased
+    password_hash: Mapped[str] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_login_at: Mapped[datetime | None] = mapped_column()
+
+
+class MemberSession(Base):
+    """A signed-in browser: the cookie holds a random token, the row its SHA-256 (`id`)."""
+
+    __tablename__ = "member_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    member_id: Mapped[str] = mapped_column(ForeignKey("account_members.id"), index=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column()
+    revoked_at: Mapped[datetime | None] = mapped_column()
+
+
+class OAuthClient(Base):
+    """A dynamically registered MCP client (RFC 7591); the secret, if any, only as SHA-256."""
+
+    __tablename__ = "oauth_clients"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # the client_id
+    client_name: Mapped[str | None] = mapped_column(String(200))
+    secret_hash: Mapped[str | None] = mapped_column(String(64))
+    registration: Mapped[dict[str, Any]] = mapped_column()  # the registered metadata
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class OAuthAuthorizationRequest(Base):
+    """A validated `/oauth/authorize` request waiting for a signed-in member's decision."""
+
+    __tablename__ = "oauth_authorization_requests"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    client_id: Mapped[str] = mapped_column(ForeignKey("oauth_clients.id"))
+    params: Mapped[dict[str, Any]] = mapped_column()  # redirect_uri, state, code_challenge, ...
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column()
+    completed_at: Mapped[datetime | None] = mapped_column()
+
+
+class OAuthGrant(Base):
+    """A member's approval of one client: a dedicated API key carries its scopes, tools and
+    budgets, so every key check applies to the client's calls. Revoking revokes the key."""
+
+    __tablename__ = "oauth_grants"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=new_grant_id)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    member_id: Mapped[str | None] = mapped_column(ForeignKey("account_members.id"))
+    client_id: Mapped[str] = mapped_column(ForeignKey("oauth_clients.id"))
+    api_key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id"))
+    scopes: Mapped[list[Any]] = mapped_column(default=list)
+    resource: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column()
+
+
+class OAuthCode(Base):
+    """A one-time authorization code (stored as SHA-256) with its PKCE challenge."""
+
+    __tablename__ = "oauth_codes"
+
+    code_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    grant_id: Mapped[str] = mapped_column(ForeignKey("oauth_grants.id"), index=True)
+    client_id: Mapped[str] = mapped_column(String(64))
+    code_challenge: Mapped[str] = mapped_column(String(128))
+    redirect_uri: Mapped[str] = mapped_column(Text)
+    redirect_uri_provided_explicitly: Mapped[bool] = mapped_column(default=True)
+    scopes: Mapped[list[Any]] = mapped_column(default=list)
+    resource: Mapped[str | None] = mapped_column(Text)
+    expires_at: Mapped[datetime] = mapped_column()
+    used_at: Mapped[datetime | None] = mapped_column()
+
+
+class OAuthToken(Base):
+    """An access or refresh token of a grant (stored as SHA-256). Refresh tokens rotate."""
+
+    __tablename__ = "oauth_tokens"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    grant_id: Mapped[str] = mapped_column(ForeignKey("oauth_grants.id"), index=True)
+    client_id: Mapped[str] = mapped_column(String(64))
+    scopes: Mapped[list[Any]] = mapped_column(default=list)
+    resource: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column()
+    revoked_at: Mapped[datetime | None] = mapped_column()

@@ -10,10 +10,10 @@ from pydantic import TypeAdapter
 from retouch.pipelines.errors import InvalidInput
 from retouch.pipelines.requests import ToolRequest, parse_generation_request
 from retouch.pipelines.vocabulary import MAX_IMAGE_BYTES, TOOLS
-from retouch.serving.core import credits, jobs, keys
+from retouch.serving.core import credits, jobs
 from retouch.serving.core.db import transaction
-from retouch.serving.core.image_refs import (job_body, primary_input_url, resolve_image_refs,
-                                             store_upload, validate_image_bytes)
+from retouch.serving.core.image_refs import store_upload, validate_image_bytes
+from retouch.serving.core.submissions import submit_generation
 from retouch.serving.core.tables import ApiKey
 from retouch.serving.errors import request_id_of
 
@@ -62,14 +62,8 @@ def create_generation(body: Annotated[Any, Body()], response: Response, services
     `invalid_input` naming the field. Same `Idempotency-Key` + same body → the existing job (200).
     """
     request = parse_generation_request(body)
-    keys.require_tool(key, request.tool)
-    services.require_executor()
-    resolved = resolve_image_refs(services.session_factory, services.storage, services.fetcher,
-                                  key, request)
-    generation, replayed = jobs.create_generation(
-        services.session_factory, key, request, job_body(request, resolved),
-        idempotency_key=idempotency_key, input_image=primary_input_url(resolved),
-        surface="wixma", idempotency_ttl_hours=services.settings.idempotency_ttl_hours)
+    generation, replayed = submit_generation(services, key, request,
+                                             idempotency_key=idempotency_key, surface="wixma")
     if replayed:
         response.status_code = 200
     return GenerationResponse(request_id=request_id,

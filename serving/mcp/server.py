@@ -1,0 +1,390 @@
+"""The Wixma MCP tools (`/mcp`, Streamable HTTP): the seed's nine tools over the same core as the
+HTTP API.
+
+Every call authorizes the API key behind the bearer credential (a `wx_live_` key, or the
+dedicated key of an OAuth grant) exactly as an HTTP route does: key usable, paid plan, rate
+limit, scope; creation tools then go through `core.submissions.submit_generation` (allowed tool,
+SSRF-safe URL fetch and validation, atomic reservation of slots, budgets and credits). Arguments
+are the seed's flat names (`mode`, `main_image`, `text_prompt`, `quality`, ...), mapped onto the
+typed request of `pipelines.requests`. Failures come back as tool results with `isError` and
+the seed's error object as text.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
+
+from mcp.server.auth.middleware.auth_context import get_access_token
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.mcpserver import Context, MCPServer
+from mcp_types import CallToolResult, ImageContent, TextContent, ToolAnnotations
+from pydantic import Field, WithJsonSchema
+
+from retouch.pipelines.errors import Forbidden, InvalidInput, RetouchError, Unauthorized
+from retouch.pipelines.requests import parse_generation_request
+from retouch.pipelines.vocabulary import (AI_FILTERS, ANGLES, ASPECT_RATIOS, PHOTOGRAPHER_MODES,
+                                          SEASONS, TIMES, TOOLS, WEATHERS)
+from retouch.serving.core import accounts, credits, jobs, keys
+from retouch.serving.core.db import transaction
+from retouch.serving.core.submissions import import_image_url, submit_generation
+from retouch.serving.core.tables import Account, ApiKey
+from retouch.serving.wixma.schemas import generation_object, upload_object
+
+SERVER_NAME = "wixma"
+MAX_INLINE_IMAGE_BYTES = 20 * 1024 * 1024  # outputs inlined by wixma_get_generation, in total
+INSTRUCTIONS = (
+    "Wixma generates, edits, photographs, filters and upscales images as async jobs. Pass input "
+    "images as public HTTPS URLs, {upload_id} (from wixma_upload_image) or {generation_id} (a "
+    "completed generation); base64 and data URLs are rejected. Creation tools return a "
+    "generation id: poll wixma_get_generation until status is completed or failed.")
+
+# ---- argument types (JSON schemas use the seed's names and exact values) ----------------------
+IMAGE_ARG_SCHEMA: dict[str, Any] = {
+    "description": "An image: a public HTTPS URL string, or {\"url\": ...}, {\"upload_id\": ...} "
+                   "(from wixma_upload_image) or {\"generation_id\": ...} (a completed "
+                   "generation). PNG, JPEG or WEBP up to 50 MB. No base64, no data URLs.",
+    "anyOf": [
+        {"type": "string", "pattern": "^https://"},
+        {"type": "object", "properties": {"url": {"type": "string", "pattern": "^https://"}},
+         "required": ["url"], "additionalProperties": False},
+        {"type": "object", "properties": {"upload_id": {"type": "string"}},
+         "required": ["upload_id"], "additionalProperties": False},
+        {"type": "object", "properties": {"generation_id": {"type": "string"}},
+         "required": ["generation_id"], "additionalProperties": False},
+    ],
+}
+Image = Annotated[Any, WithJsonSchema(IMAGE_ARG_SCHEMA)]
+OptionalImage = Annotated[Any, WithJsonSchema({**IMAGE_ARG_SCHEMA, "default": None})]
+ImageList = Annotated[Any, WithJsonSchema({"type": "array", "items": IMAGE_ARG_SCHEMA,
+                                            "minItems": 1, "maxItems": 16})]
+OptionalImageList = Annotated[Any, WithJsonSchema({"type": "array", "items": IMAGE_ARG_SCHEMA,
+                                                    "maxItems": 3, "default": None})]
+
+Quality = Annotated[Literal["low", "medium", "high"],
+                    Field(description="Higher quality costs more credits")]
+AspectRatio = Annotated[Literal[tuple(ASPECT_RATIOS)],  # type: ignore[valid-type]
+                        Field(description="Output shape; `original` lets the model decide")]
+OutputFormat = Literal["png", "webp", "jpeg"]
+PhotographerMode = Literal[PHOTOGRAPHER_MODES]  # type: ignore[valid-type]
+Angle = Literal[ANGLES]  # type: ignore[valid-type]
+TimeValue = Literal[TIMES]  # type: ignore[valid-type]
+SeasonValue = Literal[tuple(SEASONS)]  # type: ignore[valid-type]
+WeatherValue = Literal[tuple(WEATHERS)]  # type: ignore[valid-type]
+FilterId = Literal[AI_FILTERS]  # type: ignore[valid-type]
+JobStatus = Literal["pending", "processing", "completed", "failed"]
+ToolName = Literal[TOOLS]  # type: ignore[valid-type]
+
+TOOL_NAMES = ("wixma_upload_image", "wixma_generate_image", "wixma_edit_image",
+              "wixma_photographer", "wixma_ai_filter", "wixma_upscale_image",
+              "wixma_get_generation", "wixma_list_generations", "wixma_get_credits")
+
+
+# ---- results ----------------------------------------------------------------------------------
+def json_result(data: dict[str, Any], extra: list | None = None) -> CallToolResult:
+    text = TextContent(type="text", text=json.dumps(data))
+    return CallToolResult(content=[text, *(extra or [])], structured_content=data)
+
+
+def error_result(error: RetouchError) -> CallToolResult:
+    body = {"object": "error", "error": error.to_dict()}
+    return CallToolResult(content=[TextContent(type="text", text=json.dumps(body))],
+                          is_error=True)
+
+
+def _argument_error(error: RetouchError) -> RetouchError:
+    """Name the tool argument (`main_image`) rather than the HTTP body path (`input.main_image`)."""
+    field = error.details.get("field") if isinstance(error, InvalidInput) else None
+    if not isinstance(field, str) or not field.startswith(("input.", "options.")):
+        return error
+    argument = field.split(".", 1)[1]
+    message = error.message.removeprefix(f"{field}: ")
+    renamed = InvalidInput(argument, message, details={**error.details, "field": argument},
+                           http_status=error.http_status)
+    return renamed
+
+
+def _check_image_argument(value: Any, name: str) -> None:
+    """Reject base64 and data URLs up front with a message that says what to send instead."""
+    url = value.get("url") if isinstance(value, dict) else value
+    if isinstance(url, str) and not url.strip().lower().startswith(("https://", "http://")):
+        raise InvalidInput(name, "base64 data and data URLs are not accepted: pass a public "
+                                 "HTTPS URL, {\"upload_id\": ...} from wixma_upload_image, or "
+                                 "{\"generation_id\": ...}")
+
+
+def _without_none(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if v is not None}
+
+
+# ---- the server -------------------------------------------------------------------------------
+def _api_key_id(ctx: Context) -> tuple[str, list[str]]:
+    """The API key id (and the credential's scopes) the bearer middleware attached."""
+    user = None
+    try:
+        request = ctx.request_context.request
+        user = request.scope.get("user") if request is not None else None
+    except (ValueError, AttributeError):
+        user = None
+    token = user.access_token if isinstance(user, AuthenticatedUser) else get_access_token()
+    if token is None or not token.subject:
+        raise Unauthorized("Missing or invalid Bearer credential.")
+    return token.subject, list(token.scopes)
+
+
+class WixmaTools:
+    """The tool implementations, bound to the app's `Services` (no module state)."""
+
+    def __init__(self, services):
+        self.services = services
+
+    def authorize(self, ctx: Context, scope: str) -> ApiKey:
+        """The per-call checks of every Wixma route, for the key behind this MCP request."""
+        key_id, credential_scopes = _api_key_id(ctx)
+        services = self.services
+        with transaction(services.session_factory) as session:
+            key = session.get(ApiKey, key_id)
+            if key is None or key.surface != "wixma":
+                raise Unauthorized("Invalid API key.")
+            keys.ensure_key_usable(session, key)
+            accounts.require_paid_plan(session.get_one(Account, key.account_id))
+        services.rate_limiter.hit(key.id, key.rate_limit_per_minute)
+        keys.require_scope(key, scope)
+        if scope not in credential_scopes:  # an OAuth token refreshed with fewer scopes
+            raise Forbidden(f"This access token is missing the required scope `{scope}`.",
+                            details={"required_scope": scope})
+        return key
+
+    def run(self, ctx: Context, scope: str, action: Callable[[ApiKey], CallToolResult]
+            ) -> CallToolResult:
+        try:
+            return action(self.authorize(ctx, scope))
+        except RetouchError as exc:
+            return error_result(_argument_error(exc))
+
+    def _generation_data(self, generation) -> dict[str, Any]:
+        return generation_object(generation, self.services.storage.url).model_dump(mode="json")
+
+    def create(self, ctx: Context, body: dict[str, Any], images: dict[str, Any]
+               ) -> CallToolResult:
+        def action(key: ApiKey) -> CallToolResult:
+            for name, value in images.items():
+                if value is not None:
+                    _check_image_argument(value, name)
+            request = parse_generation_request(body)
+            generation, _ = submit_generation(self.services, key, request, surface="wixma")
+            return json_result({"generation": self._generation_data(generation),
+                                "next": "Poll wixma_get_generation with this id until status "
+                                        "is completed or failed."})
+
+        return self.run(ctx, "generations:create", action)
+
+    def upload(self, ctx: Context, url: str) -> CallToolResult:
+        def action(key: ApiKey) -> CallToolResult:
+            _check_image_argument(url, "url")
+            upload = import_image_url(self.services, key, url, "url")
+            ref = {"upload_id": upload.id}
+            return json_result({
+                "upload_id": upload.id,
+                "upload": upload_object(upload, self.services.storage.url(upload.storage_key))
+                .model_dump(mode="json"),
+                "main_image": ref, "images": [ref]})
+
+        return self.run(ctx, "uploads:create", action)
+
+    def get_generation(self, ctx: Context, generation_id: str) -> CallToolResult:
+        def action(key: ApiKey) -> CallToolResult:
+            with self.services.session_factory() as session:
+                generation = jobs.get_generation(session, key.account_id, generation_id)
+            data = self._generation_data(generation)
+            images: list[ImageContent] = []
+            if generation.status == "completed":
+                images = self._inline_outputs(generation.output_keys or [])
+            return json_result({"generation": data}, images)
+
+        return self.run(ctx, "generations:read", action)
+
+    def _inline_outputs(self, storage_keys: list[str]) -> list[ImageContent]:
+        """The outputs as MCP image content (base64), up to `MAX_INLINE_IMAGE_BYTES` in all."""
+        storage, images, total = self.services.storage, [], 0
+        for storage_key in storage_keys:
+            data = storage.get(storage_key)
+            total += len(data)
+            if total > MAX_INLINE_IMAGE_BYTES:
+                break  # the rest stay reachable through output_url(s)
+            images.append(ImageContent(type="image", data=base64.b64encode(data).decode("ascii"),
+                                       mime_type=storage.media_type(storage_key)))
+        return images
+
+    def list_generations(self, ctx: Context, status: str | None, tool: str | None, limit: int,
+                         cursor: str | None) -> CallToolResult:
+        def action(key: ApiKey) -> CallToolResult:
+            with self.services.session_factory() as session:
+                items, next_cursor = jobs.list_generations(
+                    session, key.account_id, surface="wixma", status=status, tool=tool,
+                    limit=limit, cursor=cursor)
+            return json_result({"object": "list",
+                                "data": [self._generation_data(g) for g in items],
+                                "has_more": next_cursor is not None, "next_cursor": next_cursor})
+
+        return self.run(ctx, "generations:read", action)
+
+    def get_credits(self, ctx: Context) -> CallToolResult:
+        def action(key: ApiKey) -> CallToolResult:
+            with self.services.session_factory() as session:
+                summary = credits.credit_summary(session, key)
+            return json_result({"credits": {"object": "credits", **summary}})
+
+        return self.run(ctx, "credits:read", action)
+
+
+def build_mcp_server(services) -> MCPServer:
+    """The MCP server with exactly the seed's nine tools, bound to `services`."""
+    # log_level: the SDK calls logging.basicConfig; keep a process without logging config quiet.
+    server = MCPServer(SERVER_NAME, title="Wixma", instructions=INSTRUCTIONS, version="1.0.0",
+                       log_level="WARNING")
+    tools = WixmaTools(services)
+    creates = ToolAnnotations(read_only_hint=False, destructive_hint=False, open_world_hint=True)
+    reads = ToolAnnotations(read_only_hint=True, open_world_hint=False)
+
+    @server.tool(annotations=creates)
+    def wixma_upload_image(
+        url: Annotated[str, Field(description="A public HTTPS image URL (PNG, JPEG or WEBP)")],
+        ctx: Context,
+    ) -> CallToolResult:
+        """Import an image from a public HTTPS URL once. Returns a reusable `upload_id`, a
+        `main_image` object to pass to wixma_photographer (or as `image` to wixma_ai_filter and
+        wixma_upscale_image) and an `images` array to pass to wixma_edit_image."""
+        return tools.upload(ctx, url)
+
+    @server.tool(annotations=creates)
+    def wixma_generate_image(
+        prompt: Annotated[str, Field(description="What to create, at most 2000 characters")],
+        ctx: Context,
+        quality: Quality = "medium",
+        aspect_ratio: AspectRatio = "original",
+        output_format: OutputFormat = "png",
+        background: Literal["opaque", "auto"] = "opaque",
+    ) -> CallToolResult:
+        """Create a new image from text (Image Generator). Returns the pending generation."""
+        return tools.create(ctx, {
+            "tool": "generator", "input": {"prompt": prompt},
+            "options": {"quality": quality, "aspect_ratio": aspect_ratio,
+                        "output_format": output_format, "background": background}}, {})
+
+    @server.tool(annotations=creates)
+    def wixma_edit_image(
+        images: Annotated[ImageList, Field(description="1 to 16 reference images, most "
+                                                       "important first")],
+        ctx: Context,
+        prompt: Annotated[str, Field(description="The edit, at most 4000 characters")] = "",
+        quality: Quality = "medium",
+        aspect_ratio: AspectRatio = "original",
+        output_format: OutputFormat = "png",
+    ) -> CallToolResult:
+        """Edit one or more reference images with a prompt (Image Editor)."""
+        image_args = ({f"images[{i}]": v for i, v in enumerate(images)}
+                      if isinstance(images, list) else {})
+        return tools.create(ctx, {
+            "tool": "editor", "input": {"images": images, "prompt": prompt},
+            "options": {"quality": quality, "aspect_ratio": aspect_ratio,
+                        "output_format": output_format}}, image_args)
+
+    @server.tool(annotations=creates)
+    def wixma_photographer(
+        mode: Annotated[PhotographerMode, Field(description="The AI Photographer mode")],
+        main_image: Annotated[Image, Field(description="The main subject or target scene")],
+        ctx: Context,
+        secondary_images: Annotated[OptionalImageList, Field(
+            description="Up to 3 references (person, garment, object or style)")] = None,
+        mask_image: Annotated[OptionalImage, Field(
+            description="Required for erase_edit: the area to replace or remove")] = None,
+        text_prompt: Annotated[str, Field(
+            description="Optional extra instruction (required for location_change); the "
+                        "server-side prompts stay active")] = "",
+        angle: Annotated[Angle | None, Field(
+            description="Required for angle_change: one exact dashboard cube value")] = None,
+        time: Annotated[TimeValue | None, Field(
+            description="time_change lighting; defaults to Bright Day")] = None,
+        season: Annotated[SeasonValue | None, Field(description="time_change season")] = None,
+        weather: Annotated[WeatherValue | None, Field(description="time_change weather")] = None,
+        quality: Quality = "medium",
+        aspect_ratio: AspectRatio = "original",
+        output_format: OutputFormat = "png",
+    ) -> CallToolResult:
+        """Guided photo edits (AI Photographer): person_placement, angle_change, cloth_change,
+        time_change, location_change, carousel (10 images, 2 slots), object_placement,
+        erase_edit (needs mask_image)."""
+        image_args = {"main_image": main_image, "mask_image": mask_image}
+        if isinstance(secondary_images, list):
+            image_args.update({f"secondary_images[{i}]": v
+                               for i, v in enumerate(secondary_images)})
+        return tools.create(ctx, {
+            "tool": "photographer",
+            "input": _without_none({"main_image": main_image, "secondary_images": secondary_images,
+                                    "mask_image": mask_image, "text_prompt": text_prompt,
+                                    "angle": angle, "time": time, "season": season,
+                                    "weather": weather}),
+            "options": {"mode": mode, "quality": quality, "aspect_ratio": aspect_ratio,
+                        "output_format": output_format}}, image_args)
+
+    @server.tool(annotations=creates)
+    def wixma_ai_filter(
+        filter: Annotated[FilterId, Field(description="A curated Wixma AI filter; its prompt "
+                                                      "stays server-side")],
+        image: Annotated[Image, Field(description="The photo to filter")],
+        ctx: Context,
+        quality: Quality = "medium",
+        output_format: OutputFormat = "png",
+    ) -> CallToolResult:
+        """Apply a curated AI filter (golden-backlight, blue-hour, polaroid, cinematic-still,
+        noir-bw) to a photo."""
+        return tools.create(ctx, {
+            "tool": "ai_filter", "input": {"image": image, "filter": filter},
+            "options": {"quality": quality, "output_format": output_format}}, {"image": image})
+
+    @server.tool(annotations=creates)
+    def wixma_upscale_image(
+        image: Annotated[Image, Field(description="The image to upscale")],
+        ctx: Context,
+        scale: Annotated[Literal[2, 4, "4k"], Field(
+            description="2, 4, or \"4k\" (2160p output)")] = 2,
+        noise_scale: Annotated[float, Field(
+            ge=0.0, le=0.5, description="0 to 0.5; lower keeps closer to the source")] = 0.1,
+        output_format: OutputFormat = "png",
+    ) -> CallToolResult:
+        """Upscale an image (Upscaler)."""
+        return tools.create(ctx, {
+            "tool": "upscaler", "input": {"image": image},
+            "options": {"scale": scale, "noise_scale": noise_scale,
+                        "output_format": output_format}}, {"image": image})
+
+    @server.tool(annotations=reads)
+    def wixma_get_generation(
+        generation_id: Annotated[str, Field(description="The id a creation tool returned")],
+        ctx: Context,
+    ) -> CallToolResult:
+        """One generation's status, progress, cost and error. When completed, the output URL(s)
+        and the image(s) inline."""
+        return tools.get_generation(ctx, generation_id)
+
+    @server.tool(annotations=reads)
+    def wixma_list_generations(
+        ctx: Context,
+        status: JobStatus | None = None,
+        tool: ToolName | None = None,
+        limit: Annotated[int, Field(ge=1, le=jobs.MAX_LIST_LIMIT)] = 20,
+        cursor: Annotated[str | None, Field(description="next_cursor of the previous page")]
+        = None,
+    ) -> CallToolResult:
+        """API-created generations of this account, newest first."""
+        return tools.list_generations(ctx, status, tool, limit, cursor)
+
+    @server.tool(annotations=reads)
+    def wixma_get_credits(ctx: Context) -> CallToolResult:
+        """Credit balance, queue capacity (active slots, limit, plan) and this key's budgets."""
+        return tools.get_credits(ctx)
+
+    return server

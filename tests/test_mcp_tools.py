@@ -1,0 +1,175 @@
+"""The MCP server over real Streamable HTTP (the SDK's client against uvicorn): the nine tools,
+ping, inline image results, base64 rejection, and the API key's restrictions on every call."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import time
+
+import httpx
+from PIL import Image
+
+from retouch.pipelines.vocabulary import AI_FILTERS, ANGLES, PHOTOGRAPHER_MODES, TIMES
+from retouch.serving.mcp.server import TOOL_NAMES
+
+from api_fixtures import image_bytes, serve_routes
+from mcp_fixtures import mcp_session, serve_app, tool_error, tool_json
+
+PHOTO = image_bytes(32, 24, color=(30, 140, 220))
+MASK = image_bytes(32, 24, color=(255, 255, 255))
+
+
+def in_process_executor(tiny_store):
+    from retouch.pipelines.engine import Engine
+    from retouch.serving.executor import InProcessExecutor
+
+    return lambda services: InProcessExecutor(services, lambda: Engine(tiny_store))
+
+
+async def wait_completed(session, generation_id: str, timeout_s: float = 120.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        result = await session.call_tool("wixma_get_generation",
+                                         {"generation_id": generation_id})
+        generation = tool_json(result)["generation"]
+        if generation["status"] in ("completed", "failed"):
+            return result, generation
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"generation {generation_id} did not finish")
+
+
+def test_all_nine_tools_over_streamable_http(tmp_path, tiny_store):
+    with serve_routes({"/photo.png": (200, {"Content-Type": "image/png"}, PHOTO),
+                       "/mask.png": (200, {"Content-Type": "image/png"}, MASK)}) as images, \
+            serve_app(tmp_path, executor=in_process_executor(tiny_store)) as app:
+        account_id = app.account(plan="pro", credits=5000)
+        _, secret = app.key(account_id)
+
+        async def scenario():
+            async with mcp_session(app.mcp_url, secret) as session:
+                await session.send_ping()
+                listed = {tool.name: tool for tool in (await session.list_tools()).tools}
+                assert set(listed) == set(TOOL_NAMES) and len(listed) == 9
+                schema = listed["wixma_photographer"].input_schema["properties"]
+                assert schema["mode"]["enum"] == list(PHOTOGRAPHER_MODES)
+                assert schema["angle"]["anyOf"][0]["enum"] == list(ANGLES)
+                assert schema["time"]["anyOf"][0]["enum"] == list(TIMES)
+                assert listed["wixma_ai_filter"].input_schema["properties"]["filter"]["enum"] \
+                    == list(AI_FILTERS)
+                assert listed["wixma_ai_filter"].input_schema["required"] == ["filter", "image"]
+
+                # Rejected before any job exists: base64 and data URLs, with a clear tool error.
+                raw = base64.b64encode(PHOTO).decode()
+                error = tool_error(await session.call_tool("wixma_upscale_image",
+                                                           {"image": raw}))
+                assert error["code"] == "invalid_input" and error["details"]["field"] == "image"
+                assert "base64" in error["message"]
+                error = tool_error(await session.call_tool("wixma_photographer", {
+                    "mode": "time_change",
+                    "main_image": {"url": f"data:image/png;base64,{raw}"}}))
+                assert error["details"]["field"] == "main_image"
+                error = tool_error(await session.call_tool("wixma_photographer", {
+                    "mode": "angle_change", "main_image": f"{images}/photo.png"}))
+                assert error["details"]["field"] == "angle"  # the argument, not input.angle
+
+                uploaded = tool_json(await session.call_tool(
+                    "wixma_upload_image", {"url": f"{images}/photo.png"}))
+                assert uploaded["main_image"] == {"upload_id": uploaded["upload_id"]}
+                assert uploaded["images"] == [uploaded["main_image"]]
+                assert (uploaded["upload"]["width"], uploaded["upload"]["height"]) == (32, 24)
+
+                created = {}
+                for name, arguments in [
+                    ("wixma_generate_image", {"prompt": "a red cube", "quality": "low"}),
+                    ("wixma_edit_image", {"images": uploaded["images"], "quality": "low",
+                                          "prompt": "studio background"}),
+                    ("wixma_photographer", {"mode": "time_change", "quality": "low",
+                                            "main_image": uploaded["main_image"],
+                                            "time": "Golden Hour", "weather": "Rainy"}),
+                    ("wixma_ai_filter", {"filter": "noir-bw", "quality": "low",
+                                         "image": uploaded["main_image"]}),
+                    ("wixma_upscale_image", {"image": f"{images}/photo.png", "scale": 2}),
+                ]:
+                    result = await session.call_tool(name, arguments)
+                    assert not result.is_error, result
+                    generation = tool_json(result)["generation"]
+                    assert generation["status"] in ("pending", "processing")
+                    created[name] = generation
+
+                finished = {}
+                for name, generation in created.items():
+                    result, done = await wait_completed(session, generation["id"])
+                    assert done["status"] == "completed", (name, done)
+                    finished[name] = (result, done)
+
+                # A completed generation: the URL and the same bytes inline as image content.
+                result, done = finished["wixma_upscale_image"]
+                inline = [block for block in result.content if block.type == "image"]
+                assert len(inline) == 1 and inline[0].mime_type == "image/png"
+                data = base64.b64decode(inline[0].data)
+                assert Image.open(io.BytesIO(data)).size == (64, 48)
+                assert httpx.get(done["output_url"]).content == data
+
+                listed_jobs = tool_json(await session.call_tool("wixma_list_generations",
+                                                                {"limit": 10}))
+                assert {g["id"] for g in listed_jobs["data"]} == \
+                    {g["id"] for g in created.values()}
+                credits = tool_json(await session.call_tool("wixma_get_credits", {}))["credits"]
+                spent = sum(g["cost_credits"] for g in created.values())
+                assert credits["balance"] == 5000 - spent and credits["queue"]["active"] == 0
+                return credits
+
+        credits = asyncio.run(scenario())
+        over_http = httpx.get(f"{app.base_url}/api/v1/credits",
+                              headers={"Authorization": f"Bearer {secret}"}).json()["credits"]
+        assert over_http == credits  # the same core answers both surfaces
+
+
+def test_key_restrictions_apply_to_every_tool_call(tmp_path):
+    with serve_app(tmp_path) as app:
+        account_id = app.account(plan="plus", credits=1000)
+        _, limited = app.key(account_id, tools=["generator"], per_request_limit=50,
+                             scopes=["generations:create", "generations:read"],
+                             rate_limit_per_minute=3)
+        _, free_secret = app.key(app.account(plan="free"))
+        paused_id, paused = app.key(account_id)
+        with app.services.session_factory.begin() as session:
+            from retouch.serving.core.keys import set_key_status
+
+            set_key_status(session, paused_id, "paused")
+
+        async def scenario():
+            async with mcp_session(app.mcp_url, limited) as session:
+                error = tool_error(await session.call_tool("wixma_upscale_image", {
+                    "image": {"upload_id": "00000000-0000-0000-0000-000000000000"}}))
+                assert error["code"] == "tool_not_allowed"
+                error = tool_error(await session.call_tool("wixma_get_credits", {}))
+                assert error["code"] == "forbidden"
+                assert error["details"]["required_scope"] == "credits:read"
+                error = tool_error(await session.call_tool("wixma_generate_image", {
+                    "prompt": "x", "quality": "medium"}))  # 110 credits > 50 per request
+                assert error["code"] == "per_request_limit_exceeded"
+                error = tool_error(await session.call_tool("wixma_generate_image",
+                                                           {"prompt": "x", "quality": "low"}))
+                assert error["code"] == "rate_limit_exceeded"  # the 4th call this minute
+            async with mcp_session(app.mcp_url, free_secret) as session:
+                error = tool_error(await session.call_tool("wixma_list_generations", {}))
+                assert error["code"] == "subscription_required"
+            async with mcp_session(app.mcp_url, paused) as session:
+                error = tool_error(await session.call_tool("wixma_list_generations", {}))
+                assert error["code"] == "forbidden" and error["details"]["reason"] == "paused"
+
+        asyncio.run(scenario())
+        # Nothing was charged by the refused calls.
+        balance = httpx.get(f"{app.base_url}/api/v1/credits", headers={
+            "Authorization": f"Bearer {app.key(account_id)[1]}"}).json()["credits"]["balance"]
+        assert balance == 1000
+        # Unknown credentials never reach a tool: 401 pointing at the resource metadata.
+        response = httpx.post(app.mcp_url, json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
+                              headers={"Authorization": "Bearer wx_live_unknown",
+                                       "Accept": "application/json, text/event-stream"})
+        assert response.status_code == 401
+        assert f'resource_metadata="{app.base_url}/.well-known/oauth-protected-resource/mcp"' \
+            in response.headers["www-authenticate"]
