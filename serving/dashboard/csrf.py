@@ -1,0 +1,42 @@
+"""CSRF protection for the dashboard's signed-in forms.
+
+Every form carries the session's own CSRF token (stored server-side with the session, see
+`core.members`; compared by `serving.mcp.signin.check_csrf`), a synchronizer token a cross-site
+page cannot read, so it cannot forge a POST. A POST must also come from this host when the browser
+says where it came from (`Origin`, else `Referer`). The session cookie is `SameSite=Lax` besides.
+The sign-in form itself is protected in `serving.mcp.signin` (a double-submit cookie).
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from fastapi import Request
+
+from retouch.pipelines.errors import Forbidden
+from retouch.serving.core.members import SignedInMember
+from retouch.serving.mcp import signin
+
+
+class CsrfRejected(Forbidden):
+    """A form without a valid CSRF token, or a POST from another site (answered 403)."""
+
+
+def check_same_origin(request: Request) -> None:
+    """A POST whose `Origin` (or `Referer`) names another host is rejected; browsers that send
+    neither are left to the token check. Hosts are compared, not schemes, so a TLS-terminating
+    proxy in front of the app does not break the check."""
+    source = request.headers.get("origin") or request.headers.get("referer")
+    if not source:
+        return
+    if source == "null" or urlsplit(source).netloc != request.url.netloc:
+        raise CsrfRejected("This form was sent from another site.")
+
+
+def check_form_token(request: Request, member: SignedInMember, presented: str | None) -> None:
+    """Raise `CsrfRejected` unless the form's token is the session's and the origin is ours."""
+    check_same_origin(request)
+    if not presented or not presented.isascii() or len(presented) > 200 \
+            or not signin.check_csrf(member, presented):
+        raise CsrfRejected("The form's security token is missing or wrong; reload the page and "
+                           "try again.")

@@ -1,0 +1,104 @@
+"""Dashboard form fields → the typed values core expects, with errors that name the field.
+
+Blank number fields mean "no limit"; the create-key form turns into `keys.create_key` keyword
+arguments, the playground form into a Wixma generation body for `parse_generation_request`.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime, time, timezone
+from typing import Any
+
+from retouch.pipelines.errors import InvalidInput
+from retouch.pipelines.vocabulary import TOOLS
+from retouch.serving.core.db import utcnow
+
+MAX_KEY_NAME = 200
+MAX_CREDITS = 10**12
+PLAYGROUND_TOOLS = ("generator", "photographer", "upscaler")
+
+
+def optional_int(raw: str | None, field: str, *, minimum: int = 0) -> int | None:
+    """A whole number from a form field, or None when left blank."""
+    raw = (raw or "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or len(raw) > 13:
+        raise InvalidInput(field, "must be a whole number")
+    value = int(raw)
+    if value < minimum or value > MAX_CREDITS:
+        raise InvalidInput(field, f"must be between {minimum} and {MAX_CREDITS}")
+    return value
+
+
+def expiry(raw: str | None) -> datetime | None:
+    """`YYYY-MM-DD` → the start of that day in UTC (the key stops working then); blank: never."""
+    raw = (raw or "").strip()
+    if not raw:
+        return None
+    try:
+        moment = datetime.combine(date.fromisoformat(raw), time(0), tzinfo=timezone.utc)
+    except ValueError:
+        raise InvalidInput("expires_at", "must be a date (YYYY-MM-DD)") from None
+    if moment <= utcnow():
+        raise InvalidInput("expires_at", "must be a future date")
+    return moment
+
+
+def key_options(form: dict[str, Any], scopes: list[str], tools: list[str]) -> dict[str, Any]:
+    """Keyword arguments for `keys.create_key` from the create-key form."""
+    name = (form.get("name") or "").strip()
+    if len(name) > MAX_KEY_NAME:
+        raise InvalidInput("name", f"must be at most {MAX_KEY_NAME} characters")
+    if not scopes:
+        raise InvalidInput("scopes", "choose at least one scope")
+    if not tools:
+        raise InvalidInput("tools", "choose at least one tool")
+    return {
+        "name": name or None,
+        "scopes": scopes,
+        # Every tool ticked means "all tools", so the key also gets tools added later.
+        "tools": None if set(tools) >= set(TOOLS) else tools,
+        "monthly_budget": optional_int(form.get("monthly_budget"), "monthly_budget"),
+        "total_budget": optional_int(form.get("total_budget"), "total_budget"),
+        "per_request_limit": optional_int(form.get("per_request_limit"), "per_request_limit"),
+        "rate_limit_per_minute": optional_int(form.get("rate_limit_per_minute"),
+                                              "rate_limit_per_minute", minimum=1),
+        "expires_at": expiry(form.get("expires_at")),
+    }
+
+
+def _text(form: dict[str, Any], name: str) -> str:
+    return (form.get(name) or "").strip()
+
+
+def playground_body(form: dict[str, Any], images: dict[str, Any]) -> dict[str, Any]:
+    """A generation body from the playground form. `images` maps an input field (`main_image`,
+    `mask_image`, `image`) to its reference (`{"upload_id": ...}` or `{"generation_id": ...}`);
+    the request parser checks every value and names the bad field."""
+    tool = _text(form, "tool")
+    if tool not in PLAYGROUND_TOOLS:
+        raise InvalidInput("tool", f"must be one of {', '.join(PLAYGROUND_TOOLS)}")
+    options: dict[str, Any] = {}
+    if _text(form, "seed"):
+        options["seed"] = optional_int(form.get("seed"), "options.seed")
+    if tool == "generator":
+        options.update(quality=_text(form, "quality") or "low",
+                       aspect_ratio=_text(form, "aspect_ratio") or "original")
+        return {"tool": tool, "input": {"prompt": _text(form, "prompt")}, "options": options}
+    if tool == "upscaler":
+        if "image" not in images:
+            raise InvalidInput("input.image", "upload an image or choose a generation")
+        options["scale"] = _text(form, "scale") or "2"
+        return {"tool": tool, "input": {"image": images["image"]}, "options": options}
+    if "main_image" not in images:
+        raise InvalidInput("input.main_image", "upload an image or choose a generation")
+    inputs: dict[str, Any] = {"main_image": images["main_image"]}
+    if "mask_image" in images:
+        inputs["mask_image"] = images["mask_image"]
+    for name in ("text_prompt", "angle", "time", "season", "weather"):
+        if _text(form, name):
+            inputs[name] = _text(form, name)
+    options.update(mode=_text(form, "mode"), quality=_text(form, "quality") or "low",
+                   aspect_ratio=_text(form, "aspect_ratio") or "original")
+    return {"tool": tool, "input": inputs, "options": options}
