@@ -5,18 +5,20 @@ logged, redeliverable, and held to the SSRF rules of image URLs."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import uuid
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from retouch.pipelines.errors import InvalidInput
 from retouch.serving.app import build_services
 from retouch.serving.core import accounts, keys, webhooks
-from retouch.serving.core.db import transaction, utcnow
+from retouch.serving.core.db import make_engine, transaction, utcnow
 from retouch.serving.core.tables import WebhookDelivery
 
 from api_fixtures import api_for, assert_error, make_settings
@@ -31,11 +33,32 @@ PICTURE = {"id": "pic_generated", "project_id": "prj_123", "status": "completed"
                                               "interior-decoration-medium"]}}
 
 
-@pytest.fixture
-def services(tmp_path):
-    services = build_services(make_settings(tmp_path, allow_private_urls=True))
-    yield services
-    services.engine.dispose()
+BACKENDS = ["sqlite"] + (["postgres"] if os.environ.get("RETOUCH_TEST_POSTGRES_URL") else [])
+
+
+@pytest.fixture(params=BACKENDS)
+def services(request, tmp_path):
+    """Services on SQLite, and on a fresh PostgreSQL schema when RETOUCH_TEST_POSTGRES_URL is
+    set."""
+    if request.param == "sqlite":
+        services = build_services(make_settings(tmp_path, allow_private_urls=True))
+        yield services
+        services.engine.dispose()
+        return
+    base = os.environ["RETOUCH_TEST_POSTGRES_URL"]
+    schema = f"test_webhooks_{uuid.uuid4().hex[:8]}"
+    admin = make_engine(base)
+    with admin.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    url = f"{base}{'&' if '?' in base else '?'}options=-csearch_path%3D{schema}"
+    services = build_services(make_settings(tmp_path, allow_private_urls=True, database_url=url))
+    try:
+        yield services
+    finally:
+        services.engine.dispose()
+        with admin.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
 
 
 def new_account(services) -> str:

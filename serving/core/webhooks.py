@@ -212,14 +212,19 @@ def render_event_data(session: Session, storage, event_type: str,
 
 # ---- delivery -----------------------------------------------------------------------------------
 def claim_due(session_factory, now: datetime, limit: int) -> list[str]:
-    """Claim up to `limit` due deliveries (conditional UPDATEs); returns their ids."""
-    with transaction(session_factory) as session:
+    """Claim up to `limit` due deliveries (conditional UPDATEs); returns their ids.
+
+    The lookup is a plain read, so an idle sweep never takes SQLite's write lock."""
+    with session_factory() as session:
         ids = list(session.scalars(
             select(WebhookDelivery.id)
             .where(WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= now,
                    or_(WebhookDelivery.locked_until.is_(None),
                        WebhookDelivery.locked_until < now))
             .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.id).limit(limit)))
+    if not ids:
+        return []
+    with transaction(session_factory) as session:
         claimed = []
         for delivery_id in ids:
             result = session.execute(
