@@ -214,7 +214,8 @@ class Dispatcher:
     def _heartbeat_loop(self, job_id: str, worker_id: str, tracker: JobTracker) -> None:
         from .core.jobs import heartbeat
 
-        interval = max(0.2, self.config.lease_seconds / 3)
+        # Often enough that the API shows live progress, and well inside the lease.
+        interval = min(0.5, self.config.lease_seconds / 3)
         while not tracker.stopping.wait(interval):
             try:
                 alive = heartbeat(self.session_factory, job_id, worker_id, tracker.progress,

@@ -173,8 +173,9 @@ def test_job_whose_replica_dies_is_retried_or_refunded_not_stuck(server):
                               files={"file": ("room.png", png(64, 64), "image/png")})
     upload_id = upload.json()["upload"]["id"]
     balance_before = server.balance()
+    # Ten large frames: long enough to watch progress arrive from the replica, then kill it.
     body = {"tool": "photographer", "input": {"main_image": {"upload_id": upload_id}},
-            "options": {"mode": "carousel", "quality": "high"}}
+            "options": {"mode": "carousel", "quality": "high", "aspect_ratio": "9:16"}}
     created = server.http.post("/api/v1/generations", json=body, headers=server.headers())
     assert created.status_code == 201, created.text
     job = created.json()["generation"]
@@ -183,9 +184,10 @@ def test_job_whose_replica_dies_is_retried_or_refunded_not_stuck(server):
     while True:
         state = server.http.get(f"/api/v1/generations/{job['id']}",
                                 headers=server.headers()).json()["generation"]
-        if state["status"] == "processing":
-            break
-        assert state["status"] == "pending" and time.monotonic() < deadline, state
+        if state["status"] == "processing" and state["progress"] > 0:
+            break  # progress travelled replica → progress board → dispatcher → job row → API
+        assert state["status"] in ("pending", "processing"), state
+        assert time.monotonic() < deadline, state
         time.sleep(0.02)
     replicas[0].kill()  # SIGKILL the Serve replica running the job
 
