@@ -10,7 +10,8 @@ united regions, strongest strength) → either
   img2img, so the room's geometry stays put while style and light change; or
 - a region pass: the union of the actions' masks (depth bands, sky, people from the segmenter) is
   inpainted and every pixel outside it is pasted back bit-exact (`erase.inpaint_region`).
-Masks and the depth condition are computed once and shared by all variants.
+Masks and the depth condition are computed once and shared by all variants; masks come from the
+working size, and band edges are cut exactly at the output size.
 """
 
 from __future__ import annotations
@@ -173,11 +174,14 @@ def enhance(store, request, images: dict[str, Image.Image], ctx: RunContext) -> 
     work = working_size(size, native_size=max(store.native_size, 64), multiple=8)
     small = resize_to(base, work)
     inverse_depth = store.depth_estimator()(small)
-    mask_small = np.zeros((work[1], work[0]), dtype=bool)
+    mask = np.zeros((size[1], size[0]), dtype=bool)
     for region in composed.regions:
-        mask_small |= region_mask(store, region, small, inverse_depth)
-    mask_image = Image.fromarray(np.where(mask_small, 255, 0).astype(np.uint8), "L")
-    mask = np.asarray(resize_mask_to(mask_image, size)) >= 128
+        small_mask = region_mask(store, region, small, inverse_depth)
+        region_image = Image.fromarray(np.where(small_mask, 255, 0).astype(np.uint8), "L")
+        full = np.asarray(resize_mask_to(region_image, size)) >= 128
+        if region in BANDS:  # band edges exact at the output size, not rounded at the work size
+            full &= band_mask(size, BANDS[region])
+        mask |= full
     ctx.report(0.1)
     outputs = []
     for variant in range(options.variants):
