@@ -257,3 +257,24 @@ def test_in_process_backend_runs_the_real_engine_with_progress_and_cancel(tiny_s
     with pytest.raises(InvalidInput, match="input.image"):
         backend.run("job-4", upscale, {"input.image": b"not an image"}, 5, lambda f: None,
                     lambda: False)
+
+
+def test_serve_config_gives_each_family_its_resources(tmp_path):
+    from pathlib import Path
+
+    from retouch.serving.deployments import FamilyOptions, family_for, load_family_options
+
+    example = Path(__file__).resolve().parent.parent / "serving" / "serve_config.yaml"
+    options = load_family_options(example)
+    assert options["diffusion"] == FamilyOptions(num_replicas=3, num_gpus=1, num_cpus=2,
+                                                 max_ongoing_requests=2)
+    assert options["upscaler"].num_gpus == 0.5 and options["upscaler"].num_replicas == 2
+    embedded = load_family_options(None)
+    assert all(o.num_gpus == 0 and o.num_replicas == 1 for o in embedded.values())
+
+    bad = tmp_path / "serve.yaml"
+    bad.write_text("deployments:\n  video:\n    num_gpus: 1\n")
+    with pytest.raises(ValueError, match="unknown deployment family 'video'"):
+        load_family_options(bad)
+    assert [family_for(t) for t in ("generator", "editor", "photographer", "ai_filter",
+                                    "upscaler")] == ["diffusion"] * 4 + ["upscaler"]
