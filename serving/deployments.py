@@ -1,6 +1,7 @@
 """Ray Serve deployments: one per model family, each hosting an `Engine`.
 
-- `DiffusionDeployment` runs generator, editor, photographer and ai_filter jobs.
+- `DiffusionDeployment` runs generator, editor, photographer and ai_filter jobs, AIXpose
+  `enhance` jobs and `video` reels.
 - `UpscalerDeployment` runs upscaler jobs.
 
 Both expose `run_job(job_id, body, images, seed) -> list[bytes]`: the generation body as JSON,
@@ -184,7 +185,7 @@ class _EngineDeployment:
 
 
 class DiffusionDeployment(_EngineDeployment):
-    tools = ("generator", "editor", "photographer", "ai_filter", "video")
+    tools = ("generator", "editor", "photographer", "ai_filter", "enhance", "video")
 
 
 class UpscalerDeployment(_EngineDeployment):
