@@ -6,11 +6,12 @@ from pathlib import Path
 
 import typer
 
-from retouch.serving.operator_cli import accounts_app, keys_app  # typer only; fast
+from retouch.serving.operator_cli import accounts_app, keys_app, members_app  # typer only
 
 app = typer.Typer(help="retouch: self-hosted image generation worker", no_args_is_help=True)
 app.add_typer(accounts_app, name="accounts")
 app.add_typer(keys_app, name="keys")
+app.add_typer(members_app, name="members")
 
 
 @app.command()

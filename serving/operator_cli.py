@@ -19,6 +19,8 @@ import typer
 
 accounts_app = typer.Typer(help="Create accounts and add credits.", no_args_is_help=True)
 keys_app = typer.Typer(help="Create, pause, resume and revoke API keys.", no_args_is_help=True)
+members_app = typer.Typer(help="Dashboard members: create them and reset passwords.",
+                          no_args_is_help=True)
 
 HomeOption = typer.Option(None, "--home", help="data folder holding the database (RETOUCH_HOME)")
 JsonOption = typer.Option(False, "--json", help="print one JSON object")
@@ -250,3 +252,50 @@ def list_keys_command(account: str = typer.Option(..., "--account", help="accoun
             return {"keys": [key_dict(key) for key in list_keys(session, account)]}
 
     _run(as_json, action, lambda data: "\n".join(_describe_key(k) for k in data["keys"]))
+
+
+# ---- members ------------------------------------------------------------------------------------
+PasswordOption = typer.Option(..., "--password", prompt=True, hide_input=True,
+                              confirmation_prompt=True,
+                              help="at least 8 characters (asked for when left out)")
+
+
+def member_dict(member) -> dict[str, Any]:
+    """A dashboard member as plain JSON-ready data (never the password hash)."""
+    return {"id": member.id, "account_id": member.account_id, "email": member.email,
+            "status": member.status, "created_at": _iso(member.created_at)}
+
+
+def _describe_member(data: dict) -> str:
+    return f"{data['id']}  {data['email']}  account={data['account_id']}  {data['status']}"
+
+
+@members_app.command("create")
+def create_member_command(
+    account: str = typer.Option(..., "--account", help="account id (acct_...)"),
+    email: str = typer.Option(..., "--email", help="the sign-in e-mail address"),
+    password: str = PasswordOption, home: Path = HomeOption, as_json: bool = JsonOption,
+) -> None:
+    """Add a member who can sign in to the account's dashboard."""
+    def action() -> dict[str, Any]:
+        from retouch.serving.core.members import create_member
+
+        with _write_session(home) as session:
+            return member_dict(create_member(session, account, email, password))
+
+    _run(as_json, action, _describe_member)
+
+
+@members_app.command("set-password")
+def set_member_password_command(
+    email: str = typer.Option(..., "--email", help="the member's e-mail address"),
+    password: str = PasswordOption, home: Path = HomeOption, as_json: bool = JsonOption,
+) -> None:
+    """Reset a member's password (their open sessions end)."""
+    def action() -> dict[str, Any]:
+        from retouch.serving.core.members import set_password
+
+        with _write_session(home) as session:
+            return member_dict(set_password(session, email, password))
+
+    _run(as_json, action, _describe_member)
