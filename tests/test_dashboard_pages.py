@@ -310,3 +310,16 @@ def test_a_paused_playground_key_stops_the_playground(dashboard):
     assert refused.status_code == 403 and "paused" in refused.text
     with dashboard.api.services.session_factory() as session:
         assert session.scalar(select(func.count()).select_from(Generation)) == 1
+
+
+def test_pages_use_only_local_assets_and_are_not_cached(dashboard):
+    page = dashboard.client.get("/dashboard/keys")
+    assert page.headers["cache-control"] == "no-store"
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    assets = re.findall(r'(?:src|href)="([^"#]+\.(?:css|js))"', page.text)
+    assert sorted(assets) == ["/dashboard/static/dashboard.css", "/dashboard/static/dashboard.js"]
+    for asset, media_type in zip(sorted(assets), ("text/css", "text/javascript")):
+        served = dashboard.client.get(asset)
+        assert served.status_code == 200 and served.headers["content-type"].startswith(media_type)
+        assert "http://" not in served.text and "https://" not in served.text
+    assert dashboard.client.get("/dashboard/static/routes.py").status_code == 404
