@@ -250,6 +250,11 @@ def test_catalog_quick_actions_idempotency_and_errors(aix):
     ratios = {r["id"]: r for r in get(aix, secret, "/v1/catalog/aspect-ratios")["data"]}
     assert ratios["16:9"]["sizes"]["2K"] == [2048, 1152] and ratios["original"]["sizes"] is None
 
+    schema = aix.client.get("/openapi.json").json()
+    upload_body = schema["paths"]["/v1/projects/{project_id}/pictures"]["post"]["requestBody"]
+    assert set(upload_body["content"]) == {"application/json", "multipart/form-data"}
+    assert "$defs" not in str(upload_body)
+
     quick = post(aix, secret, "/v1/quick-actions",
                  {"name": "Warm", "instruction": {"actions": ["light-bright-natural"]}})
     assert quick.status_code == 201 and quick.json()["id"].startswith("qa_")

@@ -28,7 +28,7 @@ from retouch.serving.wixma.deps import ServicesDep
 from .deps import READ, UPLOAD, WRITE, IdempotencyKey, aixpose_key, check_webhook_url, \
     model_revision
 from .schemas import (Base64Source, EnhancementCreate, FeedbackCreate, PictureCreate, PictureForm,
-                      list_payload, parse_model)
+                      inline_schema, list_payload, parse_model)
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["aixpose pictures"])
@@ -139,7 +139,7 @@ def auto_enhance(services, key: ApiKey, picture_id: str) -> None:
 
 @router.post("/projects/{project_id}/pictures", status_code=201, openapi_extra={
     "requestBody": {"required": True, "content": {
-        "application/json": {"schema": PictureCreate.model_json_schema()},
+        "application/json": {"schema": inline_schema(PictureCreate)},
         "multipart/form-data": {"schema": {
             "type": "object", "required": ["file", "scene_type"],
             "properties": {"file": {"type": "string", "format": "binary"},

@@ -136,3 +136,24 @@ def parse_model(model: type[BaseModel], data: Any) -> Any:
         for part in parts:
             field += f"[{part}]" if isinstance(part, int) else (f".{part}" if field else str(part))
         raise InvalidInput(field or "body", first["msg"].removeprefix("Value error, ")) from None
+
+
+def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The model's JSON schema with its `$defs` inlined (for an `openapi_extra` request body,
+    where `#/$defs/...` references would not resolve)."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return resolve(defs[ref.removeprefix("#/$defs/")])
+            if "propertyName" in node and "mapping" in node:  # a discriminator: refs by name
+                return {"propertyName": node["propertyName"]}
+            return {k: resolve(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [resolve(v) for v in node]
+        return node
+
+    return resolve(schema)
