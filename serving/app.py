@@ -132,6 +132,9 @@ def include_surfaces(app: FastAPI) -> None:
     from .aixpose import router as aixpose_router
 
     app.include_router(aixpose_router, prefix="/v1")
+    from .dashboard import install_dashboard
+
+    install_dashboard(app)
     # AIXpose (`/v1`), MCP (`/mcp`) and the settings/dashboard pages are included here too.
 
 
