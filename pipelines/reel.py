@@ -210,6 +210,20 @@ def render_frames(pictures: list[Image.Image], spec: ReelSpec, ctx: RunContext,
         ctx.report(progress_end * (n + 1) / spec.frame_count)
 
 
+def music_format(data: bytes, field: str = "music_url") -> str:
+    """`wav` or `mp3` (the container PyAV finds), else `InvalidInput(field)`."""
+    import av
+
+    try:
+        with av.open(io.BytesIO(data), mode="r") as container:
+            name = container.format.name.split(",")[0]
+    except (av.error.FFmpegError, ValueError):
+        name = None
+    if name not in ("wav", "mp3"):
+        raise InvalidInput(field, "must be a WAV or MP3 audio file")
+    return name
+
+
 def decode_music(data: bytes, field: str = "music_url") -> np.ndarray:
     """WAV/MP3 bytes → float32 stereo samples `(2, n)` at 44.1 kHz; `InvalidInput` otherwise."""
     import av
@@ -218,9 +232,8 @@ def decode_music(data: bytes, field: str = "music_url") -> np.ndarray:
         raise InvalidInput(field, f"the music file is larger than {MAX_MUSIC_BYTES} bytes")
     chunks = []
     try:
+        music_format(data, field)
         with av.open(io.BytesIO(data), mode="r") as container:
-            if container.format.name.split(",")[0] not in ("wav", "mp3"):
-                raise InvalidInput(field, "must be a WAV or MP3 audio file")
             if not container.streams.audio:
                 raise InvalidInput(field, "the file has no audio track")
             resampler = av.AudioResampler(format="fltp", layout="stereo", rate=AUDIO_RATE)

@@ -14,7 +14,7 @@ from PIL import Image
 from retouch.pipelines.common import RunContext
 from retouch.pipelines.errors import Cancelled, InvalidInput
 from retouch.pipelines.reel import (ReelSpec, Timeline, camera_frame, camera_moves, frame_size,
-                                    render_reel, run_reel_job)
+                                    music_format, render_reel, run_reel_job)
 
 RED, BLUE = (230, 20, 20), (20, 20, 230)
 
@@ -73,6 +73,38 @@ def test_music_is_looped_to_the_reel_and_muxed_as_aac():
     frames, audio = decode(data)
     assert len(frames) == 48
     assert len(audio) == 1 and audio[0][0] == "aac" and abs(audio[0][1] - 2.0) < 0.1
+
+
+def mp3_bytes(seconds: float = 0.5, rate: int = 44_100) -> bytes:
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format="mp3") as container:
+        stream = container.add_stream("libmp3lame", rate=rate, layout="mono")
+        t = np.arange(int(seconds * rate)) / rate
+        tone = (np.sin(2 * np.pi * 220 * t) * 0.3).astype(np.float32)
+        for start in range(0, tone.size, 1152):
+            frame = av.AudioFrame.from_ndarray(tone[None, start:start + 1152], format="fltp",
+                                               layout="mono")
+            frame.sample_rate, frame.pts = rate, start
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return buffer.getvalue()
+
+
+def test_an_mp3_track_is_accepted_too():
+    assert music_format(mp3_bytes()) == "mp3" and music_format(wav_bytes()) == "wav"
+    data = render_reel([Image.new("RGB", (64, 64), BLUE)], ReelSpec(64, 36, 2),
+                       RunContext(seed=2), music=mp3_bytes())
+    frames, audio = decode(data)
+    assert len(frames) == 48 and len(audio) == 1 and audio[0][0] == "aac"
+    with pytest.raises(InvalidInput) as error:
+        music_format(image_png())
+    assert error.value.field == "music_url"
+
+
+def image_png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), RED).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def test_camera_moves_pan_and_zoom_deterministically():

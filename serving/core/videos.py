@@ -19,7 +19,7 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from retouch.pipelines.errors import InvalidInput, NotFound
-from retouch.pipelines.reel import FPS, decode_music, frame_size
+from retouch.pipelines.reel import FPS, decode_music, frame_size, music_format
 
 from . import jobs
 from .tables import Generation, Picture, Video
@@ -96,14 +96,9 @@ def video_pictures(session: Session, account_id: str, project_id: str,
 def store_music(fetcher, storage, url: str) -> str:
     """Fetch and validate a WAV/MP3 track; stored under its content hash (so a retried request
     makes the same job body). Returns the storage key."""
-    import av
-
     data, _ = fetcher.fetch_bytes(url, "music_url", accept=MUSIC_ACCEPT)
-    decode_music(data, "music_url")  # raises InvalidInput("music_url") unless WAV/MP3 audio
-    import io
-
-    with av.open(io.BytesIO(data)) as container:
-        kind = "mp3" if container.format.name.split(",")[0] == "mp3" else "wav"
+    kind = music_format(data, "music_url")  # InvalidInput("music_url") unless WAV/MP3 audio
+    decode_music(data, "music_url")
     key = f"uploads/audio/{hashlib.sha256(data).hexdigest()}.{kind}"
     if not storage.exists(key):
         storage.put(key, data, MUSIC_MEDIA_TYPES[kind])
