@@ -323,3 +323,39 @@ def test_pages_use_only_local_assets_and_are_not_cached(dashboard):
         assert served.status_code == 200 and served.headers["content-type"].startswith(media_type)
         assert "http://" not in served.text and "https://" not in served.text
     assert dashboard.client.get("/dashboard/static/routes.py").status_code == 404
+
+
+def test_editing_a_key_changes_its_tools_and_budgets_for_the_api(dashboard):
+    api = dashboard.api
+    key_id, secret, _ = dashboard.create_key(name="narrow", scopes=list(keys.WIXMA_SCOPES),
+                                             tools=["upscaler"], monthly_budget="30")
+    assert_error(api.generate(secret, GENERATOR_BODY), 403, "tool_not_allowed")
+    edit_page = dashboard.client.get(f"/dashboard/keys/{key_id}/edit")
+    assert edit_page.status_code == 200 and 'value="30"' in edit_page.text
+
+    saved = dashboard.post(f"/dashboard/keys/{key_id}/edit", {
+        "name": "wider", "scopes": list(keys.WIXMA_SCOPES), "tools": ["upscaler", "generator"],
+        "monthly_budget": "30"})
+    assert saved.status_code == 303, saved.text
+    assert_error(api.generate(secret, GENERATOR_BODY), 402, "monthly_budget_exceeded")
+    assert dashboard.post(f"/dashboard/keys/{key_id}/edit", {
+        "name": "wider", "scopes": list(keys.WIXMA_SCOPES), "tools": ["upscaler", "generator"],
+        "monthly_budget": "100", "per_request_limit": "50"}).status_code == 303
+    created = api.generate(secret, GENERATOR_BODY)  # the same secret, now allowed: 40 credits
+    assert created.status_code == 201, created.text
+    key = dashboard.keys()[key_id]
+    assert (key.name, key.allowed_tools, key.monthly_budget, key.per_request_limit,
+            key.monthly_used) == ("wider", ["upscaler", "generator"], 100, 50, 40)
+
+    bad = dashboard.post(f"/dashboard/keys/{key_id}/edit", {
+        "name": "wider", "scopes": ["credits:read"], "tools": ["generator"],
+        "total_budget": "-5"})
+    assert bad.status_code == 400 and 'id="error">total_budget' in bad.text
+    assert dashboard.keys()[key_id].scopes == list(keys.WIXMA_SCOPES)  # nothing changed
+
+    assert dashboard.post(f"/dashboard/keys/{key_id}/revoke").status_code == 303
+    refused = dashboard.post(f"/dashboard/keys/{key_id}/edit", {
+        "name": "again", "scopes": ["credits:read"], "tools": ["generator"]})
+    assert refused.status_code == 400 and "revoked key cannot be changed" in refused.text
+    other_key, _ = api.key()
+    assert dashboard.client.get(f"/dashboard/keys/{other_key}/edit").status_code == 404

@@ -12,6 +12,7 @@ from typing import Any
 from retouch.pipelines.errors import InvalidInput
 from retouch.pipelines.vocabulary import TOOLS
 from retouch.serving.core.db import utcnow
+from retouch.serving.core.keys import WIXMA_SCOPES
 
 MAX_KEY_NAME = 200
 MAX_CREDITS = 10**12
@@ -54,11 +55,15 @@ def key_options(form: dict[str, Any], scopes: list[str], tools: list[str]) -> di
         raise InvalidInput("scopes", "choose at least one scope")
     if not tools:
         raise InvalidInput("tools", "choose at least one tool")
+    for field, values, allowed in (("scopes", scopes, WIXMA_SCOPES), ("tools", tools, TOOLS)):
+        for value in values:
+            if value not in allowed:
+                raise InvalidInput(field, f"{value!r} is not one of {', '.join(allowed)}")
     return {
         "name": name or None,
-        "scopes": scopes,
+        "scopes": list(dict.fromkeys(scopes)),
         # Every tool ticked means "all tools", so the key also gets tools added later.
-        "tools": None if set(tools) >= set(TOOLS) else tools,
+        "tools": None if set(tools) >= set(TOOLS) else list(dict.fromkeys(tools)),
         "monthly_budget": optional_int(form.get("monthly_budget"), "monthly_budget"),
         "total_budget": optional_int(form.get("total_budget"), "total_budget"),
         "per_request_limit": optional_int(form.get("per_request_limit"), "per_request_limit"),
@@ -66,6 +71,19 @@ def key_options(form: dict[str, Any], scopes: list[str], tools: list[str]) -> di
                                               "rate_limit_per_minute", minimum=1),
         "expires_at": expiry(form.get("expires_at")),
     }
+
+
+def key_form(key) -> dict[str, Any]:
+    """The edit form's values for an existing key (the inverse of `key_options`)."""
+    def number(value: int | None) -> str:
+        return "" if value is None else str(value)
+
+    return {"name": key.name or "", "scopes": list(key.scopes or []),
+            "tools": list(key.allowed_tools) if key.allowed_tools is not None else list(TOOLS),
+            "monthly_budget": number(key.monthly_budget), "total_budget": number(key.total_budget),
+            "per_request_limit": number(key.per_request_limit),
+            "rate_limit_per_minute": number(key.rate_limit_per_minute),
+            "expires_at": key.expires_at.date().isoformat() if key.expires_at else ""}
 
 
 def _text(form: dict[str, Any], name: str) -> str:

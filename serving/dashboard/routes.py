@@ -183,6 +183,71 @@ def create_key(request: Request, member: Member,
     return _keys_page(request, member, new_secret=secret, new_key_id=key_id)
 
 
+def _owned_key(session, member: SignedInMember, key_id: str) -> ApiKey:
+    """One of the member's account's keys that can still be changed, else the field's error."""
+    key = keys.get_key(session, key_id, account_id=member.account_id)  # NotFound elsewhere
+    if key.status == "revoked":
+        raise InvalidInput("status", "a revoked key cannot be changed; create a new key")
+    return key
+
+
+@router.get("/keys/{key_id}/edit")
+def edit_key_page(request: Request, member: Member, key_id: str) -> HTMLResponse:
+    try:
+        with _services(request).session_factory() as session:
+            key = _owned_key(session, member, key_id)
+    except RetouchError as error:
+        return _keys_page(request, member, error=error.message, status_code=_error_status(error))
+    return _edit_page(member, key, forms.key_form(key))
+
+
+def _edit_page(member: SignedInMember, key: ApiKey, form: dict[str, Any], *,
+               error: str | None = None, status_code: int = 200) -> HTMLResponse:
+    return render("key_edit.html", member, page="keys", key=key, form=form, error=error,
+                  status_code=status_code, all_scopes=keys.WIXMA_SCOPES, all_tools=TOOLS)
+
+
+@router.post("/keys/{key_id}/edit")
+def edit_key(request: Request, member: Member, key_id: str,
+             csrf_token: Annotated[str | None, Form()] = None,
+             name: Annotated[str, Form()] = "",
+             scopes: Annotated[list[str], Form()] = [],  # noqa: B006 (FastAPI copies defaults)
+             tools: Annotated[list[str], Form()] = [],  # noqa: B006
+             monthly_budget: Annotated[str, Form()] = "",
+             total_budget: Annotated[str, Form()] = "",
+             per_request_limit: Annotated[str, Form()] = "",
+             rate_limit_per_minute: Annotated[str, Form()] = "",
+             expires_at: Annotated[str, Form()] = "") -> Response:
+    """Change a key's name, scopes, tools, budgets, rate limit or expiry (its secret stays)."""
+    csrf.check_form_token(request, member, csrf_token)
+    form = {"name": name, "monthly_budget": monthly_budget, "total_budget": total_budget,
+            "per_request_limit": per_request_limit, "rate_limit_per_minute": rate_limit_per_minute,
+            "expires_at": expires_at, "scopes": scopes, "tools": tools}
+    services = _services(request)
+    try:
+        with transaction(services.session_factory) as session:
+            key = _owned_key(session, member, key_id)
+            options = forms.key_options(form, scopes, tools)
+            if key.name == PLAYGROUND_KEY_NAME:
+                options["name"] = PLAYGROUND_KEY_NAME  # the playground finds its key by name
+            elif options["name"] == PLAYGROUND_KEY_NAME:
+                raise InvalidInput("name", "is reserved for the dashboard playground's key")
+            key.name, key.scopes, key.allowed_tools = (options["name"], options["scopes"],
+                                                      options["tools"])
+            for column in ("monthly_budget", "total_budget", "per_request_limit",
+                           "rate_limit_per_minute", "expires_at"):
+                setattr(key, column, options[column])
+    except RetouchError as error:
+        with services.session_factory() as session:
+            key = session.get(ApiKey, key_id)
+            if key is None or key.account_id != member.account_id:
+                return _keys_page(request, member, error=error.message,
+                                  status_code=_error_status(error))
+        return _edit_page(member, key, form, error=error.message,
+                          status_code=_error_status(error))
+    return RedirectResponse(f"{HOME_PATH}#key-{key_id}", status_code=303)
+
+
 KEY_ACTIONS = {"pause": "paused", "resume": "active", "revoke": "revoked"}
 
 
