@@ -7,6 +7,7 @@ import asyncio
 import base64
 import io
 import time
+from datetime import datetime, timedelta, timezone
 
 import httpx
 from PIL import Image
@@ -136,6 +137,7 @@ def test_key_restrictions_apply_to_every_tool_call(tmp_path):
                              rate_limit_per_minute=3)
         _, free_secret = app.key(app.account(plan="free"))
         paused_id, paused = app.key(account_id)
+        _, expired = app.key(account_id, expires_at=datetime.now(timezone.utc) - timedelta(1))
         with app.services.session_factory.begin() as session:
             from retouch.serving.core.keys import set_key_status
 
@@ -167,9 +169,10 @@ def test_key_restrictions_apply_to_every_tool_call(tmp_path):
             async with mcp_session(app.mcp_url, free_secret) as session:
                 error = tool_error(await session.call_tool("wixma_list_generations", {}))
                 assert error["code"] == "subscription_required"
-            async with mcp_session(app.mcp_url, paused) as session:
-                error = tool_error(await session.call_tool("wixma_list_generations", {}))
-                assert error["code"] == "forbidden" and error["details"]["reason"] == "paused"
+            for secret, reason in ((paused, "paused"), (expired, "expired")):
+                async with mcp_session(app.mcp_url, secret) as session:
+                    error = tool_error(await session.call_tool("wixma_list_generations", {}))
+                    assert error["code"] == "forbidden" and error["details"]["reason"] == reason
 
         asyncio.run(scenario())
         # Nothing was charged by the refused calls.

@@ -296,8 +296,9 @@ def caller_for_bearer(session: Session, credential: str) -> Caller | None:
             ApiKey.secret_hash == keys.hash_secret(credential))).first()
         if key is None or key.surface != "wixma" or key.status == "revoked":
             return None
+        # No expiry here: an expired key is answered `forbidden` per call, as over HTTP.
         return Caller(api_key_id=key.id, client_id=f"api-key:{key.id}",
-                      scopes=list(key.scopes or []), expires_at=key.expires_at)
+                      scopes=list(key.scopes or []), expires_at=None)
     if not credential.startswith(ACCESS_TOKEN_PREFIX):
         return None
     found = _active_token(session, credential, "access")

@@ -34,7 +34,7 @@ from mcp.shared.auth import OAuthClientInformationFull, OAuthMetadata, OAuthToke
 from mcp.shared.auth import ProtectedResourceMetadata
 from starlette.routing import Route
 
-from retouch.pipelines.errors import InvalidInput
+from retouch.pipelines.errors import InvalidInput, RateLimitExceeded
 from retouch.pipelines.vocabulary import TOOLS
 from retouch.serving.core.db import transaction
 from retouch.serving.core.keys import WIXMA_SCOPES
@@ -59,6 +59,7 @@ SCOPE_LABELS = {
     "credits:read": "Read the credit balance and budgets",
 }
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
+REGISTRATIONS_PER_MINUTE = 20  # per client address
 
 
 def issuer_url(services) -> str:
@@ -103,9 +104,17 @@ class WixmaOAuthProvider:
 
         return await anyio.to_thread.run_sync(work)
 
+    async def _read(self, fn, *args):
+        """Read-only lookups (every `/mcp` request verifies its token) take no write lock."""
+        def work():
+            with self.services.session_factory() as session:
+                return fn(session, *args)
+
+        return await anyio.to_thread.run_sync(work)
+
     # clients
     async def get_client(self, client_id: str) -> OAuthClientInformationFull | None:
-        client = await self._in_transaction(grants.get_client, client_id)
+        client = await self._read(grants.get_client, client_id)
         return _client_info(client) if client is not None else None
 
     async def register_client(self, client_info: OAuthClientInformationFull) -> None:
@@ -120,11 +129,13 @@ class WixmaOAuthProvider:
                         params: AuthorizationParams) -> str:
         if params.resource and params.resource.rstrip("/") != resource_url(self.services):
             raise AuthorizeError("invalid_target", f"unknown resource {params.resource}")
+        # Scopes this server does not know are ignored; none left means all of ours are offered.
+        scopes = [s for s in params.scopes or [] if s in WIXMA_SCOPES] or list(WIXMA_SCOPES)
         request_id = await self._in_transaction(
             grants.create_authorization_request, client.client_id,
             {"redirect_uri": str(params.redirect_uri),
              "redirect_uri_provided_explicitly": params.redirect_uri_provided_explicitly,
-             "state": params.state, "scopes": params.scopes or list(WIXMA_SCOPES),
+             "state": params.state, "scopes": scopes,
              "code_challenge": params.code_challenge,
              "resource": params.resource or resource_url(self.services)})
         return f"{issuer_url(self.services)}{CONSENT_PATH}?request={request_id}"
@@ -169,7 +180,7 @@ class WixmaOAuthProvider:
         return _oauth_token(pair)
 
     async def load_access_token(self, token: str) -> AccessToken | None:
-        caller = await self._in_transaction(grants.caller_for_bearer, token)
+        caller = await self._read(grants.caller_for_bearer, token)
         return access_token_for(token, caller) if caller is not None else None
 
     async def revoke_token(self, token: AccessToken | RefreshToken) -> None:
@@ -223,7 +234,7 @@ class HashedSecretAuthenticator(ClientAuthenticator):
             if unquote(basic_id) != client_id:
                 raise AuthenticationError("Client ID mismatch in Basic auth")
             presented = unquote(presented)
-        client = await self.wixma._in_transaction(grants.get_client, client_id)
+        client = await self.wixma._read(grants.get_client, client_id)
         if client is None:
             raise AuthenticationError("Invalid client_id")
         if not grants.client_secret_matches(client, presented if isinstance(presented, str)
@@ -264,12 +275,27 @@ def _metadata_endpoint(build):
     return endpoint
 
 
+def rate_limited(handler, name: str, per_minute: int):
+    """`handler` behind a per-client-address rate limit (unauthenticated endpoints)."""
+    async def endpoint(request: Request) -> Response:
+        address = request.client.host if request.client else "unknown"
+        limiter = request.app.state.services.rate_limiter
+        try:
+            await anyio.to_thread.run_sync(limiter.hit, f"{name}:{address}", per_minute)
+        except RateLimitExceeded as exc:
+            return JSONResponse({"error": "slow_down", "error_description": exc.message},
+                                status_code=429, headers=exc.headers)
+        return await handler(request)
+
+    return endpoint
+
+
 def oauth_routes(services) -> list[Route]:
     """The protocol endpoints (SDK handlers) and the metadata documents, as Starlette routes."""
     provider = WixmaOAuthProvider(services)
     authenticator = HashedSecretAuthenticator(provider)
-    registration = ClientRegistrationOptions(enabled=True, valid_scopes=list(WIXMA_SCOPES),
-                                             default_scopes=list(WIXMA_SCOPES))
+    # Any registered scope string is accepted (clients send their own); authorize keeps ours.
+    registration = ClientRegistrationOptions(enabled=True, default_scopes=list(WIXMA_SCOPES))
     token = TokenHandler(provider, authenticator)
     register = RegistrationHandler(provider, options=registration)
     revoke = RevocationHandler(provider, authenticator)
@@ -284,8 +310,9 @@ def oauth_routes(services) -> list[Route]:
         Route(AUTHORIZE_PATH, authorize.handle, methods=["GET", "POST"]),
         Route(TOKEN_PATH, cors_middleware(token.handle, ["POST", "OPTIONS"]),
               methods=["POST", "OPTIONS"]),
-        Route(REGISTER_PATH, cors_middleware(register.handle, ["POST", "OPTIONS"]),
-              methods=["POST", "OPTIONS"]),
+        Route(REGISTER_PATH, cors_middleware(
+            rate_limited(register.handle, "oauth-register", REGISTRATIONS_PER_MINUTE),
+            ["POST", "OPTIONS"]), methods=["POST", "OPTIONS"]),
         Route(REVOKE_PATH, cors_middleware(revoke.handle, ["POST", "OPTIONS"]),
               methods=["POST", "OPTIONS"]),
     ]
