@@ -84,7 +84,7 @@ def finish_all(world):
     sf, storage, _, _ = world
     while (job := jobs.lease_next_job(sf, "w", 30)) is not None:
         keys_out = []
-        for n in range(job.request["options"]["variants"]):
+        for n in range(job.request["options"].get("variants", 1)):
             key = f"outputs/{job.id}/{n + 1}.png"
             buffer = io.BytesIO()
             Image.new("RGB", (40, 30), (n * 40, 10, 10)).save(buffer, format="PNG")
@@ -144,3 +144,33 @@ def test_preferences_respect_exclusive_groups_and_explicit_choices():
     agent.explicit = {"interior": ["decluttering-light"]}
     assert projects.preferred_actions(agent, "interior") == ["decluttering-light"]
     assert projects.preferred_actions(agent, "exterior") == []
+
+
+def test_publish_freezes_approved_pictures_and_completed_videos(world):
+    from retouch.pipelines.errors import InvalidInput
+    from retouch.pipelines.requests import parse_generation_request
+    from retouch.serving.core.tables import Video
+
+    sf, storage, key, original_id = world
+    made, _ = enhance(world, original_id, variants=2)
+    with transaction(sf) as session:
+        project = session.get_one(Project, made[0].project_id)
+        with pytest.raises(InvalidInput):
+            projects.publish(session, project, storage.url)  # nothing approved yet
+    body = {"tool": "generator", "input": {"prompt": "reel"}, "options": {"quality": "low"}}
+    reel_job, _ = jobs.create_generation(sf, key, parse_generation_request(body), body,
+                                         surface="aixpose")
+    with transaction(sf) as session:
+        session.add(Video(account_id=key.account_id, project_id=made[0].project_id,
+                          generation_id=reel_job.id, picture_ids=[made[1].id],
+                          duration_seconds=6, aspect_ratio="16:9", resolution="1K", width=64,
+                          height=36, fps=12))
+    finish_all(world)
+    with transaction(sf) as session:
+        projects.approve(session, projects.get_picture(session, key.account_id, made[1].id))
+        project = projects.publish(session, session.get_one(Project, made[0].project_id),
+                                   storage.url)
+        media = project.published_media
+    assert [(m["type"], m["id"]) for m in media][0] == ("picture", made[1].id)
+    assert media[1]["type"] == "video" and media[1]["url"].endswith(".png")
+    assert project.status == "published" and project.published_at is not None

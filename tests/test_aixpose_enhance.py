@@ -10,7 +10,7 @@ from PIL import Image
 from retouch.pipelines.actions import (ACTIONS, ACTIONS_BY_ID, GROUPS_BY_ID, check_instruction,
                                        enhancement_size)
 from retouch.pipelines.common import RunContext
-from retouch.pipelines.enhance import BANDS, compose_actions, parse_enhance_request
+from retouch.pipelines.enhance import BANDS, compose_actions
 from retouch.pipelines.errors import InvalidInput
 from retouch.pipelines.requests import parse_generation_request, parse_job_request
 from retouch.pipelines.sizes import fit_to_size

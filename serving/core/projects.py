@@ -13,18 +13,19 @@ subversions (max + 1, + 2, ...).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import func, or_, and_, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
-from retouch.pipelines.actions import (ACTIONS_BY_ID, BUILTIN_QUICK_ACTIONS, GROUPS_BY_ID)
+from retouch.pipelines.actions import ACTIONS_BY_ID, BUILTIN_QUICK_ACTIONS, GROUPS_BY_ID
 from retouch.pipelines.errors import InvalidInput, NotFound
 
 from . import jobs
 from .db import is_sqlite, utcnow
-from .tables import (AgentSettings, Generation, Picture, Project, QuickAction, Upload)
+from .tables import AgentSettings, Generation, Picture, Project, QuickAction, Upload, Video
 
 APPROVAL_WEIGHT = 2.0  # an approval counts like a 5-star rating
 MAX_PREFERRED_ACTIONS = 3
@@ -135,11 +136,12 @@ def picture_payload(session: Session, picture: Picture, url_for: StorageUrl) -> 
         "feedback": ({"rating": picture.feedback_rating, "comment": picture.feedback_comment}
                      if picture.feedback_rating is not None else None),
         "error_code": state["error_code"],
-        "created_at": jobs_timestamp(picture.created_at),
+        "created_at": timestamp(picture.created_at),
     }
 
 
-def jobs_timestamp(value) -> str:
+def timestamp(value) -> str:
+    """The API's timestamp form (`2026-05-06T05:56:00.000Z`), shared with the Wixma surface."""
     from retouch.serving.wixma.schemas import format_timestamp
 
     return format_timestamp(value)
@@ -158,8 +160,6 @@ def source_upload(session: Session, storage, picture: Picture) -> Upload:
                                          "completed picture can be enhanced")
     job = session.get_one(Generation, picture.generation_id)
     image = validate_image_bytes(storage.get(state["storage_key"]), "picture_id")
-    import hashlib
-
     upload = Upload(account_id=picture.account_id, api_key_id=job.api_key_id,
                     storage_key=state["storage_key"], media_type=image.media_type,
                     width=image.width, height=image.height, bytes=len(image.data),
@@ -335,7 +335,7 @@ def agent_payload(agent: AgentSettings) -> dict[str, Any]:
             "preferences": {"explicit": agent.explicit or {}, "learned": agent.learned or {},
                             "preferred_actions": {scene: preferred_actions(agent, scene)
                                                   for scene in SCENE_TYPES}},
-            "updated_at": jobs_timestamp(agent.updated_at)}
+            "updated_at": timestamp(agent.updated_at)}
 
 
 # ---- quick actions ------------------------------------------------------------------------------
@@ -360,8 +360,8 @@ def get_quick_action(session: Session, account_id: str, quick_action_id: str,
 
 # ---- publishing ---------------------------------------------------------------------------------
 def publish(session: Session, project: Project, url_for: StorageUrl) -> Project:
-    """Freeze the project's approved, completed pictures as its published media set and emit
-    `project.published`."""
+    """Freeze the project's approved, completed pictures and its completed videos as the
+    published media set and emit `project.published`."""
     media = []
     approved = session.scalars(select(Picture).where(Picture.project_id == project.id,
                                                      Picture.approved_at.is_not(None))
@@ -371,15 +371,25 @@ def publish(session: Session, project: Project, url_for: StorageUrl) -> Project:
         if state["storage_key"] is not None:
             media.append({"type": "picture", "id": picture.id, "url": url_for(state["storage_key"]),
                           "version": picture.version, "subversion": picture.subversion})
+    # Reels are made from approved pictures: the project's completed ones publish with them.
+    videos = session.execute(select(Video.id, Generation.output_keys)
+                             .join(Generation, Generation.id == Video.generation_id)
+                             .where(Video.project_id == project.id,
+                                    Generation.status == "completed")
+                             .order_by(Video.created_at, Video.id))
+    for video_id, output_keys in videos:
+        if output_keys:
+            media.append({"type": "video", "id": video_id, "url": url_for(output_keys[0])})
     if not media:
-        raise InvalidInput("project_id", "the project has no approved pictures to publish")
+        raise InvalidInput("project_id", "the project has no approved pictures or completed "
+                                         "videos to publish")
     project.published_media = media
     project.status = "published"
     project.published_at = utcnow()
     session.flush()
     emit_event(session, project.account_id, "project.published",
                {"id": project.id, "name": project.name, "media": media,
-                "published_at": jobs_timestamp(project.published_at)})
+                "published_at": timestamp(project.published_at)})
     return project
 
 
