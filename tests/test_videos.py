@@ -154,3 +154,41 @@ def test_video_requests_are_validated_at_the_edge(tmp_path):
         assert missing_project.status_code == 404
         assert_error(api.client.get("/v1/videos/vid_nope", headers=headers), 404,
                      "invalid_input", "video_id")
+
+
+def test_a_failed_video_is_refunded_and_sends_video_failed(tmp_path):
+    """A video whose stored picture is gone fails with `invalid_input` on the dispatcher, is
+    refunded in full and its `video.failed` event is signed and delivered."""
+    settings = make_settings(tmp_path, allow_private_urls=True, webhook_poll_seconds=0.05)
+    with api_for(settings) as api, webhook_receiver() as receiver:  # no executor yet
+        secret = aixpose_secret(api, credits=500)
+        headers = api.headers(secret)
+        project_id = api.client.post("/v1/projects", headers=headers,
+                                     json={"name": "gone"}).json()["id"]
+        picture_id = add_picture(api, headers, project_id, (90, 200, 90))
+        created = api.client.post("/v1/videos", headers=headers, json={
+            "project_id": project_id, "picture_ids": [picture_id], "duration": 3,
+            "resolution": "360p", "webhook_url": receiver.url})
+        assert created.status_code == 201, created.text
+        assert created.json()["cost_credits"] == 3 * 3
+        balance = api.client.get("/v1/credits/balance", headers=headers).json()["balance"]
+        assert balance == 500 - 9
+        stored = api.services.storage.root / "uploads"
+        for path in stored.glob("*"):
+            if path.is_file() and not path.name.endswith(".meta"):
+                path.unlink()  # the picture's stored image disappears before the job runs
+
+        executor = InProcessExecutor(api.services, lambda: None)
+        executor.start()
+        try:
+            done = wait_for_video(api, headers, created.json()["id"])
+        finally:
+            executor.stop()
+        assert done["status"] == "failed" and done["error_code"] == "invalid_input"
+        assert done["public_url"] is None
+        assert api.client.get("/v1/credits/balance", headers=headers).json()["balance"] == 500
+        [post] = receiver.wait_for(1)
+        key = api.client.get("/v1/webhooks/secret", headers=headers).json()["secret"]
+        event = Webhook(key).verify(post.body, post.headers)
+        assert event["type"] == "video.failed" and event["data"]["id"] == done["id"]
+        assert event["data"]["status"] == "failed"

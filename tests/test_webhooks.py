@@ -154,6 +154,22 @@ def test_a_receiver_that_keeps_failing_gets_the_whole_schedule_then_fails(servic
     assert gaps == pytest.approx([s * scale for s in (5, 300, 1800, 7200, 18000, 36000, 36000)])
 
 
+def test_slow_receivers_are_sent_to_in_parallel(services):
+    import time
+
+    account_id = new_account(services)
+    with webhook_receiver(delay_s=0.6) as receiver:
+        for _ in range(4):
+            enqueue(services, account_id, receiver.url)
+        started = time.monotonic()
+        assert webhooks.deliver_due(services) == 4
+        elapsed = time.monotonic() - started
+    assert len(receiver.received) == 4
+    assert elapsed < 4 * 0.6 * 0.75, elapsed  # one after another would take 2.4 s
+    with services.session_factory() as session:
+        assert set(session.scalars(select(WebhookDelivery.status))) == {"delivered"}
+
+
 def test_private_webhook_urls_are_refused_without_allow_private_urls(tmp_path):
     services = build_services(make_settings(tmp_path, allow_private_urls=False))
     try:

@@ -20,6 +20,7 @@ class Received:
 class Receiver:
     url: str
     statuses: list[int]  # answered in order; the last one repeats
+    delay_s: float = 0.0  # how long each answer takes
     received: list[Received] = field(default_factory=list)
 
     def wait_for(self, count: int, timeout_s: float = 30.0) -> list[Received]:
@@ -32,8 +33,8 @@ class Receiver:
 
 
 @contextmanager
-def webhook_receiver(statuses: list[int] | None = None):
-    receiver = Receiver(url="", statuses=list(statuses or [200]))
+def webhook_receiver(statuses: list[int] | None = None, delay_s: float = 0.0):
+    receiver = Receiver(url="", statuses=list(statuses or [200]), delay_s=delay_s)
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):  # noqa: N802 (http.server's naming)
@@ -42,6 +43,7 @@ def webhook_receiver(statuses: list[int] | None = None):
             status = receiver.statuses[min(n, len(receiver.statuses) - 1)]
             # Recorded before answering, so a sender that got its answer finds it recorded.
             receiver.received.append(Received(self.path, dict(self.headers.items()), body))
+            time.sleep(receiver.delay_s)
             self.send_response(status)
             self.send_header("Content-Length", "2")
             self.end_headers()

@@ -27,6 +27,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 RETRY_SCHEDULE_S: tuple[float, ...] = (0, 5, 5 * 60, 30 * 60, 2 * 3600, 5 * 3600, 10 * 3600,
                                        10 * 3600)
 ATTEMPT_TIMEOUT_S = 15.0
+DELIVERY_CONCURRENCY = 4  # receivers sent to at once by one sweep
 CLAIM_SECONDS = 120.0  # a claimed delivery is left alone this long by other workers
 ROTATION_GRACE = timedelta(hours=24)  # the previous secret keeps signing this long
 MAX_LOGGED_ERROR = 500
@@ -251,10 +253,14 @@ def deliver_due(services, *, now: datetime | None = None, retry_scale: float | N
     claimed = claim_due(services.session_factory, now, limit)
     if not claimed:
         return 0
+    # A few receivers at a time, so one slow receiver does not hold up everyone else's events.
     with httpx.Client(transport=transport, timeout=ATTEMPT_TIMEOUT_S, follow_redirects=False,
-                      trust_env=False) as client:
-        for delivery_id in claimed:
-            attempt_delivery(services, client, delivery_id, now=now, retry_scale=scale)
+                      trust_env=False) as client, \
+            ThreadPoolExecutor(max_workers=min(DELIVERY_CONCURRENCY, len(claimed)),
+                               thread_name_prefix="webhook-send") as pool:
+        for _ in pool.map(lambda delivery_id: attempt_delivery(
+                services, client, delivery_id, now=now, retry_scale=scale), claimed):
+            pass
     return len(claimed)
 
 
