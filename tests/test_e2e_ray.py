@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -66,6 +67,7 @@ class Server:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_cache_dir):
     from retouch.models.tiny import build_tiny_models
+    from retouch.serving.runtime import ray_temp_dir
 
     build_tiny_models(tiny_cache_dir)
     home = tmp_path_factory.mktemp("serve-home")
@@ -103,6 +105,7 @@ def server(tmp_path_factory, tiny_cache_dir):
             process.kill()
             process.wait()
         instance.http.close()
+        shutil.rmtree(ray_temp_dir(home), ignore_errors=True)
 
 
 def png(width: int, height: int) -> bytes:

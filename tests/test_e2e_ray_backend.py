@@ -4,6 +4,7 @@ the progress board, errors that keep their type, and cancellation reaching the r
 from __future__ import annotations
 
 import io
+import shutil
 import time
 
 import pytest
@@ -19,7 +20,7 @@ def backend(tmp_path_factory, tiny_cache_dir):
     from retouch.models.tiny import build_tiny_models
     from retouch.serving.deployments import (EngineConfig, FamilyOptions, deploy_families)
     from retouch.serving.dispatcher import RayBackend
-    from retouch.serving.runtime import start_ray, stop_ray
+    from retouch.serving.runtime import ray_temp_dir, start_ray, stop_ray
     from retouch.serving.settings import Settings
 
     build_tiny_models(tiny_cache_dir)
@@ -32,6 +33,7 @@ def backend(tmp_path_factory, tiny_cache_dir):
         yield RayBackend(families, poll_seconds=0.05)
     finally:
         stop_ray()
+        shutil.rmtree(ray_temp_dir(settings.home), ignore_errors=True)
 
 
 def png(width: int, height: int) -> bytes:
