@@ -96,7 +96,11 @@ def load_family_options(config_path: Path | None) -> dict[str, FamilyOptions]:
         if name not in FAMILIES:
             raise ValueError(f"serve config: unknown deployment family {name!r}; "
                              f"expected one of {', '.join(FAMILIES)}")
-        options[name] = FamilyOptions(**values)
+        unknown = set(values or {}) - set(FamilyOptions.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"serve config: deployments.{name} has unknown option(s) "
+                             f"{', '.join(sorted(unknown))}")
+        options[name] = FamilyOptions(**(values or {}))
     return options
 
 

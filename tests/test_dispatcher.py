@@ -276,5 +276,8 @@ def test_serve_config_gives_each_family_its_resources(tmp_path):
     bad.write_text("deployments:\n  video:\n    num_gpus: 1\n")
     with pytest.raises(ValueError, match="unknown deployment family 'video'"):
         load_family_options(bad)
+    bad.write_text("deployments:\n  upscaler:\n    gpus: 1\n")
+    with pytest.raises(ValueError, match="deployments.upscaler has unknown option.*gpus"):
+        load_family_options(bad)
     assert [family_for(t) for t in ("generator", "editor", "photographer", "ai_filter",
                                     "upscaler")] == ["diffusion"] * 4 + ["upscaler"]
