@@ -120,3 +120,15 @@ def test_whole_frame_pass_changes_the_frame_deterministically(tiny_store):
     assert np.array_equal(np.asarray(first[0]), np.asarray(second[0]))
     fitted = np.asarray(fit_to_size(source, (1024, 1024)), dtype=np.int16)
     assert np.abs(np.asarray(first[0], dtype=np.int16) - fitted)[:200].mean() > 1.0
+
+
+@pytest.mark.parametrize("region", ["floor", "walls", "ground", "room", "sky", "people"])
+def test_region_masks_are_non_empty_and_stay_in_their_band(tiny_store, region):
+    from retouch.pipelines.enhance import band_mask, region_mask
+
+    image = gradient(64, 48)
+    inverse_depth = tiny_store.depth_estimator()(image)
+    mask = region_mask(tiny_store, region, image, inverse_depth)
+    assert mask.shape == (48, 64) and mask.dtype == bool and mask.any()
+    if region in BANDS:
+        assert not (mask & ~band_mask(image.size, BANDS[region])).any()
