@@ -10,12 +10,15 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from .csrf import CsrfRejected
-from .routes import csrf_rejected, router, sign_in_required
+from .generations import router as generations_router
+from .rendering import csrf_rejected, sign_in_required
+from .routes import router
 from .session import SignInRequired, require_member
 
 
 def install_dashboard(app: FastAPI) -> None:
     app.include_router(router)
+    app.include_router(generations_router)
     app.add_exception_handler(SignInRequired, sign_in_required)
     app.add_exception_handler(CsrfRejected, csrf_rejected)
 

@@ -1,0 +1,133 @@
+"""Dashboard generations (`/dashboard/generations`): a gallery of the account's recent jobs, the
+playground that starts generator, photographer and upscaler jobs, and the small JSON status
+endpoint the gallery polls until a job finishes.
+
+Playground jobs take the API's own path (`parse_generation_request` → image references →
+`submissions.submit_generation`) on the account's playground key (see `playground`), so tools,
+prices, slots, budgets and credits are checked exactly as for an API call.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+
+from retouch.pipelines.errors import InvalidInput, RetouchError
+from retouch.pipelines.requests import parse_generation_request
+from retouch.pipelines.vocabulary import (ANGLES, ASPECT_RATIOS, MAX_IMAGE_BYTES,
+                                          PHOTOGRAPHER_MODES, QUALITIES, SEASONS, TIMES,
+                                          UPSCALE_SCALES, WEATHERS)
+from retouch.serving.core import jobs, keys
+from retouch.serving.core.db import transaction
+from retouch.serving.core.image_refs import store_upload, validate_image_bytes
+from retouch.serving.core.members import SignedInMember
+from retouch.serving.core.submissions import submit_generation
+from retouch.serving.core.tables import Generation
+
+from . import csrf, forms
+from .playground import playground_key
+from .rendering import error_status, render, services_of
+from .session import Member
+
+router = APIRouter(prefix="/dashboard", include_in_schema=False)
+GALLERY_SIZE = 24
+
+
+def generation_view(job: Generation, url_for) -> dict[str, Any]:
+    return {"id": job.id, "tool": job.tool, "mode": job.mode, "status": job.status,
+            "progress": 1.0 if job.status == "completed" else float(job.progress or 0.0),
+            "cost_credits": job.cost_credits, "created_at": job.created_at,
+            "output_urls": [url_for(k) for k in (job.output_keys or [])],
+            "error_code": job.error_code, "error": job.error}
+
+
+def _generations_page(request: Request, member: SignedInMember, *, error: str | None = None,
+                      form: dict[str, Any] | None = None, started: str | None = None,
+                      status_code: int = 200) -> HTMLResponse:
+    services = services_of(request)
+    with services.session_factory() as session:
+        items, _ = jobs.list_generations(session, member.account_id, surface="wixma",
+                                         limit=GALLERY_SIZE)
+        gallery = [generation_view(job, services.storage.url) for job in items]
+    return render("generations.html", member, page="generations", gallery=gallery, error=error,
+                  form=form or {}, started=started, status_code=status_code,
+                  modes=PHOTOGRAPHER_MODES, angles=ANGLES, times=TIMES, seasons=tuple(SEASONS),
+                  weathers=tuple(WEATHERS), qualities=QUALITIES, aspect_ratios=tuple(ASPECT_RATIOS),
+                  scales=UPSCALE_SCALES)
+
+
+@router.get("/generations")
+def generations_page(request: Request, member: Member, started: str | None = None) -> HTMLResponse:
+    return _generations_page(request, member, started=started)
+
+
+def _read_image(file: UploadFile | None, field: str):
+    """A validated image from an optional file input (None when no file was chosen)."""
+    if file is None or not file.filename:
+        return None
+    data = file.file.read(MAX_IMAGE_BYTES + 1)
+    if not data:
+        return None
+    if len(data) > MAX_IMAGE_BYTES:
+        raise InvalidInput(field, f"is larger than {MAX_IMAGE_BYTES} bytes")
+    return validate_image_bytes(data, field)
+
+
+@router.post("/generations")
+def start_generation(request: Request, member: Member,
+                     csrf_token: Annotated[str | None, Form()] = None,
+                     tool: Annotated[str, Form()] = "", prompt: Annotated[str, Form()] = "",
+                     mode: Annotated[str, Form()] = "", text_prompt: Annotated[str, Form()] = "",
+                     angle: Annotated[str, Form()] = "", time: Annotated[str, Form()] = "",
+                     season: Annotated[str, Form()] = "", weather: Annotated[str, Form()] = "",
+                     quality: Annotated[str, Form()] = "", aspect_ratio: Annotated[str, Form()] = "",
+                     scale: Annotated[str, Form()] = "", seed: Annotated[str, Form()] = "",
+                     source_generation: Annotated[str, Form()] = "",
+                     image_file: Annotated[UploadFile | None, File()] = None,
+                     mask_file: Annotated[UploadFile | None, File()] = None) -> Response:
+    """Start a playground job through the API's own path (parse → image refs → create) on the
+    account's playground key, then show the gallery where it is polled until it finishes."""
+    csrf.check_form_token(request, member, csrf_token)
+    form = {"tool": tool, "prompt": prompt, "mode": mode, "text_prompt": text_prompt,
+            "angle": angle, "time": time, "season": season, "weather": weather,
+            "quality": quality, "aspect_ratio": aspect_ratio, "scale": scale, "seed": seed,
+            "source_generation": source_generation}
+    services = services_of(request)
+    image_field = "image" if tool == "upscaler" else "main_image"
+    try:
+        image = _read_image(image_file, f"input.{image_field}")
+        mask = _read_image(mask_file, "input.mask_image") if tool == "photographer" else None
+        refs: dict[str, Any] = {}
+        if image is not None:
+            refs[image_field] = {"upload_id": "(chosen file)"}
+        elif source_generation.strip():
+            refs[image_field] = {"generation_id": source_generation.strip()}
+        if mask is not None:
+            refs["mask_image"] = {"upload_id": "(chosen file)"}
+        parse_generation_request(forms.playground_body(form, refs))  # fail before storing files
+        with transaction(services.session_factory) as session:
+            key = playground_key(session, member.account_id)
+            keys.ensure_key_usable(session, key)  # a paused playground key stops the playground
+            for field, chosen in ((image_field, image), ("mask_image", mask)):
+                if chosen is not None:
+                    refs[field] = {"upload_id": store_upload(session, services.storage, key,
+                                                             chosen).id}
+        request_body = parse_generation_request(forms.playground_body(form, refs))
+        generation, _ = submit_generation(services, key, request_body, surface="wixma")
+    except RetouchError as error:
+        return _generations_page(request, member, error=error.message, form=form,
+                                 status_code=error_status(error))
+    return RedirectResponse(f"/dashboard/generations?started={generation.id}", status_code=303)
+
+
+@router.get("/generations/{generation_id}/status")
+def generation_status(request: Request, member: Member, generation_id: str) -> JSONResponse:
+    """Progress of one of the account's jobs, for the gallery's polling."""
+    services = services_of(request)
+    with services.session_factory() as session:
+        job = jobs.get_generation(session, member.account_id, generation_id)
+        view = generation_view(job, services.storage.url)
+    view["created_at"] = view["created_at"].isoformat()
+    return JSONResponse(view, headers={"Cache-Control": "no-store"})
