@@ -15,6 +15,7 @@ from urllib.parse import parse_qs, urlparse
 import httpx
 import pytest
 
+from retouch.pipelines.errors import InvalidInput
 from retouch.serving.core.db import transaction
 from retouch.serving.core.tables import ApiKey, OAuthGrant
 from retouch.serving.mcp import grants
@@ -376,3 +377,28 @@ def test_the_sdk_oauth_client_connects_through_the_consent_page(served):
     with app.services.session_factory() as session:
         key = session.get(ApiKey, session.query(OAuthGrant).one().api_key_id)
     assert key.name == "MCP: SDK Client" and key.allowed_tools == ["generator"]
+
+
+def test_expired_authorization_state_is_purged(tmp_path):
+    from datetime import timedelta
+
+    from retouch.serving.core.db import make_engine, make_session_factory, run_migrations, utcnow
+    from retouch.serving.core.tables import OAuthAuthorizationRequest
+
+    url = f"sqlite:///{tmp_path / 'oauth.db'}"
+    run_migrations(url)
+    factory = make_session_factory(make_engine(url))
+    params = {"redirect_uri": REDIRECT_URI, "code_challenge": "c", "scopes": []}
+    with transaction(factory) as session:
+        grants.register_client(session, "client-1", {"client_name": "C"}, None)
+        stale = grants.create_authorization_request(session, "client-1", params)
+        recent = grants.create_authorization_request(session, "client-1", params)
+        session.get(OAuthAuthorizationRequest, stale).expires_at = utcnow() - timedelta(days=2)
+        session.get(OAuthAuthorizationRequest, recent).expires_at = utcnow() - timedelta(hours=1)
+    with transaction(factory) as session:
+        grants.create_authorization_request(session, "client-1", params)
+    with factory() as session:
+        assert session.get(OAuthAuthorizationRequest, stale) is None
+        assert session.get(OAuthAuthorizationRequest, recent) is not None  # kept a day
+        with pytest.raises(InvalidInput, match="expired"):
+            grants.pending_authorization(session, recent)

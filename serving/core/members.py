@@ -16,7 +16,7 @@ from datetime import timedelta
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from retouch.pipelines.errors import InvalidInput, NotFound, Unauthorized
@@ -128,6 +128,8 @@ class SignedInMember:
 
 def start_session(session: Session, member: AccountMember) -> tuple[SignedInMember, str]:
     """Open a session; returns it and the cookie token (not stored, only its hash)."""
+    session.execute(delete(MemberSession).where(MemberSession.member_id == member.id,
+                                                MemberSession.expires_at < utcnow()))
     token = secrets.token_urlsafe(32)
     row = MemberSession(id=_token_hash(token), member_id=member.id,
                         csrf_token=secrets.token_urlsafe(32), expires_at=utcnow() + SESSION_LIFETIME)

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode, urlparse, urlunparse, parse_qsl
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from retouch.pipelines.errors import InvalidInput, NotFound
@@ -32,6 +32,7 @@ ACCESS_TOKEN_TTL = timedelta(hours=1)
 REFRESH_TOKEN_TTL = timedelta(days=30)
 CODE_TTL = timedelta(minutes=5)
 AUTHORIZATION_REQUEST_TTL = timedelta(minutes=15)
+EXPIRED_KEPT_FOR = timedelta(days=1)  # expired rows are deleted after this
 ACCESS_TOKEN_PREFIX = "wxo_at_"
 REFRESH_TOKEN_PREFIX = "wxo_rt_"
 CODE_PREFIX = "wxo_code_"
@@ -89,6 +90,7 @@ def create_authorization_request(session: Session, client_id: str,
     `params`: redirect_uri, redirect_uri_provided_explicitly, state, scopes, code_challenge,
     resource (all JSON values).
     """
+    purge_expired(session)
     request_id = secrets.token_urlsafe(24)
     session.add(OAuthAuthorizationRequest(id=request_id, client_id=client_id, params=params,
                                           expires_at=utcnow() + AUTHORIZATION_REQUEST_TTL))
@@ -307,6 +309,16 @@ def caller_for_bearer(session: Session, credential: str) -> Caller | None:
     row, grant = found
     return Caller(api_key_id=grant.api_key_id, client_id=row.client_id, scopes=list(row.scopes),
                   expires_at=row.expires_at, resource=row.resource, grant_id=grant.id)
+
+
+def purge_expired(session: Session) -> None:
+    """Delete authorization requests, codes and tokens that can no longer be used (run on each
+    new authorization, so the tables stay small without a scheduler)."""
+    now = utcnow()
+    for table, column in ((OAuthAuthorizationRequest, OAuthAuthorizationRequest.expires_at),
+                          (OAuthCode, OAuthCode.expires_at), (OAuthToken, OAuthToken.expires_at)):
+        session.execute(delete(table).where(column < now - EXPIRED_KEPT_FOR)
+                        .execution_options(synchronize_session=False))
 
 
 # ---- revocation and listing -------------------------------------------------------------------
