@@ -179,6 +179,13 @@ def test_key_restrictions_apply_to_every_tool_call(tmp_path):
         balance = httpx.get(f"{app.base_url}/api/v1/credits", headers={
             "Authorization": f"Bearer {app.key(account_id)[1]}"}).json()["credits"]["balance"]
         assert balance == 1000
+        # A page on another origin cannot drive the endpoint (DNS-rebinding protection).
+        cross_origin = httpx.post(app.mcp_url, json={"jsonrpc": "2.0", "id": 1,
+                                                     "method": "ping"},
+                                  headers={"Authorization": f"Bearer {full}",
+                                           "Origin": "http://evil.example",
+                                           "Accept": "application/json, text/event-stream"})
+        assert cross_origin.status_code == 403
         # Unknown credentials never reach a tool: 401 pointing at the resource metadata.
         response = httpx.post(app.mcp_url, json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
                               headers={"Authorization": "Bearer wx_live_unknown",
@@ -186,3 +193,14 @@ def test_key_restrictions_apply_to_every_tool_call(tmp_path):
         assert response.status_code == 401
         assert f'resource_metadata="{app.base_url}/.well-known/oauth-protected-resource/mcp"' \
             in response.headers["www-authenticate"]
+
+
+def test_transport_security_follows_the_public_url():
+    from retouch.serving.mcp import transport_security
+    from retouch.serving.settings import Settings
+
+    public = transport_security(Settings(public_base_url="https://wixma.example.com"))
+    assert public.enable_dns_rebinding_protection
+    assert "wixma.example.com" in public.allowed_hosts
+    assert "https://wixma.example.com" in public.allowed_origins
+    assert not transport_security(Settings(host="0.0.0.0")).enable_dns_rebinding_protection

@@ -58,7 +58,12 @@ class McpTransport:
 
 
 def transport_security(settings) -> TransportSecuritySettings:
-    """DNS-rebinding protection: the public host (and loopback) as Host, same for Origin."""
+    """DNS-rebinding protection: the public host (and loopback) as Host, same for Origin.
+
+    Without a configured public URL on a non-loopback interface the served host name is not
+    known, so Host/Origin are not checked (bearer credentials are still required)."""
+    if settings.public_base_url is None and settings.host not in ("127.0.0.1", "localhost", "::1"):
+        return TransportSecuritySettings(enable_dns_rebinding_protection=False)
     public = urlparse(settings.resolved_public_base_url)
     hosts = [public.netloc, f"{settings.host}:{settings.port}", "127.0.0.1:*", "localhost:*",
              "[::1]:*"]
