@@ -79,6 +79,19 @@ def stop_ray() -> None:
         ray.shutdown()
 
 
+def check_local_resources(options) -> None:
+    """Fail fast when the embedded single-node Ray cannot place the configured replicas
+    (Serve would otherwise wait for GPUs that never come)."""
+    import ray
+
+    available = ray.cluster_resources()
+    for resource, key in (("GPU", "num_gpus"), ("CPU", "num_cpus")):
+        needed = sum(getattr(o, key) * o.num_replicas for o in options.values())
+        if needed > available.get(resource, 0):
+            raise RuntimeError(f"the serve config needs {needed:g} {resource}s for its replicas; "
+                               f"this node has {available.get(resource, 0):g}")
+
+
 @dataclass
 class Backend:
     """An execution backend plus what it takes to stop it."""
@@ -98,9 +111,12 @@ def start_backend(settings, console: Console | None = None) -> Backend:
         return Backend(InProcessBackend(config.build_engine()))
     from .deployments import deploy_families, load_family_options
 
+    options = load_family_options(settings.serve_config)
     start_ray(settings)
     try:
-        families = deploy_families(config, load_family_options(settings.serve_config))
+        if not settings.ray_address:
+            check_local_resources(options)
+        families = deploy_families(config, options)
     except BaseException:
         stop_ray()
         raise
@@ -189,5 +205,8 @@ def serve_forever(settings) -> int:
         signal.signal(signum, lambda *_: None)
     threading.Thread(target=announce_when_ready, name="ready-announcer", daemon=True).start()
     server.run()  # handles SIGINT/SIGTERM; the app's lifespan stops the executor
+    if not server.started:
+        console.print("retouch did not start (see the error above)")
+        return 1
     console.print("retouch stopped")
     return 0
