@@ -402,3 +402,26 @@ def test_expired_authorization_state_is_purged(tmp_path):
         assert session.get(OAuthAuthorizationRequest, recent) is not None  # kept a day
         with pytest.raises(InvalidInput, match="expired"):
             grants.pending_authorization(session, recent)
+
+
+def test_approving_a_client_again_replaces_its_previous_grant(served):
+    app = served
+    server = discover(app.base_url)
+    client = register(server)
+    issued = []
+    with httpx.Client() as browser:
+        sign_in(browser, app.base_url, "/dashboard")
+        for _ in range(2):
+            verifier, challenge = pkce_pair()
+            approved = approve(browser, authorize(browser, server, client, challenge))
+            code = parse_qs(urlparse(approved.headers["location"]).query)["code"][0]
+            issued.append(redeem(server, client, code, verifier).json())
+    statuses = []
+    for tokens in issued:
+        response = httpx.post(app.mcp_url, headers={
+            **MCP_ACCEPT, "Authorization": f"Bearer {tokens['access_token']}"},
+            json={"jsonrpc": "2.0", "id": 1, "method": "ping"})
+        statuses.append(response.status_code)
+    assert statuses == [401, 200]
+    with transaction(app.services.session_factory) as session:
+        assert len(grants.list_connected_clients(session, app.account_id)) == 1

@@ -13,6 +13,7 @@ import httpx
 from PIL import Image
 
 from retouch.pipelines.vocabulary import AI_FILTERS, ANGLES, PHOTOGRAPHER_MODES, TIMES
+from retouch.serving.core import jobs
 from retouch.serving.mcp.server import TOOL_NAMES
 
 from api_fixtures import image_bytes, serve_routes
@@ -166,6 +167,17 @@ def test_key_restrictions_apply_to_every_tool_call(tmp_path):
                 error = tool_error(await session.call_tool("wixma_edit_image", {
                     "images": ["https://10.0.0.1/a.png"], "prompt": "x"}))
                 assert error["details"]["field"] == "images[0]"
+                # An unexpected failure is the seed's service_unavailable, never a traceback.
+                created = tool_json(await session.call_tool("wixma_generate_image", {
+                    "prompt": "x", "quality": "low"}))["generation"]
+                job = jobs.lease_next_job(app.services.session_factory, "worker", 30)
+                assert job.id == created["id"]
+                jobs.complete_job(app.services.session_factory, job.id, "worker",
+                                  ["outputs/never-stored.png"])
+                error = tool_error(await session.call_tool("wixma_get_generation", {
+                    "generation_id": created["id"]}))
+                assert error["code"] == "service_unavailable"
+                assert "Traceback" not in error["message"]
             async with mcp_session(app.mcp_url, free_secret) as session:
                 error = tool_error(await session.call_tool("wixma_list_generations", {}))
                 assert error["code"] == "subscription_required"
@@ -175,10 +187,10 @@ def test_key_restrictions_apply_to_every_tool_call(tmp_path):
                     assert error["code"] == "forbidden" and error["details"]["reason"] == reason
 
         asyncio.run(scenario())
-        # Nothing was charged by the refused calls.
+        # Nothing was charged by the refused calls (only the one job that ran).
         balance = httpx.get(f"{app.base_url}/api/v1/credits", headers={
             "Authorization": f"Bearer {app.key(account_id)[1]}"}).json()["credits"]["balance"]
-        assert balance == 1000
+        assert balance == 1000 - 40
         # A page on another origin cannot drive the endpoint (DNS-rebinding protection).
         cross_origin = httpx.post(app.mcp_url, json={"jsonrpc": "2.0", "id": 1,
                                                      "method": "ping"},

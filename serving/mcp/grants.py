@@ -146,6 +146,11 @@ def approve_authorization(session: Session, request_id: str, member: SignedInMem
             raise InvalidInput("scopes", f"{scope!r} was not requested by the client")
     row = _finish(session, request_id)
     client = session.get_one(OAuthClient, row.client_id)
+    # One connection per client registration and account: approving again replaces the old one.
+    for previous in session.scalars(select(OAuthGrant.id).where(
+            OAuthGrant.client_id == client.id, OAuthGrant.account_id == member.account_id,
+            OAuthGrant.status == "active")).all():
+        revoke_grant(session, previous)
     key, _unused_secret = keys.create_key(
         session, member.account_id, surface="wixma", name=f"MCP: {client_label(client)}",
         scopes=choices.scopes, tools=choices.tools, monthly_budget=choices.monthly_budget,

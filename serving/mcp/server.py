@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
@@ -23,7 +24,8 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp_types import CallToolResult, ImageContent, TextContent, ToolAnnotations
 from pydantic import Field, WithJsonSchema
 
-from retouch.pipelines.errors import Forbidden, InvalidInput, RetouchError, Unauthorized
+from retouch.pipelines.errors import (Forbidden, InvalidInput, RetouchError, ServiceUnavailable,
+                                      Unauthorized)
 from retouch.pipelines.requests import parse_generation_request
 from retouch.pipelines.vocabulary import (AI_FILTERS, ANGLES, ASPECT_RATIOS, PHOTOGRAPHER_MODES,
                                           SEASONS, TIMES, TOOLS, WEATHERS)
@@ -32,6 +34,8 @@ from retouch.serving.core.db import transaction
 from retouch.serving.core.submissions import import_image_url, submit_generation
 from retouch.serving.core.tables import Account, ApiKey
 from retouch.serving.wixma.schemas import generation_object, upload_object
+
+log = logging.getLogger(__name__)
 
 SERVER_NAME = "wixma"
 MAX_INLINE_IMAGE_BYTES = 20 * 1024 * 1024  # outputs inlined by wixma_get_generation, in total
@@ -163,6 +167,10 @@ class WixmaTools:
             return action(self.authorize(ctx, scope))
         except RetouchError as exc:
             return error_result(_argument_error(exc))
+        except Exception:  # never a stack trace to the client: the seed's service_unavailable
+            log.exception("MCP tool call failed")
+            return error_result(ServiceUnavailable("The service is temporarily unavailable; "
+                                                   "try again later."))
 
     def _generation_data(self, generation) -> dict[str, Any]:
         return generation_object(generation, self.services.storage.url).model_dump(mode="json")
