@@ -149,6 +149,12 @@ def test_video_requests_are_validated_at_the_edge(tmp_path):
         private_hook = api.client.post("/v1/videos", headers=headers, json={
             "project_id": project_id, "webhook_url": "https://127.0.0.1/hook"})
         assert_error(private_hook, 400, "invalid_input", "webhook_url")
+        picture_id = add_picture(api, headers, project_id, (10, 10, 10))
+        private_music = api.client.post("/v1/videos", headers=headers, json={
+            "project_id": project_id, "picture_ids": [picture_id], "duration": 2,
+            "music_url": "https://10.0.0.7/track.wav"})
+        assert_error(private_music, 400, "invalid_input", "music_url")
+        assert api.client.get("/v1/videos", headers=headers).json()["data"] == []  # none made
         missing_project = api.client.post("/v1/videos", headers=headers,
                                           json={"project_id": "prj_nope", "duration": 2})
         assert missing_project.status_code == 404
