@@ -105,9 +105,8 @@ def _argument_error(error: RetouchError) -> RetouchError:
         return error
     argument = field.split(".", 1)[1]
     message = error.message.removeprefix(f"{field}: ")
-    renamed = InvalidInput(argument, message, details={**error.details, "field": argument},
-                           http_status=error.http_status)
-    return renamed
+    return InvalidInput(argument, message, details={**error.details, "field": argument},
+                        http_status=error.http_status)
 
 
 def _check_image_argument(value: Any, name: str) -> None:
@@ -124,7 +123,7 @@ def _without_none(values: dict[str, Any]) -> dict[str, Any]:
 
 
 # ---- the server -------------------------------------------------------------------------------
-def _api_key_id(ctx: Context) -> tuple[str, list[str]]:
+def _credential_of(ctx: Context) -> tuple[str, list[str]]:
     """The API key id (and the credential's scopes) the bearer middleware attached."""
     user = None
     try:
@@ -146,7 +145,7 @@ class WixmaTools:
 
     def authorize(self, ctx: Context, scope: str) -> ApiKey:
         """The per-call checks of every Wixma route, for the key behind this MCP request."""
-        key_id, credential_scopes = _api_key_id(ctx)
+        key_id, credential_scopes = _credential_of(ctx)
         services = self.services
         with transaction(services.session_factory) as session:
             key = session.get(ApiKey, key_id)
