@@ -176,9 +176,9 @@ def test_job_whose_replica_dies_is_retried_or_refunded_not_stuck(server):
                               files={"file": ("room.png", png(64, 64), "image/png")})
     upload_id = upload.json()["upload"]["id"]
     balance_before = server.balance()
-    # Ten large frames: long enough to watch progress arrive from the replica, then kill it.
+    # Ten frames: long enough to watch progress arrive from the replica, then kill it.
     body = {"tool": "photographer", "input": {"main_image": {"upload_id": upload_id}},
-            "options": {"mode": "carousel", "quality": "high", "aspect_ratio": "9:16"}}
+            "options": {"mode": "carousel", "quality": "high"}}
     created = server.http.post("/api/v1/generations", json=body, headers=server.headers())
     assert created.status_code == 201, created.text
     job = created.json()["generation"]
