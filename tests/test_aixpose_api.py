@@ -270,6 +270,12 @@ def test_catalog_quick_actions_idempotency_and_errors(aix):
                  409, "idempotency_conflict")
 
     project_id = first.json()["id"]
+    extra = [new_project(aix, secret, name=f"p{i}") for i in range(2)]
+    page = get(aix, secret, "/v1/projects?limit=2")
+    assert [p["id"] for p in page["data"]] == extra[::-1] and page["has_more"]
+    rest = get(aix, secret, f"/v1/projects?limit=2&cursor={page['next_cursor']}")
+    assert [p["id"] for p in rest["data"]] == [project_id] and not rest["has_more"]
+
     picture = upload(aix, secret, project_id)
     bad = post(aix, secret, f"/v1/pictures/{picture['id']}/enhancements",
                {"instruction": {"source": "preset",
