@@ -116,7 +116,8 @@ def test_camera_moves_pan_and_zoom_deterministically():
                for m in moves)
     start = camera_frame(picture, moves[0], 0.0, (64, 36))
     end = camera_frame(picture, moves[0], 1.0, (64, 36))
-    assert start.shape == (36, 64, 3) and np.abs(start - end).mean() > 1.0  # the camera moved
+    moved = np.abs(start.astype(np.float32) - end.astype(np.float32)).mean()
+    assert start.shape == (36, 64, 3) and start.dtype == np.uint8 and moved > 1.0
 
 
 def test_timeline_covers_every_frame_with_weights_summing_to_one():
