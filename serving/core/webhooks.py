@@ -39,8 +39,8 @@ from sqlalchemy.orm import Session
 from retouch.pipelines.errors import InvalidInput, NotFound
 
 from .db import transaction, utcnow
-from .tables import (WEBHOOK_EVENT_TYPES, Generation, WebhookAttempt, WebhookDelivery,
-                     WebhookSecret)
+from .tables import (WEBHOOK_EVENT_TYPES, Generation, Picture, Video, WebhookAttempt,
+                     WebhookDelivery, WebhookSecret)
 
 log = logging.getLogger(__name__)
 
@@ -166,8 +166,6 @@ def enqueue_event(session: Session, account_id: str, event_type: str,
 
 def project_webhook_urls(session: Session, project_id: str) -> list[str]:
     """The distinct webhook URLs given for a project's pictures and videos, oldest first."""
-    from .tables import Picture, Video
-
     urls: dict[str, None] = {}
     for model in (Picture, Video):
         for url in session.scalars(select(model.webhook_url)
@@ -185,14 +183,10 @@ def enqueue_job_events(session: Session, job: Generation) -> None:
         return
     outcome = "completed" if job.status == "completed" else "failed"
     if job.tool == "video":
-        from .tables import Video
-
         for video in session.scalars(select(Video).where(Video.generation_id == job.id)):
             enqueue_event(session, job.account_id, f"video.{outcome}", None, video.webhook_url,
                           subject_id=video.id)
         return
-    from .tables import Picture
-
     for picture in session.scalars(select(Picture).where(Picture.generation_id == job.id)):
         enqueue_event(session, job.account_id, f"picture.{outcome}", None, picture.webhook_url,
                       subject_id=picture.id)
@@ -207,8 +201,6 @@ def render_event_data(session: Session, storage, event_type: str,
         video = get_video(session, None, subject_id)
         return video_object(session, storage, video)
     from .projects import picture_payload
-    from .tables import Picture
-
     return picture_payload(session, session.get_one(Picture, subject_id), storage.url)
 
 
