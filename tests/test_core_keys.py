@@ -7,13 +7,17 @@ import uuid
 from datetime import timedelta
 
 import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import delete, inspect, select, text
 
 from retouch.pipelines.errors import (Forbidden, InvalidInput, NotFound, ToolNotAllowed,
                                       Unauthorized)
 from retouch.pipelines.requests import parse_generation_request
 from retouch.serving.core import accounts, credits, jobs, keys, pricing
-from retouch.serving.core.db import (make_engine, make_session_factory, run_migrations,
+from retouch.serving.core.db import (MIGRATIONS_DIR, make_engine, make_session_factory, run_migrations,
                                      transaction, utcnow)
 from retouch.serving.core.tables import ApiKey, Base, LedgerEntry
 
@@ -69,12 +73,21 @@ def authenticate(sf, secret, surface="wixma"):
         return keys.authenticate(session, secret, surface)
 
 
+def newest_migration() -> str:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return ScriptDirectory.from_config(config).get_current_head()
+
+
 def test_migrations_create_every_table(engine):
     names = set(inspect(engine).get_table_names())
     assert {"accounts", "api_keys", "uploads", "generations", "ledger_entries",
             "idempotency_records", "alembic_version"} <= names
     with engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+        version = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        # The database is at the newest migration, and that migration matches the ORM tables.
+        assert version == newest_migration()
+        assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
     columns = {c["name"] for c in inspect(engine).get_columns("generations")}
     assert {"request_hash", "lease_owner", "lease_expires_at", "output_keys", "slots"} <= columns
 
