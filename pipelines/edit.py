@@ -1,16 +1,22 @@
 """editor: multi-reference image-to-image. `input.images[0]` is the image being edited.
 
 The first image is fitted (centre crop + Lanczos) to the output size and, at the working size,
-encoded by the VAE into the img2img init latents. The other images (up to 15) condition the
-result through those latents: each is fitted to the same frame and VAE-encoded, and their mean is
-blended into the init latents with a total weight of `REFERENCE_LATENT_WEIGHT` (0.2; the first
-image keeps 0.8). Latents carry colour, tone and coarse layout, so references steer palette and
-mood without replacing the main image's content; the denoising at `EDIT_STRENGTH` then follows
-the prompt. (The store offers no IP-Adapter yet; when it does, references belong there.)
-VAE encoding uses the latent mean, so the result is deterministic for a given seed.
+encoded by the VAE into the img2img init latents; the denoising at `EDIT_STRENGTH` then follows
+the prompt. The other images (up to 15) are references: they condition the UNet through the
+IP-Adapter (`ModelStore.reference_conditioning`, scale `REFERENCE_SCALE`), not the init, so they
+steer subject, style and palette without replacing the main image's layout. All references go to
+the one adapter as a single list (`ip_adapter_image=[references]`): each image is CLIP-encoded and
+projected to its own image tokens, and the tokens of all references are concatenated (not
+averaged), so every reference keeps its own identity in the cross-attention. (This replaces the
+earlier mixing of the references' VAE latents into the init.) Without references the adapter is
+not loaded at all and the call is the plain img2img one. VAE encoding uses the latent mean and
+CLIP encoding is deterministic, so the result is deterministic for a given seed.
 """
 
 from __future__ import annotations
+
+import contextlib
+from typing import Iterator
 
 import torch
 from PIL import Image
@@ -21,7 +27,7 @@ from .errors import InvalidInput
 from .sizes import fit_to_size, output_size, resize_to, working_size
 
 EDIT_STRENGTH = 0.6
-REFERENCE_LATENT_WEIGHT = 0.2
+REFERENCE_SCALE = 0.6
 
 
 def image_keys(images: dict[str, Image.Image]) -> list[str]:
@@ -56,15 +62,6 @@ def encode_latents(pipe, image: Image.Image) -> torch.Tensor:
     return latents.to(dtype)
 
 
-def blended_init_latents(pipe, main: Image.Image, references: list[Image.Image],
-                         weight: float = REFERENCE_LATENT_WEIGHT) -> torch.Tensor:
-    latents = encode_latents(pipe, main)
-    if references:
-        reference = torch.stack([encode_latents(pipe, ref) for ref in references]).mean(dim=0)
-        latents = (1.0 - weight) * latents + weight * reference
-    return latents
-
-
 def edit(store, request, images: dict[str, Image.Image], ctx: RunContext) -> list[Image.Image]:
     check_inputs(request, images)
     ctx.report(0.0)
@@ -75,12 +72,30 @@ def edit(store, request, images: dict[str, Image.Image], ctx: RunContext) -> lis
                        source_size=main.size)
     work = working_size(size, native_size=store.native_size,
                         multiple=size_multiple(pipe, store.native_size))
-    frame = [fit_to_size(images[key].convert("RGB"), work) for key in keys]
-    init = blended_init_latents(pipe, frame[0], frame[1:])
+    init = encode_latents(pipe, fit_to_size(main.convert("RGB"), work))
+    references = [images[key].convert("RGB") for key in keys[1:]]
     ctx.report(0.1)
     steps = store.quality_steps[request.options.quality]
-    result = run_diffusion(
-        pipe, ctx.stage(0.1, 1.0), ctx, prompt=prompts.editor_prompt(request.input.prompt),
-        negative_prompt=prompts.NEGATIVE_PROMPT, image=init, strength=EDIT_STRENGTH,
-        num_inference_steps=steps_for_strength(steps, EDIT_STRENGTH))
+    kwargs = dict(prompt=prompts.editor_prompt(request.input.prompt),
+                  negative_prompt=prompts.NEGATIVE_PROMPT, image=init, strength=EDIT_STRENGTH,
+                  num_inference_steps=steps_for_strength(steps, EDIT_STRENGTH))
+    with reference_conditioning(store, pipe, references, REFERENCE_SCALE) as reference_kwargs:
+        result = run_diffusion(pipe, ctx.stage(0.1, 1.0), ctx, **kwargs, **reference_kwargs)
     return [resize_to(result, size)]
+
+
+@contextlib.contextmanager
+def reference_conditioning(store, pipe, references: list[Image.Image],
+                           scale: float) -> Iterator[dict]:
+    """The extra pipeline kwargs that feed `references` to the IP-Adapter, loaded for the block.
+
+    No references: nothing is loaded and the kwargs are empty (the plain, adapter-free call).
+    Otherwise all references go to the single adapter as one list; diffusers encodes each image
+    and concatenates their image tokens. Call only `pipe` inside the block: the adapter patches
+    the UNet that sibling pipelines share.
+    """
+    if not references:
+        yield {}
+        return
+    with store.reference_conditioning(pipe, scale=scale):
+        yield {"ip_adapter_image": [list(references)]}

@@ -19,6 +19,12 @@ how `secondary_images` take part:
 
 When the segmenter finds nothing usable (no clothing, no background), a fixed box stands in
 (`FALLBACK_BOXES`), so a job never silently returns its input.
+
+In every mode all `secondary_images` (not only the first, which the paste/cut-out uses) also
+condition the inpaint through the IP-Adapter (`edit.reference_conditioning`, scale
+`REFERENCE_SCALE`): the paste fixes where and roughly what, the adapter carries the references'
+look into the re-rendered pixels. Several references go to the adapter as one list (their image
+tokens concatenated). Without references no adapter is loaded.
 """
 
 from __future__ import annotations
@@ -26,9 +32,10 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageFilter
 
-from . import prompts
-from .common import RunContext
-from .erase import INPAINT_STRENGTH, inpaint_region
+from . import erase, prompts
+from .common import RunContext, run_diffusion, size_multiple, steps_for_strength
+from .edit import reference_conditioning
+from .erase import INPAINT_STRENGTH
 from .errors import InvalidInput
 from .sizes import fit_to_size, output_size, resize_mask_to, resize_to, working_size
 
@@ -37,6 +44,7 @@ CLOTHING_LABELS = ("Upper-clothes", "Skirt", "Pants", "Dress", "Belt", "Scarf")
 PERSON_HEIGHT = 0.6
 HARMONISE_STRENGTH = 0.5
 REFERENCE_STRENGTH = 0.85
+REFERENCE_SCALE = 0.6
 # (left, top, right, bottom) as fractions of the frame.
 FALLBACK_BOXES = {"person": (0.3, 0.3, 0.7, 0.95), "clothing": (0.3, 0.35, 0.7, 0.8),
                   "surroundings_keep": (0.25, 0.15, 0.75, 1.0)}
@@ -114,12 +122,38 @@ def _frame(store, request, images) -> Image.Image:
     return fit_to_size(source, size)
 
 
-def _finish(store, request, ctx, base, mask, prompt, strength) -> list[Image.Image]:
+def inpaint_region(store, ctx: RunContext, base: Image.Image, mask: np.ndarray, prompt: str,
+                   negative_prompt: str, steps: int, *, progress=None,
+                   strength: float = INPAINT_STRENGTH,
+                   references: list[Image.Image] = ()) -> Image.Image:
+    """`erase.inpaint_region` with `references` conditioning the inpaint through the IP-Adapter.
+
+    Without references it is exactly `erase.inpaint_region` (no adapter is loaded).
+    """
+    if not references:
+        return erase.inpaint_region(store, ctx, base, mask, prompt, negative_prompt, steps,
+                                    progress=progress, strength=strength)
+    pipe = store.inpaint()
+    work = working_size(base.size, native_size=store.native_size,
+                        multiple=size_multiple(pipe, store.native_size))
+    kwargs = dict(prompt=prompt, negative_prompt=negative_prompt, image=resize_to(base, work),
+                  mask_image=resize_mask_to(erase.mask_to_image(mask), work),
+                  width=work[0], height=work[1], strength=strength,
+                  num_inference_steps=steps_for_strength(steps, strength))
+    with reference_conditioning(store, pipe, references, REFERENCE_SCALE) as reference_kwargs:
+        generated = run_diffusion(pipe, progress or ctx.stage(0.0, 1.0), ctx, **kwargs,
+                                  **reference_kwargs)
+    return erase.paste_back(base, resize_to(generated, base.size), mask)
+
+
+def _finish(store, request, ctx, base, mask, prompt, strength,
+            references: list[Image.Image]) -> list[Image.Image]:
     ctx.check_cancelled()
     ctx.report(0.15)
     steps = store.quality_steps[request.options.quality]
     result = inpaint_region(store, ctx, base, mask, prompt, prompts.NEGATIVE_PROMPT, steps,
-                            progress=ctx.stage(0.15, 1.0), strength=strength)
+                            progress=ctx.stage(0.15, 1.0), strength=strength,
+                            references=references)
     ctx.report(1.0)
     return [result]
 
@@ -132,7 +166,7 @@ def person_placement(store, request, images, ctx: RunContext) -> list[Image.Imag
     prompt = prompts.person_placement_prompt(request.input.text_prompt)
     if not references:
         return _finish(store, request, ctx, scene, box_mask(scene.size, FALLBACK_BOXES["person"]),
-                       prompt, INPAINT_STRENGTH)
+                       prompt, INPAINT_STRENGTH, references)
     person = references[0]
     person_mask = segment_labels(store, person, "Background", exclude=True)
     box = bounding_box(person_mask) or (0, 0, person.width, person.height)
@@ -151,7 +185,8 @@ def person_placement(store, request, images, ctx: RunContext) -> list[Image.Imag
     placed = np.asarray(alpha) >= 128
     top = max(0, top)
     footprint[top:top + height, left:left + width] = placed[:scene.height - top]
-    return _finish(store, request, ctx, base, dilate(footprint, 0.02), prompt, HARMONISE_STRENGTH)
+    return _finish(store, request, ctx, base, dilate(footprint, 0.02), prompt, HARMONISE_STRENGTH,
+                   references)
 
 
 def cloth_change(store, request, images, ctx: RunContext) -> list[Image.Image]:
@@ -167,7 +202,7 @@ def cloth_change(store, request, images, ctx: RunContext) -> list[Image.Image]:
     if references:
         base, strength = prefill(base, mask, references[0]), REFERENCE_STRENGTH
     return _finish(store, request, ctx, base, mask,
-                   prompts.cloth_change_prompt(request.input.text_prompt), strength)
+                   prompts.cloth_change_prompt(request.input.text_prompt), strength, references)
 
 
 def location_change(store, request, images, ctx: RunContext) -> list[Image.Image]:
@@ -182,7 +217,7 @@ def location_change(store, request, images, ctx: RunContext) -> list[Image.Image
     if references:
         base, strength = prefill(base, mask, references[0]), REFERENCE_STRENGTH
     return _finish(store, request, ctx, base, mask,
-                   prompts.location_change_prompt(request.input.text_prompt), strength)
+                   prompts.location_change_prompt(request.input.text_prompt), strength, references)
 
 
 def object_box(text_prompt: str) -> tuple[float, float, float, float]:
@@ -216,4 +251,4 @@ def object_placement(store, request, images, ctx: RunContext) -> list[Image.Imag
     if references:
         base, strength = prefill(base, mask, references[0]), REFERENCE_STRENGTH
     return _finish(store, request, ctx, base, mask,
-                   prompts.object_placement_prompt(request.input.text_prompt), strength)
+                   prompts.object_placement_prompt(request.input.text_prompt), strength, references)
