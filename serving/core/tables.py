@@ -278,6 +278,7 @@ class ResourceIdempotencyRecord(Base):
     resource_id: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
+
 # ---- webhooks (durable outbox + attempt log) and videos -------------------------------------------
 WEBHOOK_EVENT_TYPES = ("picture.completed", "picture.failed", "video.completed", "video.failed",
                        "project.published")
