@@ -59,8 +59,12 @@ def paste_back(source: Image.Image, generated: Image.Image, mask: np.ndarray) ->
 
 def inpaint_region(store, ctx: RunContext, base: Image.Image, mask: np.ndarray, prompt: str,
                    negative_prompt: str, steps: int, *, progress=None,
-                   strength: float = INPAINT_STRENGTH, seed_offset: int = 0) -> Image.Image:
-    """Inpaint `mask` of `base` at the working size and paste back at `base`'s size."""
+                   strength: float = INPAINT_STRENGTH, seed_offset: int = 0,
+                   **pipeline_kwargs) -> Image.Image:
+    """Inpaint `mask` of `base` at the working size and paste back at `base`'s size.
+
+    `pipeline_kwargs` go to the inpaint pipeline call as they are (e.g. `ip_adapter_image`).
+    """
     pipe = store.inpaint()
     work = working_size(base.size, native_size=store.native_size,
                         multiple=size_multiple(pipe, store.native_size))
@@ -69,7 +73,7 @@ def inpaint_region(store, ctx: RunContext, base: Image.Image, mask: np.ndarray, 
         pipe, progress or ctx.stage(0.0, 1.0), ctx, seed_offset=seed_offset, prompt=prompt,
         negative_prompt=negative_prompt, image=resize_to(base, work), mask_image=work_mask,
         width=work[0], height=work[1], num_inference_steps=steps_for_strength(steps, strength),
-        strength=strength)
+        strength=strength, **pipeline_kwargs)
     return paste_back(base, resize_to(generated, base.size), mask)
 
 

@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from . import erase, prompts
-from .common import RunContext, run_diffusion, size_multiple, steps_for_strength
+from .common import RunContext
 from .edit import reference_conditioning
 from .erase import INPAINT_STRENGTH
 from .errors import InvalidInput
@@ -130,20 +130,10 @@ def inpaint_region(store, ctx: RunContext, base: Image.Image, mask: np.ndarray, 
 
     Without references it is exactly `erase.inpaint_region` (no adapter is loaded).
     """
-    if not references:
+    with reference_conditioning(store, store.inpaint(), references,
+                                REFERENCE_SCALE) as reference_kwargs:
         return erase.inpaint_region(store, ctx, base, mask, prompt, negative_prompt, steps,
-                                    progress=progress, strength=strength)
-    pipe = store.inpaint()
-    work = working_size(base.size, native_size=store.native_size,
-                        multiple=size_multiple(pipe, store.native_size))
-    kwargs = dict(prompt=prompt, negative_prompt=negative_prompt, image=resize_to(base, work),
-                  mask_image=resize_mask_to(erase.mask_to_image(mask), work),
-                  width=work[0], height=work[1], strength=strength,
-                  num_inference_steps=steps_for_strength(steps, strength))
-    with reference_conditioning(store, pipe, references, REFERENCE_SCALE) as reference_kwargs:
-        generated = run_diffusion(pipe, progress or ctx.stage(0.0, 1.0), ctx, **kwargs,
-                                  **reference_kwargs)
-    return erase.paste_back(base, resize_to(generated, base.size), mask)
+                                    progress=progress, strength=strength, **reference_kwargs)
 
 
 def _finish(store, request, ctx, base, mask, prompt, strength,
