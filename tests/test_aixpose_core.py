@@ -5,57 +5,27 @@ is set."""
 from __future__ import annotations
 
 import io
-import os
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from PIL import Image
-from sqlalchemy import delete, text
 
 from retouch.pipelines.errors import IdempotencyConflict
 from retouch.serving.core import accounts, jobs, keys, projects
-from retouch.serving.core.db import make_engine, make_session_factory, run_migrations, transaction
+from retouch.serving.core.db import transaction
 from retouch.serving.core.idempotency import create_idempotently
 from retouch.serving.core.image_refs import store_upload, validate_image_bytes
 from retouch.serving.core.storage import LocalStorage
-from retouch.serving.core.tables import AgentSettings, Base, Project
+from retouch.serving.core.tables import AgentSettings, Project
 
-BACKENDS = ["sqlite"] + (["postgres"] if os.environ.get("RETOUCH_TEST_POSTGRES_URL") else [])
+from db_fixtures import database_url, empty_session_factory, engine  # noqa: F401 (fixtures)
+
 SKY = ["exterior-sky-blue"]
-
-
-@pytest.fixture(scope="module", params=BACKENDS)
-def database_url(request, tmp_path_factory):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path_factory.mktemp('aixpose-core')}/core.db"
-        return
-    base = os.environ["RETOUCH_TEST_POSTGRES_URL"]
-    schema = f"test_aixpose_{uuid.uuid4().hex[:8]}"
-    admin = make_engine(base)
-    with admin.begin() as conn:
-        conn.execute(text(f"CREATE SCHEMA {schema}"))
-    yield f"{base}{'&' if '?' in base else '?'}options=-csearch_path%3D{schema}"
-    with admin.begin() as conn:
-        conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-    admin.dispose()
-
-
-@pytest.fixture(scope="module")
-def engine(database_url):
-    run_migrations(database_url)
-    engine = make_engine(database_url, **({} if database_url.startswith("sqlite")
-                                          else {"pool_size": 16}))
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture
 def world(engine, tmp_path):
-    with engine.begin() as conn:
-        for table in reversed(Base.metadata.sorted_tables):
-            conn.execute(delete(table))
-    sf = make_session_factory(engine)
+    sf = empty_session_factory(engine)
     storage = LocalStorage(tmp_path / "files", "http://testserver")
     with transaction(sf) as session:
         account = accounts.create_account(session, "Agency", "pro", 100_000)

@@ -3,13 +3,12 @@ settlement. Runs on SQLite, and on PostgreSQL too when RETOUCH_TEST_POSTGRES_URL
 
 from __future__ import annotations
 
-import os
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from sqlalchemy import delete, func, select, text, update
+from sqlalchemy import func, select, update
 
 from retouch.pipelines.errors import (IdempotencyConflict, InsufficientCredits, InvalidInput,
                                       MonthlyBudgetExceeded, PerRequestLimitExceeded,
@@ -17,49 +16,16 @@ from retouch.pipelines.errors import (IdempotencyConflict, InsufficientCredits, 
                                       TotalBudgetExceeded)
 from retouch.pipelines.requests import parse_generation_request
 from retouch.serving.core import accounts, jobs, keys
-from retouch.serving.core.db import make_engine, make_session_factory, run_migrations, transaction
-from retouch.serving.core.tables import (Account, ApiKey, Base, Generation, IdempotencyRecord,
+from retouch.serving.core.db import transaction
+from retouch.serving.core.tables import (Account, ApiKey, Generation, IdempotencyRecord,
                                          LedgerEntry)
 
-BACKENDS = ["sqlite"] + (["postgres"] if os.environ.get("RETOUCH_TEST_POSTGRES_URL") else [])
+from db_fixtures import database_url, engine, sf  # noqa: F401 (fixtures)
+
 GENERATOR = {"tool": "generator", "input": {"prompt": "a red sneaker"},
              "options": {"quality": "medium"}}  # 110 credits, 1 slot
 CAROUSEL = {"tool": "photographer", "input": {"main_image": "https://example.com/a.png"},
             "options": {"mode": "carousel", "quality": "low"}}  # 10 x 40 + 10 = 410, 2 slots
-
-
-@pytest.fixture(scope="module", params=BACKENDS)
-def database_url(request, tmp_path_factory):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path_factory.mktemp('core-jobs')}/jobs.db"
-        return
-    base = os.environ["RETOUCH_TEST_POSTGRES_URL"]
-    schema = f"test_core_jobs_{uuid.uuid4().hex[:8]}"
-    admin = make_engine(base)
-    with admin.begin() as conn:
-        conn.execute(text(f"CREATE SCHEMA {schema}"))
-    yield f"{base}{'&' if '?' in base else '?'}options=-csearch_path%3D{schema}"
-    with admin.begin() as conn:
-        conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-    admin.dispose()
-
-
-@pytest.fixture(scope="module")
-def engine(database_url):
-    run_migrations(database_url)
-    engine = make_engine(database_url, **({} if database_url.startswith("sqlite")
-                                          else {"pool_size": 32}))
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def sf(engine):
-    """A session factory on an empty job store."""
-    with engine.begin() as conn:
-        for table in reversed(Base.metadata.sorted_tables):
-            conn.execute(delete(table))
-    return make_session_factory(engine)
 
 
 def make_key(sf, *, plan="pro", credits=100_000, **key_options):

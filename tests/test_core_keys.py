@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import uuid
 from datetime import timedelta
 
 import pytest
@@ -11,51 +9,16 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import delete, inspect, select, text
+from sqlalchemy import inspect, select, text
 
 from retouch.pipelines.errors import (Forbidden, InvalidInput, NotFound, ToolNotAllowed,
                                       Unauthorized)
 from retouch.pipelines.requests import parse_generation_request
 from retouch.serving.core import accounts, credits, jobs, keys, pricing
-from retouch.serving.core.db import (MIGRATIONS_DIR, make_engine, make_session_factory, run_migrations,
-                                     transaction, utcnow)
+from retouch.serving.core.db import MIGRATIONS_DIR, run_migrations, transaction, utcnow
 from retouch.serving.core.tables import ApiKey, Base, LedgerEntry
 
-BACKENDS = ["sqlite"] + (["postgres"] if os.environ.get("RETOUCH_TEST_POSTGRES_URL") else [])
-
-
-@pytest.fixture(scope="module", params=BACKENDS)
-def database_url(request, tmp_path_factory):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path_factory.mktemp('core-keys')}/keys.db"
-        return
-    base = os.environ["RETOUCH_TEST_POSTGRES_URL"]
-    schema = f"test_core_keys_{uuid.uuid4().hex[:8]}"
-    admin = make_engine(base)
-    with admin.begin() as conn:
-        conn.execute(text(f"CREATE SCHEMA {schema}"))
-    yield f"{base}{'&' if '?' in base else '?'}options=-csearch_path%3D{schema}"
-    with admin.begin() as conn:
-        conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-    admin.dispose()
-
-
-@pytest.fixture(scope="module")
-def engine(database_url):
-    run_migrations(database_url)
-    run_migrations(database_url)  # a second run is a no-op
-    engine = make_engine(database_url)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def sf(engine):
-    with engine.begin() as conn:
-        for table in reversed(Base.metadata.sorted_tables):
-            conn.execute(delete(table))
-    return make_session_factory(engine)
-
+from db_fixtures import database_url, engine, sf  # noqa: F401 (fixtures)
 
 @pytest.fixture
 def account_id(sf):
@@ -79,7 +42,8 @@ def newest_migration() -> str:
     return ScriptDirectory.from_config(config).get_current_head()
 
 
-def test_migrations_create_every_table(engine):
+def test_migrations_create_every_table(engine, database_url):
+    run_migrations(database_url)  # a second run is a no-op
     names = set(inspect(engine).get_table_names())
     assert {"accounts", "api_keys", "uploads", "generations", "ledger_entries",
             "idempotency_records", "alembic_version"} <= names

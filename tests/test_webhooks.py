@@ -5,23 +5,22 @@ logged, redeliverable, and held to the SSRF rules of image URLs."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import uuid
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from retouch.pipelines.errors import InvalidInput
 from retouch.serving.app import build_services
 from retouch.serving.core import accounts, keys, webhooks
-from retouch.serving.core.db import make_engine, transaction, utcnow
+from retouch.serving.core.db import transaction, utcnow
 from retouch.serving.core.tables import WebhookDelivery
 
 from api_fixtures import api_for, assert_error, make_settings
+from db_fixtures import BACKENDS, postgres_schema
 from webhook_receiver import webhook_receiver
 
 PICTURE = {"id": "pic_generated", "project_id": "prj_123", "status": "completed",
@@ -33,9 +32,6 @@ PICTURE = {"id": "pic_generated", "project_id": "prj_123", "status": "completed"
                                               "interior-decoration-medium"]}}
 
 
-BACKENDS = ["sqlite"] + (["postgres"] if os.environ.get("RETOUCH_TEST_POSTGRES_URL") else [])
-
-
 @pytest.fixture(params=BACKENDS)
 def services(request, tmp_path):
     """Services on SQLite, and on a fresh PostgreSQL schema when RETOUCH_TEST_POSTGRES_URL is
@@ -45,20 +41,13 @@ def services(request, tmp_path):
         yield services
         services.engine.dispose()
         return
-    base = os.environ["RETOUCH_TEST_POSTGRES_URL"]
-    schema = f"test_webhooks_{uuid.uuid4().hex[:8]}"
-    admin = make_engine(base)
-    with admin.begin() as conn:
-        conn.execute(text(f"CREATE SCHEMA {schema}"))
-    url = f"{base}{'&' if '?' in base else '?'}options=-csearch_path%3D{schema}"
-    services = build_services(make_settings(tmp_path, allow_private_urls=True, database_url=url))
-    try:
-        yield services
-    finally:
-        services.engine.dispose()
-        with admin.begin() as conn:
-            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
+    with postgres_schema("test_webhooks") as url:
+        services = build_services(make_settings(tmp_path, allow_private_urls=True,
+                                                database_url=url))
+        try:
+            yield services
+        finally:
+            services.engine.dispose()
 
 
 def new_account(services) -> str:
