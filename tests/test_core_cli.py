@@ -2,30 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
-from typer.testing import CliRunner
 
-from retouch.scripts.cli import app
 from retouch.serving.core import keys
-from retouch.serving.core.db import make_engine, make_session_factory, transaction
+from retouch.serving.core.db import transaction
 
-
-@pytest.fixture
-def cli(tmp_path, monkeypatch):
-    monkeypatch.delenv("RETOUCH_DATABASE_URL", raising=False)
-    monkeypatch.setenv("RETOUCH_HOME", str(tmp_path / "env-home"))
-    home = tmp_path / "home"
-    runner = CliRunner()
-
-    def run(*args, ok=True):
-        result = runner.invoke(app, [*args, "--home", str(home), "--json"])
-        assert (result.exit_code == 0) == ok, result.output
-        return json.loads(result.stdout)
-
-    run.url = f"sqlite:///{home / 'retouch.db'}"
-    return run
+from cli_fixtures import cli  # noqa: F401 (a fixture)
 
 
 def test_accounts_and_keys_commands(cli):
@@ -45,8 +27,7 @@ def test_accounts_and_keys_commands(cli):
             created["rate_limit_per_minute"]) == (500, 2000, 200, 30)
     assert created["expires_at"] == "2099-01-01T00:00:00Z"
 
-    engine = make_engine(cli.url)
-    sf = make_session_factory(engine)
+    sf = cli.session_factory()
     with transaction(sf) as session:
         assert keys.authenticate(session, created["secret"]).id == created["id"]
 
@@ -60,7 +41,6 @@ def test_accounts_and_keys_commands(cli):
     with transaction(sf) as session, pytest.raises(Exception) as caught:
         keys.authenticate(session, created["secret"])
     assert getattr(caught.value, "code", None) == "forbidden"
-    engine.dispose()
 
     aix = cli("keys", "create", "--account", account["id"], "--surface", "aixpose")
     assert aix["secret"].startswith("aix_live_")

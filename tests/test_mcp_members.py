@@ -6,28 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from typer.testing import CliRunner
 
 from retouch.pipelines.errors import Unauthorized
-from retouch.scripts.cli import app
 from retouch.serving.core import members
-from retouch.serving.core.db import make_engine, make_session_factory, transaction
+from retouch.serving.core.db import transaction
 
-
-@pytest.fixture
-def cli(tmp_path, monkeypatch):
-    monkeypatch.delenv("RETOUCH_DATABASE_URL", raising=False)
-    home = tmp_path / "home"
-    runner = CliRunner()
-
-    def run(*args, ok=True):
-        result = runner.invoke(app, [*args, "--home", str(home), "--json"])
-        assert (result.exit_code == 0) == ok, result.output
-        return json.loads(result.stdout)
-
-    run.session_factory = lambda: make_session_factory(make_engine(
-        f"sqlite:///{home / 'retouch.db'}"))
-    return run
+from cli_fixtures import cli  # noqa: F401 (a fixture)
 
 
 def test_members_cli_sign_in_and_password_reset(cli):
