@@ -4,7 +4,6 @@ HTTP client needs a real server), accounts, keys and members, and an MCP client 
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from contextlib import asynccontextmanager, contextmanager
@@ -20,11 +19,7 @@ from retouch.serving.core import accounts, keys, members
 from retouch.serving.core.db import transaction
 from retouch.serving.settings import Settings
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from serve_process import free_port
 
 
 @dataclass

@@ -5,38 +5,18 @@ from __future__ import annotations
 
 import base64
 import io
-import json
-import os
-import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 from PIL import Image
 
 from api_fixtures import image_bytes, serve_routes
+from serve_process import cli_json, retouch_serve
 
 pytestmark = pytest.mark.timeout(240)
 
-RETOUCH = str(Path(sys.executable).parent / "retouch")
 WEBHOOK = "http://127.0.0.1:9/aixpose/webhook"  # loopback: allowed with --allow-private-urls
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def cli_json(home: Path, *args: str) -> dict:
-    done = subprocess.run([RETOUCH, *args, "--home", str(home), "--json"], capture_output=True,
-                          text=True, timeout=60, check=True)
-    return json.loads(done.stdout)
 
 
 @pytest.fixture(scope="module")
@@ -45,41 +25,16 @@ def server(tmp_path_factory, tiny_cache_dir):
 
     build_tiny_models(tiny_cache_dir)
     home = tmp_path_factory.mktemp("aixpose-serve")
-    port = free_port()
-    env = {**os.environ, "RETOUCH_MODEL_CACHE": str(tiny_cache_dir),
-           "RETOUCH_DISPATCHER_CONCURRENCY": "1"}
-    log = home / "serve.log"
-    with open(log, "w") as log_file:
-        process = subprocess.Popen(
-            [RETOUCH, "serve", "--home", str(home), "--port", str(port), "--executor",
-             "inprocess", "--profile", "tiny", "--device", "cpu", "--allow-private-urls"],
-            stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, f"retouch serve exited:\n{log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"not ready:\n{log.read_text()[-3000:]}"
-            try:
-                if http.get("/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.25)
+    env = {"RETOUCH_MODEL_CACHE": str(tiny_cache_dir), "RETOUCH_DISPATCHER_CONCURRENCY": "1"}
+    with retouch_serve(home, "--executor", "inprocess", "--profile", "tiny", "--device", "cpu",
+                       "--allow-private-urls", env=env) as serve, \
+            httpx.Client(base_url=serve.base_url, timeout=30) as http:
         account = cli_json(home, "accounts", "create", "--name", "agency", "--plan", "plus",
                            "--credits", "10000")
         secret = cli_json(home, "keys", "create", "--account", account["id"], "--surface",
                           "aixpose")["secret"]
         assert secret.startswith("aix_live_")
         yield http, secret
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        http.close()
 
 
 def test_seed_examples_against_retouch_serve(server):

@@ -8,13 +8,7 @@ which must end retried or failed with a refund, never stuck in `processing`.
 from __future__ import annotations
 
 import io
-import json
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,30 +16,18 @@ import httpx
 import pytest
 from PIL import Image
 
+from serve_process import ServeProcess, cli_json, retouch_serve
+
 pytestmark = pytest.mark.timeout(240)
 
-RETOUCH = str(Path(sys.executable).parent / "retouch")
 LEASE_SECONDS = 3
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def cli_json(home: Path, *args: str) -> dict:
-    done = subprocess.run([RETOUCH, *args, "--home", str(home), "--json"], capture_output=True,
-                          text=True, timeout=60, check=True)
-    return json.loads(done.stdout)
-
-
 class Server:
-    def __init__(self, home: Path, port: int, process: subprocess.Popen, log: Path):
-        self.home, self.port, self.process, self.log = home, port, process, log
-        self.base = f"http://127.0.0.1:{port}"
-        self.http = httpx.Client(base_url=self.base, timeout=30)
-        self.secret = ""
+    def __init__(self, home: Path, serve: ServeProcess, http: httpx.Client, secret: str):
+        self.home, self.process, self.log = home, serve.process, serve.log
+        self.base, self.ready_seconds = serve.base_url, serve.ready_seconds
+        self.http, self.secret = http, secret
 
     def headers(self, **extra: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.secret}", **extra}
@@ -71,40 +53,17 @@ def server(tmp_path_factory, tiny_cache_dir):
 
     build_tiny_models(tiny_cache_dir)
     home = tmp_path_factory.mktemp("serve-home")
-    port = free_port()
-    env = {**os.environ, "RETOUCH_MODEL_CACHE": str(tiny_cache_dir),
-           "RETOUCH_LEASE_SECONDS": str(LEASE_SECONDS), "RETOUCH_DISPATCHER_CONCURRENCY": "1"}
-    log = home / "serve.log"
-    started = time.monotonic()
-    with open(log, "w") as log_file:
-        process = subprocess.Popen(
-            [RETOUCH, "serve", "--home", str(home), "--port", str(port), "--executor", "ray",
-             "--profile", "tiny", "--device", "cpu"],
-            stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    instance = Server(home, port, process, log)
+    env = {"RETOUCH_MODEL_CACHE": str(tiny_cache_dir), "RETOUCH_LEASE_SECONDS": str(LEASE_SECONDS),
+           "RETOUCH_DISPATCHER_CONCURRENCY": "1"}
     try:
-        while True:
-            assert process.poll() is None, f"retouch serve exited:\n{log.read_text()[-3000:]}"
-            assert time.monotonic() - started < 120, f"not ready:\n{log.read_text()[-3000:]}"
-            try:
-                if instance.http.get("/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.25)
-        instance.ready_seconds = time.monotonic() - started
-        account = cli_json(home, "accounts", "create", "--name", "e2e", "--plan", "plus",
-                           "--credits", "100000")
-        instance.secret = cli_json(home, "keys", "create", "--account", account["id"])["secret"]
-        yield instance
+        with retouch_serve(home, "--executor", "ray", "--profile", "tiny", "--device", "cpu",
+                           env=env) as serve, \
+                httpx.Client(base_url=serve.base_url, timeout=30) as http:
+            account = cli_json(home, "accounts", "create", "--name", "e2e", "--plan", "plus",
+                               "--credits", "100000")
+            secret = cli_json(home, "keys", "create", "--account", account["id"])["secret"]
+            yield Server(home, serve, http, secret)
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        instance.http.close()
         shutil.rmtree(ray_temp_dir(home), ignore_errors=True)
 
 
