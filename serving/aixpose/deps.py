@@ -6,11 +6,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated
 
-from fastapi import Depends, Header, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import Header
+from fastapi.security import HTTPBearer
 
 from retouch.serving.core.tables import ApiKey
-from retouch.serving.wixma.deps import ServicesDep, authenticate_request
+from retouch.serving.wixma.deps import surface_key
 
 # AIXpose keys carry the surface's scopes: reads, writes (projects, enhancements), uploads, credits.
 READ, WRITE, UPLOAD, CREDITS = ("generations:read", "generations:create", "uploads:create",
@@ -24,14 +24,8 @@ IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]
 
 
 def aixpose_key(scope: str) -> Callable[..., ApiKey]:
-    def dependency(response: Response, services: ServicesDep,
-                   credentials: Annotated[HTTPAuthorizationCredentials | None,
-                                          Depends(bearer_scheme)]) -> ApiKey:
-        secret = credentials.credentials if credentials is not None else None
-        return authenticate_request(services, secret, "aixpose", scope, response)
-
-    dependency.__name__ = f"aixpose_key_{scope.replace(':', '_')}"
-    return dependency
+    """A dependency that authenticates the AIXpose key and requires `scope`."""
+    return surface_key(bearer_scheme, "aixpose", scope, "aixpose_key")
 
 
 def model_revision(settings) -> str:

@@ -44,14 +44,20 @@ def authenticate_request(services: "Services", secret: str | None, surface: str,
     return key
 
 
-def api_key(scope: str) -> Callable[..., ApiKey]:
-    """A dependency that authenticates the Wixma key and requires `scope`."""
+def surface_key(bearer: HTTPBearer, surface: str, scope: str,
+                name: str) -> Callable[..., ApiKey]:
+    """A dependency that reads the bearer key with `bearer`, authenticates it for `surface` and
+    requires `scope`; `name` prefixes the dependency's name (one per scope)."""
 
     def dependency(response: Response, services: ServicesDep,
-                   credentials: Annotated[HTTPAuthorizationCredentials | None,
-                                          Depends(bearer_scheme)]) -> ApiKey:
+                   credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> ApiKey:
         secret = credentials.credentials if credentials is not None else None
-        return authenticate_request(services, secret, "wixma", scope, response)
+        return authenticate_request(services, secret, surface, scope, response)
 
-    dependency.__name__ = f"api_key_{scope.replace(':', '_')}"
+    dependency.__name__ = f"{name}_{scope.replace(':', '_')}"
     return dependency
+
+
+def api_key(scope: str) -> Callable[..., ApiKey]:
+    """A dependency that authenticates the Wixma key and requires `scope`."""
+    return surface_key(bearer_scheme, "wixma", scope, "api_key")
