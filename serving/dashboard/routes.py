@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 
 from retouch.pipelines.errors import InvalidInput, RetouchError
@@ -92,29 +92,35 @@ def _keys_page(request: Request, member: SignedInMember, *, new_secret: str | No
                   api_base=services_of(request).settings.resolved_public_base_url)
 
 
+def _key_form(name: Annotated[str, Form()] = "",
+              scopes: Annotated[list[str], Form()] = [],  # noqa: B006 (FastAPI copies defaults)
+              tools: Annotated[list[str], Form()] = [],  # noqa: B006
+              monthly_budget: Annotated[str, Form()] = "",
+              total_budget: Annotated[str, Form()] = "",
+              per_request_limit: Annotated[str, Form()] = "",
+              rate_limit_per_minute: Annotated[str, Form()] = "",
+              expires_at: Annotated[str, Form()] = "") -> dict[str, Any]:
+    """The key form's fields as posted (create and edit): strings, scopes and tools as lists."""
+    return {"name": name, "monthly_budget": monthly_budget, "total_budget": total_budget,
+            "per_request_limit": per_request_limit, "rate_limit_per_minute": rate_limit_per_minute,
+            "expires_at": expires_at, "scopes": scopes, "tools": tools}
+
+
+KeyForm = Annotated[dict[str, Any], Depends(_key_form)]
+
+
 @router.get("/keys")
 def keys_page(request: Request, member: Member) -> HTMLResponse:
     return _keys_page(request, member)
 
 
 @router.post("/keys")
-def create_key(request: Request, member: Member,
-               csrf_token: Annotated[str | None, Form()] = None,
-               name: Annotated[str, Form()] = "",
-               scopes: Annotated[list[str], Form()] = [],  # noqa: B006 (FastAPI copies defaults)
-               tools: Annotated[list[str], Form()] = [],  # noqa: B006
-               monthly_budget: Annotated[str, Form()] = "",
-               total_budget: Annotated[str, Form()] = "",
-               per_request_limit: Annotated[str, Form()] = "",
-               rate_limit_per_minute: Annotated[str, Form()] = "",
-               expires_at: Annotated[str, Form()] = "") -> HTMLResponse:
+def create_key(request: Request, member: Member, form: KeyForm,
+               csrf_token: Annotated[str | None, Form()] = None) -> HTMLResponse:
     """Create a key and show its secret once (in this response only; it is not stored)."""
     csrf.check_form_token(request, member, csrf_token)
-    form = {"name": name, "monthly_budget": monthly_budget, "total_budget": total_budget,
-            "per_request_limit": per_request_limit, "rate_limit_per_minute": rate_limit_per_minute,
-            "expires_at": expires_at, "scopes": scopes, "tools": tools}
     try:
-        options = forms.key_options(form, scopes, tools)
+        options = forms.key_options(form, form["scopes"], form["tools"])
         if options["name"] == PLAYGROUND_KEY_NAME:
             raise InvalidInput("name", "is reserved for the dashboard playground's key")
         with transaction(services_of(request).session_factory) as session:
@@ -151,26 +157,15 @@ def _edit_page(member: SignedInMember, key: ApiKey, form: dict[str, Any], *,
 
 
 @router.post("/keys/{key_id}/edit")
-def edit_key(request: Request, member: Member, key_id: str,
-             csrf_token: Annotated[str | None, Form()] = None,
-             name: Annotated[str, Form()] = "",
-             scopes: Annotated[list[str], Form()] = [],  # noqa: B006 (FastAPI copies defaults)
-             tools: Annotated[list[str], Form()] = [],  # noqa: B006
-             monthly_budget: Annotated[str, Form()] = "",
-             total_budget: Annotated[str, Form()] = "",
-             per_request_limit: Annotated[str, Form()] = "",
-             rate_limit_per_minute: Annotated[str, Form()] = "",
-             expires_at: Annotated[str, Form()] = "") -> Response:
+def edit_key(request: Request, member: Member, key_id: str, form: KeyForm,
+             csrf_token: Annotated[str | None, Form()] = None) -> Response:
     """Change a key's name, scopes, tools, budgets, rate limit or expiry (its secret stays)."""
     csrf.check_form_token(request, member, csrf_token)
-    form = {"name": name, "monthly_budget": monthly_budget, "total_budget": total_budget,
-            "per_request_limit": per_request_limit, "rate_limit_per_minute": rate_limit_per_minute,
-            "expires_at": expires_at, "scopes": scopes, "tools": tools}
     services = services_of(request)
     try:
         with transaction(services.session_factory) as session:
             key = _owned_key(session, member, key_id)
-            options = forms.key_options(form, scopes, tools)
+            options = forms.key_options(form, form["scopes"], form["tools"])
             if key.name == PLAYGROUND_KEY_NAME:
                 options["name"] = PLAYGROUND_KEY_NAME  # the playground finds its key by name
             elif options["name"] == PLAYGROUND_KEY_NAME:
