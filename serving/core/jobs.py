@@ -239,20 +239,24 @@ def lease_next_job(session_factory: SessionFactory, worker_id: str, lease_second
         return session.get_one(Generation, job_id, populate_existing=True)
 
 
+def _update_leased(session, job_id: str, worker_id: str, **values) -> bool:
+    """Set `values` on the job if it is `processing` under `worker_id`'s lease; False if not."""
+    result = session.execute(
+        update(Generation).where(Generation.id == job_id, Generation.status == "processing",
+                                 Generation.lease_owner == worker_id)
+        .values(**values).execution_options(**_NO_SYNC))
+    return result.rowcount == 1
+
+
 def heartbeat(session_factory: SessionFactory, job_id: str, worker_id: str, progress: float,
               lease_seconds: float) -> bool:
     """Record progress (clamped to [0, 1]) and extend the lease; False if the lease was lost
     (the job was reclaimed, or finished), in which case the worker should stop."""
     now = utcnow()
     with transaction(session_factory) as session:
-        result = session.execute(
-            update(Generation).where(Generation.id == job_id,
-                                     Generation.status == "processing",
-                                     Generation.lease_owner == worker_id)
-            .values(progress=min(max(float(progress), 0.0), 1.0),
-                    lease_expires_at=now + timedelta(seconds=lease_seconds))
-            .execution_options(**_NO_SYNC))
-        return result.rowcount == 1
+        return _update_leased(session, job_id, worker_id,
+                              progress=min(max(float(progress), 0.0), 1.0),
+                              lease_expires_at=now + timedelta(seconds=lease_seconds))
 
 
 def complete_job(session_factory: SessionFactory, job_id: str, worker_id: str,
@@ -261,14 +265,9 @@ def complete_job(session_factory: SessionFactory, job_id: str, worker_id: str,
     changes) when `worker_id` no longer holds the job's lease."""
     now = utcnow()
     with transaction(session_factory) as session:
-        result = session.execute(
-            update(Generation).where(Generation.id == job_id,
-                                     Generation.status == "processing",
-                                     Generation.lease_owner == worker_id)
-            .values(status="completed", progress=1.0, output_keys=list(output_keys),
-                    finished_at=now, lease_owner=None, lease_expires_at=None)
-            .execution_options(**_NO_SYNC))
-        if result.rowcount != 1:
+        if not _update_leased(session, job_id, worker_id, status="completed", progress=1.0,
+                              output_keys=list(output_keys), finished_at=now, lease_owner=None,
+                              lease_expires_at=None):
             return False
         job = session.get_one(Generation, job_id, populate_existing=True)
         _release_slots(session, job)
@@ -282,14 +281,9 @@ def fail_job(session_factory: SessionFactory, job_id: str, worker_id: str, error
     slots. False (and nothing changes) when `worker_id` no longer holds the job's lease."""
     now = utcnow()
     with transaction(session_factory) as session:
-        result = session.execute(
-            update(Generation).where(Generation.id == job_id,
-                                     Generation.status == "processing",
-                                     Generation.lease_owner == worker_id)
-            .values(status="failed", error_code=error_code, error=message, finished_at=now,
-                    lease_owner=None, lease_expires_at=None)
-            .execution_options(**_NO_SYNC))
-        if result.rowcount != 1:
+        if not _update_leased(session, job_id, worker_id, status="failed",
+                              error_code=error_code, error=message, finished_at=now,
+                              lease_owner=None, lease_expires_at=None):
             return False
         job = session.get_one(Generation, job_id, populate_existing=True)
         _refund_and_release(session, job, now=now)
