@@ -37,6 +37,20 @@ def check_idempotency_key(idempotency_key: str) -> str:
     return value
 
 
+def _live_record(session: Session, model, api_key_id: str, idempotency_key: str, *,
+                 ttl_hours: float, now: datetime):
+    """The `model` record of this key, or None when there is none or it is stale (a stale record
+    is deleted so the caller can insert a fresh one)."""
+    record = session.scalars(select(model).where(
+        model.api_key_id == api_key_id, model.idempotency_key == idempotency_key)).first()
+    if record is None:
+        return None
+    if record.created_at <= now - timedelta(hours=ttl_hours):
+        session.execute(delete(model).where(model.id == record.id))
+        return None
+    return record
+
+
 def find_replay(session: Session, api_key_id: str, idempotency_key: str, body_hash: str,
                 *, ttl_hours: float, now: datetime) -> str | None:
     """The generation id to replay for this key, or None when the key is new (or stale).
@@ -44,13 +58,9 @@ def find_replay(session: Session, api_key_id: str, idempotency_key: str, body_ha
     Raises `IdempotencyConflict` when the key was used with a different body. A stale record is
     deleted so the caller can insert a fresh one.
     """
-    record = session.scalars(select(IdempotencyRecord).where(
-        IdempotencyRecord.api_key_id == api_key_id,
-        IdempotencyRecord.idempotency_key == idempotency_key)).first()
+    record = _live_record(session, IdempotencyRecord, api_key_id, idempotency_key,
+                          ttl_hours=ttl_hours, now=now)
     if record is None:
-        return None
-    if record.created_at <= now - timedelta(hours=ttl_hours):
-        session.execute(delete(IdempotencyRecord).where(IdempotencyRecord.id == record.id))
         return None
     if record.request_hash != body_hash:
         raise IdempotencyConflict(
@@ -83,14 +93,9 @@ def find_resource_replay(session: Session, api_key_id: str, idempotency_key: str
     key is new or stale, `IdempotencyConflict` for another body or another kind of resource."""
     from .tables import ResourceIdempotencyRecord
 
-    record = session.scalars(select(ResourceIdempotencyRecord).where(
-        ResourceIdempotencyRecord.api_key_id == api_key_id,
-        ResourceIdempotencyRecord.idempotency_key == idempotency_key)).first()
+    record = _live_record(session, ResourceIdempotencyRecord, api_key_id, idempotency_key,
+                          ttl_hours=ttl_hours, now=now)
     if record is None:
-        return None
-    if record.created_at <= now - timedelta(hours=ttl_hours):
-        session.execute(delete(ResourceIdempotencyRecord)
-                        .where(ResourceIdempotencyRecord.id == record.id))
         return None
     if record.request_hash != body_hash or record.resource_type != resource_type:
         raise IdempotencyConflict(
