@@ -31,10 +31,10 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from . import prompts
-from .common import RunContext, depth_control_image, run_diffusion, size_multiple
+from .common import RunContext, depth_control_image, pipe_working_size, run_diffusion
 from .errors import InvalidInput
 from .prompts import split_angle
-from .sizes import fit_to_size, output_size, resize_mask_to, resize_to, working_size
+from .sizes import fit_to_size, output_size, resize_mask_to, resize_to
 from .vocabulary import ANGLES
 
 FOV_DEGREES = 60.0
@@ -220,8 +220,7 @@ def angle_change(store, request, images: dict[str, Image.Image],
     source = images[MAIN].convert("RGB")
     size = output_size(request.options.aspect_ratio, native_size=store.native_size,
                        source_size=source.size)
-    work = working_size(size, native_size=store.native_size,
-                        multiple=size_multiple(pipe, store.native_size))
+    work = pipe_working_size(store, pipe, size)
     init = fit_to_size(source, work)
     depth = depth_from_relative(store.depth_estimator()(init))
     view = reproject(init, depth, angle)

@@ -12,10 +12,10 @@ from __future__ import annotations
 from PIL import Image
 
 from . import prompts
-from .common import RunContext, depth_control_image, run_diffusion, size_multiple, \
+from .common import RunContext, depth_control_image, pipe_working_size, run_diffusion, \
     steps_for_strength
 from .errors import InvalidInput
-from .sizes import fit_to_size, output_size, resize_to, working_size
+from .sizes import fit_to_size, output_size, resize_to
 from .vocabulary import DEFAULT_TIME, SEASONS, TIMES, WEATHERS
 
 MAIN = "input.main_image"
@@ -43,8 +43,7 @@ def time_change(store, request, images: dict[str, Image.Image], ctx: RunContext)
     source = images[MAIN].convert("RGB")
     size = output_size(request.options.aspect_ratio, native_size=store.native_size,
                        source_size=source.size)
-    work = working_size(size, native_size=store.native_size,
-                        multiple=size_multiple(pipe, store.native_size))
+    work = pipe_working_size(store, pipe, size)
     init = fit_to_size(source, work)
     control = depth_control_image(store.depth_estimator()(init))
     ctx.report(0.1)

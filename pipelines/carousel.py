@@ -22,9 +22,9 @@ import torch
 from PIL import Image
 
 from . import prompts
-from .common import RunContext, run_diffusion, size_multiple, steps_for_strength
+from .common import RunContext, pipe_working_size, run_diffusion, steps_for_strength
 from .errors import InvalidInput
-from .sizes import fit_to_size, output_size, resize_to, working_size
+from .sizes import fit_to_size, output_size, resize_to
 from .vocabulary import CAROUSEL_FRAMES
 
 MAIN = "input.main_image"
@@ -157,8 +157,7 @@ def carousel(store, request, images: dict[str, Image.Image], ctx: RunContext) ->
     pipe = store.img2img()
     size = output_size(request.options.aspect_ratio, native_size=store.native_size,
                        source_size=source.size)
-    work = working_size(size, native_size=store.native_size,
-                        multiple=size_multiple(pipe, store.native_size))
+    work = pipe_working_size(store, pipe, size)
     init = fit_to_size(source, work)
     steps = steps_for_strength(store.quality_steps[request.options.quality], FRAME_STRENGTH)
     frames = []

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from .errors import Cancelled
+from .sizes import working_size
 
 
 def _ignore_progress(_: float) -> None:
@@ -89,6 +90,13 @@ def size_multiple(pipe: Any, native_size: int) -> int:
     blocks = len(unet.config.block_out_channels) if unet is not None else 4
     multiple = vae_factor * 2 ** (blocks - 1)
     return max(multiple, 64) if native_size >= 512 else multiple
+
+
+def pipe_working_size(store: Any, pipe: Any, size: tuple[int, int]) -> tuple[int, int]:
+    """`pipe`'s working size for an output of `size`: the store's native area, `size`'s aspect,
+    sides in `size_multiple` steps."""
+    return working_size(size, native_size=store.native_size,
+                        multiple=size_multiple(pipe, store.native_size))
 
 
 def steps_for_strength(denoising_steps: int, strength: float) -> int:

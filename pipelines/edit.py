@@ -22,9 +22,9 @@ import torch
 from PIL import Image
 
 from . import prompts
-from .common import RunContext, run_diffusion, size_multiple, steps_for_strength
+from .common import RunContext, pipe_working_size, run_diffusion, steps_for_strength
 from .errors import InvalidInput
-from .sizes import fit_to_size, output_size, resize_to, working_size
+from .sizes import fit_to_size, output_size, resize_to
 
 EDIT_STRENGTH = 0.6
 REFERENCE_SCALE = 0.6
@@ -70,8 +70,7 @@ def edit(store, request, images: dict[str, Image.Image], ctx: RunContext) -> lis
     pipe = store.img2img()
     size = output_size(request.options.aspect_ratio, native_size=store.native_size,
                        source_size=main.size)
-    work = working_size(size, native_size=store.native_size,
-                        multiple=size_multiple(pipe, store.native_size))
+    work = pipe_working_size(store, pipe, size)
     init = encode_latents(pipe, fit_to_size(main.convert("RGB"), work))
     references = [images[key].convert("RGB") for key in keys[1:]]
     ctx.report(0.1)

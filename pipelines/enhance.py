@@ -26,7 +26,7 @@ from pydantic import Field, ValidationError, field_validator
 from . import prompts
 from .actions import (CUSTOM_PROMPT_STRENGTH, PHOTO_STYLE, ActionRecipe, check_instruction,
                       enhancement_size)
-from .common import RunContext, depth_control_image, run_diffusion, size_multiple, \
+from .common import RunContext, depth_control_image, pipe_working_size, run_diffusion, \
     steps_for_strength
 from .erase import inpaint_region
 from .errors import InvalidInput
@@ -153,8 +153,7 @@ def enhance(store, request, images: dict[str, Image.Image], ctx: RunContext) -> 
     steps = store.quality_steps[options.quality]
     if composed.whole_frame:
         pipe = store.controlnet_img2img("depth")
-        work = working_size(size, native_size=store.native_size,
-                            multiple=size_multiple(pipe, store.native_size))
+        work = pipe_working_size(store, pipe, size)
         init = fit_to_size(source, work)
         control = depth_control_image(store.depth_estimator()(init))
         ctx.report(0.1)

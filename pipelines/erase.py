@@ -17,10 +17,9 @@ import numpy as np
 from PIL import Image
 
 from . import prompts
-from .common import RunContext, run_diffusion, size_multiple, steps_for_strength
+from .common import RunContext, pipe_working_size, run_diffusion, steps_for_strength
 from .errors import InvalidInput
-from .sizes import fit_mask_to_size, fit_to_size, output_size, resize_mask_to, resize_to, \
-    working_size
+from .sizes import fit_mask_to_size, fit_to_size, output_size, resize_mask_to, resize_to
 
 MAIN, MASK = "input.main_image", "input.mask_image"
 INPAINT_STRENGTH = 0.99
@@ -66,8 +65,7 @@ def inpaint_region(store, ctx: RunContext, base: Image.Image, mask: np.ndarray, 
     `pipeline_kwargs` go to the inpaint pipeline call as they are (e.g. `ip_adapter_image`).
     """
     pipe = store.inpaint()
-    work = working_size(base.size, native_size=store.native_size,
-                        multiple=size_multiple(pipe, store.native_size))
+    work = pipe_working_size(store, pipe, base.size)
     work_mask = resize_mask_to(mask_to_image(mask), work)
     generated = run_diffusion(
         pipe, progress or ctx.stage(0.0, 1.0), ctx, seed_offset=seed_offset, prompt=prompt,

@@ -12,10 +12,10 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from .common import RunContext, run_diffusion, size_multiple, steps_for_strength
+from .common import RunContext, pipe_working_size, run_diffusion, steps_for_strength
 from .errors import InvalidInput
 from .prompts import FILTER_RECIPES, FilterRecipe
-from .sizes import output_size, resize_to, working_size
+from .sizes import output_size, resize_to
 
 IMAGE = "input.image"
 FRAME_COLOUR = (246, 244, 238)
@@ -69,8 +69,7 @@ def ai_filter(store, request, images: dict[str, Image.Image], ctx: RunContext) -
     source = images[IMAGE].convert("RGB")
     pipe = store.img2img()
     size = output_size("original", native_size=store.native_size, source_size=source.size)
-    work = working_size(size, native_size=store.native_size,
-                        multiple=size_multiple(pipe, store.native_size))
+    work = pipe_working_size(store, pipe, size)
     steps = store.quality_steps[request.options.quality]
     result = run_diffusion(
         pipe, ctx.stage(0.0, 0.95), ctx, prompt=recipe.prompt,

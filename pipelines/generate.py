@@ -20,9 +20,9 @@ import numpy as np
 from PIL import Image
 
 from . import prompts
-from .common import RunContext, run_diffusion, size_multiple
+from .common import RunContext, pipe_working_size, run_diffusion
 from .errors import InvalidInput
-from .sizes import output_size, resize_to, working_size
+from .sizes import output_size, resize_to
 
 ALPHA_FORMATS = ("png", "webp")
 
@@ -57,8 +57,7 @@ def generate(store, request, images: dict[str, Image.Image], ctx: RunContext) ->
     ctx.report(0.0)
     pipe = store.text2img()
     size = output_size(options.aspect_ratio, native_size=store.native_size)
-    work = working_size(size, native_size=store.native_size,
-                        multiple=size_multiple(pipe, store.native_size))
+    work = pipe_working_size(store, pipe, size)
     transparent = wants_transparent_background(request.input.prompt, options.background,
                                                options.output_format)
     image = run_diffusion(
