@@ -182,6 +182,46 @@ def test_private_webhook_urls_are_refused_without_allow_private_urls(tmp_path):
         services.engine.dispose()
 
 
+def test_aixpose_requests_vet_webhook_urls_by_address(tmp_path):
+    """Picture, enhancement and video requests check `webhook_url` with the address rules at
+    request time, not only its scheme: an https URL to a loopback, private or link-local host is
+    refused, and nothing is created."""
+    import base64
+
+    from retouch.serving.core.tables import Generation, Picture, Video
+
+    from api_fixtures import image_bytes
+
+    with api_for(make_settings(tmp_path)) as api:  # private URLs not allowed
+        account_id = api.account()
+        with transaction(api.services.session_factory) as session:
+            _, secret = keys.create_key(session, account_id, surface="aixpose")
+        headers = api.headers(secret)
+        project_id = api.client.post("/v1/projects", headers=headers,
+                                     json={"name": "hooks"}).json()["id"]
+        picture = {"source": {"type": "base64", "media_type": "image/png",
+                              "data": base64.b64encode(image_bytes(64, 48)).decode()},
+                   "scene_type": "interior"}
+        for url in ("https://127.0.0.1/hook", "https://10.1.2.3/hook", "https://[::1]/hook"):
+            assert_error(api.client.post(f"/v1/projects/{project_id}/pictures", headers=headers,
+                                         json={**picture, "webhook_url": url}),
+                         400, "invalid_input", "webhook_url")
+        created = api.client.post(f"/v1/projects/{project_id}/pictures", headers=headers,
+                                  json=picture)
+        assert created.status_code == 201, created.text
+        assert_error(api.client.post(
+            f"/v1/pictures/{created.json()['id']}/enhancements", headers=headers,
+            json={"instruction": {"source": "preset", "actions": ["interior-style-japandi"]},
+                  "webhook_url": "https://192.168.0.7/hook"}), 400, "invalid_input", "webhook_url")
+        assert_error(api.client.post("/v1/videos", headers=headers, json={
+            "project_id": project_id, "webhook_url": "https://169.254.169.254/hook"}),
+            400, "invalid_input", "webhook_url")
+        with api.services.session_factory() as session:
+            assert session.scalar(select(func.count()).select_from(Picture)) == 1
+            assert session.scalar(select(func.count()).select_from(Generation)) == 0
+            assert session.scalar(select(func.count()).select_from(Video)) == 0
+
+
 def test_secret_rotation_deliveries_log_and_redelivery_over_http(tmp_path):
     settings = make_settings(tmp_path, allow_private_urls=True, webhook_poll_seconds=0.05)
     with api_for(settings) as api, webhook_receiver() as receiver:
