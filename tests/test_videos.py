@@ -130,7 +130,11 @@ def test_video_reels_render_end_to_end(tmp_path):
         balance = api.client.get("/v1/credits/balance", headers=headers).json()["balance"]
         assert balance == 1000 - 4 - 4  # 2 s at 240p = 4 credits each, none refunded
         ledger = api.client.get("/v1/credits/ledger", headers=headers).json()["data"]
-        assert sorted(e["amount"] for e in ledger if e["kind"] == "reserve") == [-4, -4]
+        reserves = [e for e in ledger if e["kind"] == "reserve"]
+        assert sorted(e["amount"] for e in reserves) == [-4, -4]
+        # Each video's reservation names its job and the video it rendered (no pictures).
+        assert sorted(e["video_id"] for e in reserves) == sorted([video["id"], silent.json()["id"]])
+        assert all(e["job_id"] and e["picture_ids"] == [] for e in reserves)
 
 
 def test_video_requests_are_validated_at_the_edge(tmp_path):
