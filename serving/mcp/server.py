@@ -26,9 +26,10 @@ from pydantic import Field, WithJsonSchema
 
 from retouch.pipelines.errors import (Forbidden, InvalidInput, RetouchError, ServiceUnavailable,
                                       Unauthorized)
-from retouch.pipelines.requests import parse_generation_request
-from retouch.pipelines.vocabulary import (AI_FILTERS, ANGLES, ASPECT_RATIOS, PHOTOGRAPHER_MODES,
-                                          SEASONS, TIMES, TOOLS, WEATHERS)
+from retouch.pipelines.requests import (Angle, FilterId, OutputFormat, PhotographerMode,
+                                        SeasonValue, TimeValue, WeatherValue,
+                                        parse_generation_request)
+from retouch.pipelines.vocabulary import ASPECT_RATIOS, TOOLS
 from retouch.serving.core import accounts, credits, jobs, keys
 from retouch.serving.core.db import transaction
 from retouch.serving.core.submissions import import_image_url, submit_generation
@@ -71,13 +72,6 @@ Quality = Annotated[Literal["low", "medium", "high"],
                     Field(description="Higher quality costs more credits")]
 AspectRatio = Annotated[Literal[tuple(ASPECT_RATIOS)],  # type: ignore[valid-type]
                         Field(description="Output shape; `original` lets the model decide")]
-OutputFormat = Literal["png", "webp", "jpeg"]
-PhotographerMode = Literal[PHOTOGRAPHER_MODES]  # type: ignore[valid-type]
-Angle = Literal[ANGLES]  # type: ignore[valid-type]
-TimeValue = Literal[TIMES]  # type: ignore[valid-type]
-SeasonValue = Literal[tuple(SEASONS)]  # type: ignore[valid-type]
-WeatherValue = Literal[tuple(WEATHERS)]  # type: ignore[valid-type]
-FilterId = Literal[AI_FILTERS]  # type: ignore[valid-type]
 JobStatus = Literal["pending", "processing", "completed", "failed"]
 ToolName = Literal[TOOLS]  # type: ignore[valid-type]
 
