@@ -124,6 +124,21 @@ def _word_merges(words: tuple[str, ...], suffix: str) -> list[tuple[str, str]]:
     return merges
 
 
+def _bpe_tokenizer(out: Path, tokenizer_class, vocab: dict[str, int],
+                   merges: list[tuple[str, str]], **options):
+    """`tokenizer_class` loaded from `vocab` and `merges` written to a scratch folder under
+    `out` (removed again)."""
+    files = out / "_tokenizer_src"
+    files.mkdir(parents=True, exist_ok=True)
+    (files / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+    (files / "merges.txt").write_text(
+        "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+    tokenizer = tokenizer_class(vocab=str(files / "vocab.json"), merges=str(files / "merges.txt"),
+                                **options)
+    shutil.rmtree(files)
+    return tokenizer
+
+
 def _clip_tokenizer(out: Path):
     from transformers import CLIPTokenizer
 
@@ -132,14 +147,8 @@ def _clip_tokenizer(out: Path):
     tokens = alphabet + [c + "</w>" for c in alphabet] + ["".join(m) for m in merges]
     tokens += ["<|startoftext|>", "<|endoftext|>"]
     vocab = {tok: i for i, tok in enumerate(dict.fromkeys(tokens))}
-    files = out / "_tokenizer_src"
-    files.mkdir(parents=True, exist_ok=True)
-    (files / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
-    (files / "merges.txt").write_text(
-        "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
-    tokenizer = CLIPTokenizer(vocab=str(files / "vocab.json"), merges=str(files / "merges.txt"),
-                              model_max_length=TEXT_MAX_LENGTH)
-    shutil.rmtree(files)
+    tokenizer = _bpe_tokenizer(out, CLIPTokenizer, vocab, merges,
+                               model_max_length=TEXT_MAX_LENGTH)
     return tokenizer, vocab
 
 
@@ -151,15 +160,8 @@ def _qwen_tokenizer(out: Path):
     merges = _word_merges(tuple(space + w for w in COMMON_WORDS), "")
     tokens = alphabet + ["".join(m) for m in merges]
     vocab = {tok: i for i, tok in enumerate(dict.fromkeys(tokens))}
-    files = out / "_tokenizer_src"
-    files.mkdir(parents=True, exist_ok=True)
-    (files / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
-    (files / "merges.txt").write_text(
-        "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
-    tokenizer = Qwen2Tokenizer(vocab=str(files / "vocab.json"), merges=str(files / "merges.txt"),
-                               eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                               unk_token=None, model_max_length=2048)
-    shutil.rmtree(files)
+    tokenizer = _bpe_tokenizer(out, Qwen2Tokenizer, vocab, merges, eos_token="<|im_end|>",
+                               pad_token="<|endoftext|>", unk_token=None, model_max_length=2048)
     tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
     tokenizer.add_tokens(["<|endoftext|>"], special_tokens=True)
     tokenizer.chat_template = QWEN_CHAT_TEMPLATE
