@@ -148,6 +148,15 @@ def _finish(store, request, ctx, base, mask, prompt, strength,
     return [result]
 
 
+def _finish_prefilled(store, request, ctx, images, base, mask, prompt) -> list[Image.Image]:
+    """`_finish` for the modes whose first reference (if any) pre-fills the region first."""
+    references = secondary_images(images)
+    strength = INPAINT_STRENGTH
+    if references:
+        base, strength = prefill(base, mask, references[0]), REFERENCE_STRENGTH
+    return _finish(store, request, ctx, base, mask, prompt, strength, references)
+
+
 def person_placement(store, request, images, ctx: RunContext) -> list[Image.Image]:
     check_inputs(request, images)
     ctx.report(0.0)
@@ -187,12 +196,8 @@ def cloth_change(store, request, images, ctx: RunContext) -> list[Image.Image]:
     if not mask.any():
         mask = box_mask(base.size, FALLBACK_BOXES["clothing"])
     mask = dilate(mask)
-    references = secondary_images(images)
-    strength = INPAINT_STRENGTH
-    if references:
-        base, strength = prefill(base, mask, references[0]), REFERENCE_STRENGTH
-    return _finish(store, request, ctx, base, mask,
-                   prompts.cloth_change_prompt(request.input.text_prompt), strength, references)
+    return _finish_prefilled(store, request, ctx, images, base, mask,
+                             prompts.cloth_change_prompt(request.input.text_prompt))
 
 
 def location_change(store, request, images, ctx: RunContext) -> list[Image.Image]:
@@ -202,12 +207,8 @@ def location_change(store, request, images, ctx: RunContext) -> list[Image.Image
     mask = segment_labels(store, base, "Background")
     if not mask.any() or mask.all():
         mask = ~box_mask(base.size, FALLBACK_BOXES["surroundings_keep"])
-    references = secondary_images(images)
-    strength = INPAINT_STRENGTH
-    if references:
-        base, strength = prefill(base, mask, references[0]), REFERENCE_STRENGTH
-    return _finish(store, request, ctx, base, mask,
-                   prompts.location_change_prompt(request.input.text_prompt), strength, references)
+    return _finish_prefilled(store, request, ctx, images, base, mask,
+                             prompts.location_change_prompt(request.input.text_prompt))
 
 
 def object_box(text_prompt: str) -> tuple[float, float, float, float]:
@@ -236,9 +237,5 @@ def object_placement(store, request, images, ctx: RunContext) -> list[Image.Imag
     ctx.report(0.0)
     base = _frame(store, request, images)
     mask = box_mask(base.size, object_box(request.input.text_prompt))
-    references = secondary_images(images)
-    strength = INPAINT_STRENGTH
-    if references:
-        base, strength = prefill(base, mask, references[0]), REFERENCE_STRENGTH
-    return _finish(store, request, ctx, base, mask,
-                   prompts.object_placement_prompt(request.input.text_prompt), strength, references)
+    return _finish_prefilled(store, request, ctx, images, base, mask,
+                             prompts.object_placement_prompt(request.input.text_prompt))
