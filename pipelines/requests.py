@@ -257,13 +257,10 @@ _ADAPTER: TypeAdapter = TypeAdapter(ToolRequest)
 
 def _field_path(loc: tuple) -> str:
     # The discriminated union puts the tool tag first: ('generator', 'input', 'prompt').
-    parts = [p for p in loc[1:]] if loc and loc[0] in _TOOL_TAGS else list(loc)
+    parts = loc[1:] if loc and loc[0] in _TOOL_TAGS else loc
     path = ""
     for part in parts:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        elif part not in ("function-after[_mode_requirements(), PhotographerRequest]",):
-            path += f".{part}" if path else str(part)
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
     return path or "body"
 
 
