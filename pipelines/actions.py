@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import InvalidInput
+from .errors import PipelineInputError
 from .vocabulary import ASPECT_RATIOS
 
 SCENE_TYPES = ("interior", "exterior")
@@ -167,27 +167,30 @@ def action_credits(action_ids: list[str], has_prompt: bool) -> int:
 
 def check_instruction(action_ids: list[str], prompt: str | None, prefix: str,
                       scene_type: str | None = None) -> list[ActionRecipe]:
-    """The recipes for `action_ids`, or `InvalidInput` naming `<prefix>.actions[i]`: unknown id,
-    a duplicate, two actions of an exclusive group, or an action that does not fit `scene_type`."""
+    """The recipes for `action_ids`, or `PipelineInputError` naming `<prefix>.actions[i]`: an
+    unknown id, a duplicate, two actions of an exclusive group, or one that does not fit
+    `scene_type`."""
     recipes: list[ActionRecipe] = []
     for i, action_id in enumerate(action_ids):
         field = f"{prefix}.actions[{i}]"
         recipe = ACTIONS_BY_ID.get(action_id)
         if recipe is None:
-            raise InvalidInput(field, f"unknown action {action_id!r}; see GET /v1/catalog/actions")
+            raise PipelineInputError(field,
+                                     f"unknown action {action_id!r}; see GET /v1/catalog/actions")
         if any(r.id == recipe.id for r in recipes):
-            raise InvalidInput(field, f"action {action_id!r} is listed twice")
+            raise PipelineInputError(field, f"action {action_id!r} is listed twice")
         clash = next((r for r in recipes if r.group == recipe.group
                       and GROUPS_BY_ID[recipe.group].exclusive), None)
         if clash is not None:
-            raise InvalidInput(field, f"{action_id!r} and {clash.id!r} are both in the exclusive "
+            raise PipelineInputError(field,
+                                     f"{action_id!r} and {clash.id!r} are both in the exclusive "
                                       f"group {recipe.group!r}; pick one")
         if scene_type is not None and scene_type not in recipe.scene_types:
-            raise InvalidInput(field, f"{action_id!r} fits {' or '.join(recipe.scene_types)} "
+            raise PipelineInputError(field, f"{action_id!r} fits {' or '.join(recipe.scene_types)} "
                                       f"pictures, not {scene_type}")
         recipes.append(recipe)
     if not recipes and not (prompt or "").strip():
-        raise InvalidInput(f"{prefix}.actions", "give at least one action or a prompt")
+        raise PipelineInputError(f"{prefix}.actions", "give at least one action or a prompt")
     return recipes
 
 

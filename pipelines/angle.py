@@ -32,7 +32,7 @@ from PIL import Image, ImageFilter
 
 from . import prompts
 from .common import RunContext, depth_control_image, pipe_working_size, run_diffusion
-from .errors import InvalidInput
+from .errors import PipelineInputError
 from .prompts import split_angle
 from .sizes import fit_to_size, output_size, resize_mask_to, resize_to
 from .vocabulary import ANGLES
@@ -205,9 +205,10 @@ ANGLE_CONTROL_SCALE = 0.7
 
 def check_inputs(request, images: dict[str, Image.Image]) -> None:
     if images.get(MAIN) is None:
-        raise InvalidInput(MAIN, "is required")
+        raise PipelineInputError(MAIN, "is required")
     if request.input.angle not in ANGLES:
-        raise InvalidInput("input.angle", f"{request.input.angle!r} is not a dashboard cube angle")
+        raise PipelineInputError("input.angle",
+                                 f"{request.input.angle!r} is not a dashboard cube angle")
 
 
 def angle_change(store, request, images: dict[str, Image.Image],

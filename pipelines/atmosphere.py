@@ -14,7 +14,7 @@ from PIL import Image
 from . import prompts
 from .common import RunContext, depth_control_image, pipe_working_size, run_diffusion, \
     steps_for_strength
-from .errors import InvalidInput
+from .errors import PipelineInputError
 from .sizes import fit_to_size, output_size, resize_to
 from .vocabulary import DEFAULT_TIME, SEASONS, TIMES, WEATHERS
 
@@ -26,13 +26,13 @@ CONTROL_SCALE = 0.8
 def check_inputs(request, images: dict[str, Image.Image]) -> None:
     inp = request.input
     if images.get(MAIN) is None:
-        raise InvalidInput(MAIN, "is required")
+        raise PipelineInputError(MAIN, "is required")
     if inp.time is not None and inp.time not in TIMES:
-        raise InvalidInput("input.time", f"must be one of {', '.join(TIMES)}")
+        raise PipelineInputError("input.time", f"must be one of {', '.join(TIMES)}")
     if inp.season is not None and inp.season not in SEASONS:
-        raise InvalidInput("input.season", f"must be one of {', '.join(SEASONS)}")
+        raise PipelineInputError("input.season", f"must be one of {', '.join(SEASONS)}")
     if inp.weather is not None and inp.weather not in WEATHERS:
-        raise InvalidInput("input.weather", f"must be one of {', '.join(WEATHERS)}")
+        raise PipelineInputError("input.weather", f"must be one of {', '.join(WEATHERS)}")
 
 
 def time_change(store, request, images: dict[str, Image.Image], ctx: RunContext) -> list[Image.Image]:

@@ -23,7 +23,7 @@ from PIL import Image
 
 from . import prompts
 from .common import RunContext, pipe_working_size, run_diffusion, steps_for_strength
-from .errors import InvalidInput
+from .errors import PipelineInputError
 from .sizes import fit_to_size, output_size, resize_to
 from .vocabulary import CAROUSEL_FRAMES
 
@@ -49,7 +49,7 @@ class CarouselPlan:
 
 def check_inputs(request, images: dict[str, Image.Image]) -> None:
     if images.get(MAIN) is None:
-        raise InvalidInput(MAIN, "is required")
+        raise PipelineInputError(MAIN, "is required")
 
 
 def _colour_name(rgb: tuple[int, int, int]) -> str:

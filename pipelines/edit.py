@@ -23,7 +23,7 @@ from PIL import Image
 
 from . import prompts
 from .common import RunContext, pipe_working_size, run_diffusion, steps_for_strength
-from .errors import InvalidInput
+from .errors import PipelineInputError
 from .sizes import fit_to_size, output_size, resize_to
 
 EDIT_STRENGTH = 0.6
@@ -39,9 +39,9 @@ def check_inputs(request, images: dict[str, Image.Image]) -> None:
     expected = [f"input.images[{i}]" for i in range(len(request.input.images))]
     for key in expected:
         if images.get(key) is None:
-            raise InvalidInput(key, "image is missing")
+            raise PipelineInputError(key, "image is missing")
     if not 1 <= len(expected) <= 16:
-        raise InvalidInput("input.images", "takes 1 to 16 images")
+        raise PipelineInputError("input.images", "takes 1 to 16 images")
 
 
 @torch.inference_mode()

@@ -1,7 +1,7 @@
 """AIXpose enhancements: preset actions and/or a custom prompt, composed into ONE diffusion pass.
 
-`EnhanceRequest` is the job body (`tool: "enhance"`): `input.image` is the picture being enhanced,
-`options` carry the action ids, the optional custom prompt, aspect ratio, resolution (1K/2K/4K:
+X
+enhanced, `options` carry the action ids, the optional custom prompt, aspect ratio, resolution (1K/2K/4K:
 the output's long side), variants (1–4; variant i uses seed + i) and the output format.
 
 Flow: fit the source to the output size → `compose_actions` merges the recipes (joined prompts,
@@ -17,11 +17,9 @@ working size, and band edges are cut exactly at the output size.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
-from pydantic import Field, ValidationError, field_validator
 
 from . import prompts
 from .actions import (CUSTOM_PROMPT_STRENGTH, PHOTO_STYLE, ActionRecipe, check_instruction,
@@ -29,9 +27,8 @@ from .actions import (CUSTOM_PROMPT_STRENGTH, PHOTO_STYLE, ActionRecipe, check_i
 from .common import RunContext, depth_control_image, pipe_working_size, run_diffusion, \
     steps_for_strength
 from .erase import inpaint_region
-from .errors import InvalidInput
+from .errors import PipelineInputError
 from .placement import box_mask, segment_labels
-from .requests import AspectRatio, ImageRef, Quality, Seed, _image_ref, _Request, _Strict
 from .sizes import fit_to_size, resize_mask_to, resize_to, working_size
 
 IMAGE = "input.image"
@@ -42,48 +39,6 @@ MIN_REGION_FRACTION = 0.03  # a depth-narrowed region smaller than this falls ba
 BANDS = {"floor": (0.45, 1.0), "walls": (0.1, 0.7), "ground": (0.6, 1.0), "room": (0.1, 1.0),
          "sky": (0.0, 0.45)}
 PEOPLE_FALLBACK_BOX = (0.3, 0.3, 0.7, 0.95)
-
-Resolution = Literal["1K", "2K", "4K"]
-
-
-# ---- the request ------------------------------------------------------------------------------
-class EnhanceInput(_Strict):
-    image: ImageRef
-
-    _one = field_validator("image", mode="before")(lambda cls, v, info: _image_ref(v, info))
-
-
-class EnhanceOptions(_Strict):
-    actions: list[str] = Field(default_factory=list, max_length=8)
-    prompt: str | None = Field(default=None, max_length=2000)
-    aspect_ratio: AspectRatio = "original"
-    resolution: Resolution = "2K"
-    variants: int = Field(default=1, ge=1, le=MAX_VARIANTS)
-    quality: Quality = "medium"
-    output_format: Literal["png", "webp", "jpeg"] = "jpeg"
-    seed: Seed | None = None
-
-
-class EnhanceRequest(_Request):
-    tool: Literal["enhance"]
-    input: EnhanceInput
-    options: EnhanceOptions
-
-    @property
-    def output_count(self) -> int:
-        return self.options.variants
-
-
-def parse_enhance_request(body: dict[str, Any], *, allow_paths: bool = False) -> EnhanceRequest:
-    """Validate an enhance job body, or raise `InvalidInput` naming the field."""
-    try:
-        request = EnhanceRequest.model_validate(body, context={"allow_paths": allow_paths})
-    except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        field = ".".join(str(p) for p in first["loc"]) or "body"
-        raise InvalidInput(field, first["msg"].removeprefix("Value error, ")) from None
-    check_instruction(request.options.actions, request.options.prompt, "options")
-    return request
 
 
 # ---- composition ------------------------------------------------------------------------------
@@ -139,7 +94,7 @@ def region_mask(store, region: str, image: Image.Image, inverse_depth: np.ndarra
 # ---- the pipeline -----------------------------------------------------------------------------
 def check_inputs(request, images: dict[str, Image.Image]) -> list[ActionRecipe]:
     if images.get(IMAGE) is None:
-        raise InvalidInput(IMAGE, "is required")
+        raise PipelineInputError(IMAGE, "is required")
     return check_instruction(request.options.actions, request.options.prompt, "options")
 
 

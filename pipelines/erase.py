@@ -18,7 +18,7 @@ from PIL import Image
 
 from . import prompts
 from .common import RunContext, pipe_working_size, run_diffusion, steps_for_strength
-from .errors import InvalidInput
+from .errors import PipelineInputError
 from .sizes import fit_mask_to_size, fit_to_size, output_size, resize_mask_to, resize_to
 
 MAIN, MASK = "input.main_image", "input.mask_image"
@@ -40,11 +40,12 @@ def mask_to_image(mask: np.ndarray) -> Image.Image:
 
 def check_inputs(images: dict[str, Image.Image]) -> None:
     if MAIN not in images:
-        raise InvalidInput(MAIN, "is required")
+        raise PipelineInputError(MAIN, "is required")
     if images.get(MASK) is None:
-        raise InvalidInput(MASK, "is required for mode erase_edit")
+        raise PipelineInputError(MASK, "is required for mode erase_edit")
     if not mask_from_image(images[MASK]).any():
-        raise InvalidInput(MASK, "the mask is empty: paint the area to erase or fill in white")
+        raise PipelineInputError(MASK,
+                                 "the mask is empty: paint the area to erase or fill in white")
 
 
 def paste_back(source: Image.Image, generated: Image.Image, mask: np.ndarray) -> Image.Image:
@@ -84,7 +85,7 @@ def erase_edit(store, request, images: dict[str, Image.Image], ctx: RunContext) 
     base = fit_to_size(source.convert("RGB"), size)
     mask = mask_from_image(fit_mask_to_size(images[MASK], size))
     if not mask.any():
-        raise InvalidInput(MASK, "the mask is empty inside the output frame")
+        raise PipelineInputError(MASK, "the mask is empty inside the output frame")
     prompt, negative = prompts.erase_prompt(request.input.text_prompt)
     steps = store.quality_steps[request.options.quality]
     result = inpaint_region(store, ctx, base, mask, prompt, negative, steps)

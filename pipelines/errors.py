@@ -1,109 +1,19 @@
-"""The one error hierarchy: the seed's 13 error codes, each with its HTTP status.
-
-Pipelines raise `InvalidInput` from `check_inputs`; serving raises the rest. One mapper in
-serving turns any `RetouchError` into the seed's error JSON.
+"""The two errors a pipeline raises. Pipelines know nothing of HTTP or billing: serving maps
+`PipelineInputError` onto the seed's `invalid_input` and `Cancelled` onto a failed, refunded job.
 """
 
 from __future__ import annotations
 
-from typing import Any
 
-
-class RetouchError(Exception):
-    code = "service_unavailable"
-    http_status = 503
-
-    def __init__(self, message: str, *, details: dict[str, Any] | None = None,
-                 field: str | None = None, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.message = message
-        self.field = field
-        self.details = dict(details or {})
-        if field is not None:
-            self.details.setdefault("field", field)
-        self.headers = headers or {}
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"code": self.code, "message": self.message, "details": self.details or None}
-
-
-class Unauthorized(RetouchError):
-    code, http_status = "unauthorized", 401
-
-
-class Forbidden(RetouchError):
-    code, http_status = "forbidden", 403
-
-
-class SubscriptionRequired(RetouchError):
-    code, http_status = "subscription_required", 402
-
-
-class InvalidInput(RetouchError):
-    """A request field is invalid; the message names the field (e.g. `input.angle`)."""
-
-    code, http_status = "invalid_input", 400
-
-    def __init__(self, field: str, message: str, *, details: dict[str, Any] | None = None,
-                 http_status: int | None = None):
-        super().__init__(f"{field}: {message}" if field else message, details=details,
-                         field=field)
-        if http_status is not None:
-            self.http_status = http_status
-
-
-class NotFound(InvalidInput):
-    """A referenced resource does not exist for this account (seed code `invalid_input`, 404)."""
+class PipelineInputError(Exception):
+    """An input the pipeline cannot use; `field` names it (`input.mask_image`, `options.scale`)."""
 
     def __init__(self, field: str, message: str):
-        super().__init__(field, message, http_status=404)
+        self.message = f"{field}: {message}" if field else message
+        super().__init__(self.message)
+        self.field = field
+        self.reason = message  # without the field name
 
 
-class InsufficientCredits(RetouchError):
-    code, http_status = "insufficient_credits", 402
-
-
-class QueueLimitExceeded(RetouchError):
-    code, http_status = "queue_limit_exceeded", 429
-
-
-class MonthlyBudgetExceeded(RetouchError):
-    code, http_status = "monthly_budget_exceeded", 402
-
-
-class TotalBudgetExceeded(RetouchError):
-    code, http_status = "total_budget_exceeded", 402
-
-
-class PerRequestLimitExceeded(RetouchError):
-    code, http_status = "per_request_limit_exceeded", 402
-
-
-class ToolNotAllowed(RetouchError):
-    code, http_status = "tool_not_allowed", 403
-
-
-class RateLimitExceeded(RetouchError):
-    code, http_status = "rate_limit_exceeded", 429
-
-
-class IdempotencyConflict(RetouchError):
-    code, http_status = "idempotency_conflict", 409
-
-
-class ServiceUnavailable(RetouchError):
-    code, http_status = "service_unavailable", 503
-
-
-class Cancelled(RetouchError):
-    """Raised inside a pipeline when its cancel flag is set; the job ends `failed` and is refunded."""
-
-    code, http_status = "service_unavailable", 503
-
-
-ALL_ERRORS: tuple[type[RetouchError], ...] = (
-    Unauthorized, Forbidden, SubscriptionRequired, InvalidInput, InsufficientCredits,
-    QueueLimitExceeded, MonthlyBudgetExceeded, TotalBudgetExceeded, PerRequestLimitExceeded,
-    ToolNotAllowed, RateLimitExceeded, IdempotencyConflict, ServiceUnavailable,
-)
-ERROR_STATUS: dict[str, int] = {cls.code: cls.http_status for cls in ALL_ERRORS}
+class Cancelled(Exception):
+    """Raised inside a pipeline when its cancel flag is set."""

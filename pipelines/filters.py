@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from .common import RunContext, pipe_working_size, run_diffusion, steps_for_strength
-from .errors import InvalidInput
+from .errors import PipelineInputError
 from .prompts import FILTER_RECIPES, FilterRecipe
 from .sizes import output_size, resize_to
 
@@ -23,9 +23,9 @@ FRAME_COLOUR = (246, 244, 238)
 
 def check_inputs(request, images: dict[str, Image.Image]) -> None:
     if images.get(IMAGE) is None:
-        raise InvalidInput(IMAGE, "is required")
+        raise PipelineInputError(IMAGE, "is required")
     if request.input.filter not in FILTER_RECIPES:
-        raise InvalidInput("input.filter", f"unknown filter {request.input.filter!r}")
+        raise PipelineInputError("input.filter", f"unknown filter {request.input.filter!r}")
 
 
 def _luma(rgb: np.ndarray) -> np.ndarray:

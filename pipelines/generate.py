@@ -21,7 +21,7 @@ from PIL import Image
 
 from . import prompts
 from .common import RunContext, pipe_working_size, run_diffusion
-from .errors import InvalidInput
+from .errors import PipelineInputError
 from .sizes import output_size, resize_to
 
 ALPHA_FORMATS = ("png", "webp")
@@ -29,7 +29,7 @@ ALPHA_FORMATS = ("png", "webp")
 
 def check_inputs(request) -> None:
     if not request.input.prompt.strip():
-        raise InvalidInput("input.prompt", "must not be blank")
+        raise PipelineInputError("input.prompt", "must not be blank")
 
 
 def wants_transparent_background(prompt: str, background: str, output_format: str) -> bool:

@@ -2,7 +2,8 @@
 
 `decode_image` accepts only real PNG, JPEG and WEBP files (magic bytes checked, then fully
 decoded), up to 50 MB and 16..12000 px per side, applies the EXIF orientation and returns an RGB
-image (transparent pixels are flattened onto white). Anything else is `InvalidInput(field, ...)`.
+image (transparent pixels are flattened onto white). Anything else is
+`PipelineInputError(field, ...)`.
 
 `encode_image` writes png/webp/jpeg with fixed encoder settings and no metadata, so the same
 pixels always give the same bytes.
@@ -15,7 +16,7 @@ import warnings
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import InvalidInput
+from .errors import PipelineInputError
 from .vocabulary import MAX_IMAGE_BYTES
 
 MIN_SIDE = 16
@@ -37,14 +38,15 @@ def sniff_format(data: bytes) -> str | None:
 
 
 def decode_image(data: bytes, field: str) -> Image.Image:
-    """Validate and decode image bytes into an RGB image, or raise `InvalidInput(field, ...)`."""
+    """Validate and decode image bytes into an RGB image, or `PipelineInputError(field, ...)`."""
     if not isinstance(data, (bytes, bytearray)) or not data:
-        raise InvalidInput(field, "image is empty")
+        raise PipelineInputError(field, "image is empty")
     if len(data) > MAX_IMAGE_BYTES:
-        raise InvalidInput(field, f"image is larger than {MAX_IMAGE_BYTES // (1024 * 1024)} MB")
+        raise PipelineInputError(field,
+                                 f"image is larger than {MAX_IMAGE_BYTES // (1024 * 1024)} MB")
     fmt = sniff_format(bytes(data[:16]))
     if fmt is None:
-        raise InvalidInput(field, "not a PNG, JPEG or WEBP image")
+        raise PipelineInputError(field, "not a PNG, JPEG or WEBP image")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -52,14 +54,15 @@ def decode_image(data: bytes, field: str) -> Image.Image:
             width, height = image.size
             if not (MIN_SIDE <= width <= MAX_SIDE and MIN_SIDE <= height <= MAX_SIDE) \
                     or width * height > MAX_PIXELS:
-                raise InvalidInput(field, f"image is {width}x{height}; each side must be "
+                raise PipelineInputError(field, f"image is {width}x{height}; each side must be "
                                           f"{MIN_SIDE}..{MAX_SIDE} px")
             image.load()
-    except InvalidInput:
+    except PipelineInputError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
             Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise InvalidInput(field, f"could not decode the {fmt} image ({exc.__class__.__name__})") \
+        raise PipelineInputError(field,
+                                 f"could not decode the {fmt} image ({exc.__class__.__name__})") \
             from None
     image = ImageOps.exif_transpose(image)
     return to_rgb(image)
@@ -83,7 +86,7 @@ def encode_image(image: Image.Image, output_format: str) -> bytes:
     """Encode to png/webp/jpeg bytes; deterministic for the same pixels. RGBA kept for png/webp."""
     fmt = output_format.lower()
     if fmt not in _MEDIA_TYPES:
-        raise InvalidInput("options.output_format", f"unsupported format {output_format!r}")
+        raise PipelineInputError("options.output_format", f"unsupported format {output_format!r}")
     if image.mode not in ("RGB", "RGBA"):
         image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
     if fmt == "jpeg" and image.mode == "RGBA":

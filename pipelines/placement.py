@@ -36,7 +36,7 @@ from . import erase, prompts
 from .common import RunContext
 from .edit import reference_conditioning
 from .erase import INPAINT_STRENGTH
-from .errors import InvalidInput
+from .errors import PipelineInputError
 from .sizes import fit_to_size, output_size, resize_mask_to, resize_to, working_size
 
 MAIN = "input.main_image"
@@ -59,12 +59,12 @@ def secondary_images(images: dict[str, Image.Image]) -> list[Image.Image]:
 
 def check_inputs(request, images: dict[str, Image.Image]) -> None:
     if images.get(MAIN) is None:
-        raise InvalidInput(MAIN, "is required")
+        raise PipelineInputError(MAIN, "is required")
     for i in range(len(request.input.secondary_images)):
         if images.get(f"input.secondary_images[{i}]") is None:
-            raise InvalidInput(f"input.secondary_images[{i}]", "image is missing")
+            raise PipelineInputError(f"input.secondary_images[{i}]", "image is missing")
     if request.options.mode == "location_change" and not request.input.text_prompt.strip():
-        raise InvalidInput("input.text_prompt", "is required for mode location_change")
+        raise PipelineInputError("input.text_prompt", "is required for mode location_change")
 
 
 def box_mask(size: tuple[int, int], box: tuple[float, float, float, float]) -> np.ndarray:

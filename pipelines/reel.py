@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from .common import RunContext
-from .errors import InvalidInput
+from .errors import PipelineInputError
 
 FPS = 24
 MIN_DURATION_S, MAX_DURATION_S = 2, 60
@@ -45,9 +45,9 @@ ASPECT_RATIOS: dict[str, tuple[int, int]] = {"16:9": (16, 9), "9:16": (9, 16), "
 def frame_size(aspect_ratio: str, resolution: str) -> tuple[int, int]:
     """Even `(width, height)` for an aspect ratio (`16:9`) and a named resolution (`720p`)."""
     if aspect_ratio not in ASPECT_RATIOS:
-        raise InvalidInput("aspect_ratio", f"must be one of {', '.join(ASPECT_RATIOS)}")
+        raise PipelineInputError("aspect_ratio", f"must be one of {', '.join(ASPECT_RATIOS)}")
     if resolution not in RESOLUTIONS:
-        raise InvalidInput("resolution", f"must be one of {', '.join(RESOLUTIONS)}")
+        raise PipelineInputError("resolution", f"must be one of {', '.join(RESOLUTIONS)}")
     w, h = ASPECT_RATIOS[aspect_ratio]
     short = RESOLUTIONS[resolution]
     if w >= h:
@@ -85,20 +85,21 @@ class CameraMove:
 def check_inputs(pictures: list[Image.Image], spec: ReelSpec) -> None:
     """Validate a reel request; errors name the field."""
     if not pictures:
-        raise InvalidInput("picture_ids", "at least one picture is needed")
+        raise PipelineInputError("picture_ids", "at least one picture is needed")
     if len(pictures) > MAX_PICTURES:
-        raise InvalidInput("picture_ids", f"at most {MAX_PICTURES} pictures fit in one reel")
+        raise PipelineInputError("picture_ids", f"at most {MAX_PICTURES} pictures fit in one reel")
     if not (isinstance(spec.duration_s, int) and MIN_DURATION_S <= spec.duration_s
             <= MAX_DURATION_S):
-        raise InvalidInput("duration", f"must be a whole number of seconds from "
+        raise PipelineInputError("duration", f"must be a whole number of seconds from "
                                        f"{MIN_DURATION_S} to {MAX_DURATION_S}")
     for name, value in (("width", spec.width), ("height", spec.height)):
         if value < 2 or value > MAX_SIDE or value % 2:
-            raise InvalidInput(name, f"must be an even number of pixels from 2 to {MAX_SIDE}")
+            raise PipelineInputError(name, f"must be an even number of pixels from 2 to {MAX_SIDE}")
     if not 1 <= spec.fps <= 60:
-        raise InvalidInput("fps", "must be from 1 to 60")
+        raise PipelineInputError("fps", "must be from 1 to 60")
     if spec.frame_count < len(pictures):
-        raise InvalidInput("duration", f"{spec.duration_s} s is too short for {len(pictures)} "
+        raise PipelineInputError("duration",
+                                 f"{spec.duration_s} s is too short for {len(pictures)} "
                                        "pictures")
 
 
@@ -216,7 +217,7 @@ def render_frames(pictures: list[Image.Image], spec: ReelSpec, ctx: RunContext,
 
 
 def music_format(data: bytes, field: str = "music_url") -> str:
-    """`wav` or `mp3` (the container PyAV finds), else `InvalidInput(field)`."""
+    """`wav` or `mp3` (the container PyAV finds), else `PipelineInputError(field)`."""
     import av
 
     try:
@@ -225,36 +226,36 @@ def music_format(data: bytes, field: str = "music_url") -> str:
     except (av.error.FFmpegError, ValueError):
         name = None
     if name not in ("wav", "mp3"):
-        raise InvalidInput(field, "must be a WAV or MP3 audio file")
+        raise PipelineInputError(field, "must be a WAV or MP3 audio file")
     return name
 
 
 def decode_music(data: bytes, field: str = "music_url") -> np.ndarray:
-    """WAV/MP3 bytes → float32 stereo samples `(2, n)` at 44.1 kHz; `InvalidInput` otherwise."""
+    """WAV/MP3 bytes → float32 stereo samples `(2, n)` at 44.1 kHz; `PipelineInputError` otherwise."""
     import av
 
     if len(data) > MAX_MUSIC_BYTES:
-        raise InvalidInput(field, f"the music file is larger than {MAX_MUSIC_BYTES} bytes")
+        raise PipelineInputError(field, f"the music file is larger than {MAX_MUSIC_BYTES} bytes")
     chunks = []
     try:
         music_format(data, field)
         with av.open(io.BytesIO(data), mode="r") as container:
             if not container.streams.audio:
-                raise InvalidInput(field, "the file has no audio track")
+                raise PipelineInputError(field, "the file has no audio track")
             resampler = av.AudioResampler(format="fltp", layout="stereo", rate=AUDIO_RATE)
             for frame in container.decode(audio=0):
                 for out in resampler.resample(frame):
                     chunks.append(out.to_ndarray())
             for out in resampler.resample(None):
                 chunks.append(out.to_ndarray())
-    except InvalidInput:
+    except PipelineInputError:
         raise
     except (av.error.FFmpegError, ValueError) as exc:
-        raise InvalidInput(field, f"must be a WAV or MP3 audio file ({type(exc).__name__})") \
+        raise PipelineInputError(field, f"must be a WAV or MP3 audio file ({type(exc).__name__})") \
             from None
     samples = np.concatenate(chunks, axis=1) if chunks else np.zeros((2, 0), np.float32)
     if samples.shape[1] == 0:
-        raise InvalidInput(field, "the audio track is empty")
+        raise PipelineInputError(field, "the audio track is empty")
     return samples.astype(np.float32)
 
 
@@ -308,17 +309,11 @@ def _encode_audio(container, stream, track: np.ndarray) -> None:
     container.mux(stream.encode(None))
 
 
-def run_reel_job(body: dict, inputs: dict[str, bytes], seed: int, progress, is_cancelled
-                 ) -> list[bytes]:
-    """Render a stored `video` job body: `inputs` holds `input.pictures[i]` image bytes and
-    optionally `input.music`; returns `[mp4 bytes]`."""
-    from .images import decode_image
-
-    options = body["options"]
-    count = len(body["input"]["pictures"])
-    pictures = [decode_image(inputs[f"input.pictures[{n}]"], f"picture_ids[{n}]")
-                for n in range(count)]
-    spec = ReelSpec(width=int(options["width"]), height=int(options["height"]),
-                    duration_s=int(options["duration"]), fps=int(options.get("fps", FPS)))
-    ctx = RunContext(seed=seed, progress=progress, is_cancelled=is_cancelled)
+def reel(store, request, inputs: dict, ctx: RunContext) -> list[bytes]:
+    """The `video` task: `inputs` holds the decoded `input.pictures[i]` and optionally the
+    `input.music` bytes; returns `[mp4 bytes]`. No model is used (`store` is unused)."""
+    options = request.options
+    pictures = [inputs[f"input.pictures[{n}]"] for n in range(len(request.input.pictures))]
+    spec = ReelSpec(width=options.width, height=options.height, duration_s=options.duration,
+                    fps=options.fps)
     return [render_reel(pictures, spec, ctx, music=inputs.get("input.music"))]

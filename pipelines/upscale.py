@@ -32,7 +32,7 @@ from torch.nn import functional as F
 from PIL import Image
 
 from .common import RunContext
-from .errors import InvalidInput
+from .errors import PipelineInputError
 from .vocabulary import (DEFAULT_NOISE_SCALE, NOISE_SCALE_RANGE, UPSCALE_4K_HEIGHT,
                          UPSCALE_SCALES)
 
@@ -72,17 +72,17 @@ def plan_upscale(size: tuple[int, int], scale: int | str) -> UpscalePlan:
 
 def check_inputs(image: Any, scale: Any, noise_scale: Any) -> UpscalePlan:
     if scale not in UPSCALE_SCALES or isinstance(scale, bool):
-        raise InvalidInput("options.scale", 'must be 2, 4 or "4k"')
+        raise PipelineInputError("options.scale", 'must be 2, 4 or "4k"')
     low, high = NOISE_SCALE_RANGE
     if (isinstance(noise_scale, bool) or not isinstance(noise_scale, (int, float))
             or not math.isfinite(noise_scale) or not low <= noise_scale <= high):
-        raise InvalidInput("options.noise_scale", f"must be a number from {low} to {high}")
+        raise PipelineInputError("options.noise_scale", f"must be a number from {low} to {high}")
     if not isinstance(image, Image.Image) or image.width < 1 or image.height < 1:
-        raise InvalidInput("input.image", "must be a non-empty image")
+        raise PipelineInputError("input.image", "must be a non-empty image")
     plan = plan_upscale(image.size, scale)
     for size in (plan.model_size, plan.output_size):
         if size[0] * size[1] > MAX_OUTPUT_PIXELS:
-            raise InvalidInput(
+            raise PipelineInputError(
                 "input.image", f"too large to upscale by {scale}: the result would be "
                 f"{size[0]}x{size[1]} pixels, more than {MAX_OUTPUT_PIXELS} in total")
     return plan

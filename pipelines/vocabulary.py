@@ -1,19 +1,14 @@
-"""The seed's controlled values, in one place: tools, modes, angles, atmosphere, sizes, filters.
+"""The seed's controlled values, in one place: angles, atmosphere, sizes, filters (the tools and
+modes are the task registry's, `serving.tasks`).
 
 Prompt templates built from these live in `prompts.py`.
 """
 
 from __future__ import annotations
 
-TOOLS = ("generator", "editor", "photographer", "upscaler", "ai_filter")
 QUALITIES = ("low", "medium", "high")
 OUTPUT_FORMATS = ("png", "webp", "jpeg")
 BACKGROUNDS = ("opaque", "auto")
-
-PHOTOGRAPHER_MODES = (
-    "person_placement", "angle_change", "cloth_change", "time_change",
-    "location_change", "carousel", "object_placement", "erase_edit",
-)
 
 # The seed's aspect ratios and exact output sizes (width, height); `original` = model/input default.
 ASPECT_RATIOS: dict[str, tuple[int, int] | None] = {

@@ -3,7 +3,7 @@
 Each manifest line is a `POST /api/v1/generations` body (`tool`, `input`, `options`). Image
 references may be local paths (relative to the manifest's folder), `{"path": ...}`, or HTTPS
 URLs; upload and generation ids only exist behind the API and are rejected here. Every line runs
-through the same `Engine` the server uses; a bad line fails alone and is recorded in
+through the same `TaskRunner` the server uses; a bad line fails alone and is recorded in
 `results.jsonl` next to the outputs.
 """
 
@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from retouch.pipelines.errors import InvalidInput, RetouchError
-from retouch.pipelines.requests import ImageRef, parse_generation_request
+from retouch.serving.core.errors import InvalidInput, RetouchError
+from retouch.serving.requests import ImageRef
+from retouch.serving.tasks import parse_request
 from retouch.pipelines.vocabulary import MAX_IMAGE_BYTES
 
 OUTPUT_EXTENSIONS = {"png": "png", "webp": "webp", "jpeg": "jpg"}
@@ -87,12 +88,14 @@ def fetch_https_image(url: str, field_name: str) -> bytes:
 def resolve_images(request, base_dir: Path, fetch_url=fetch_https_image) -> dict:
     """Every image field of a request decoded to a PIL image, keyed like `image_fields()`."""
     from retouch.pipelines.images import decode_image
+    from retouch.serving.core.errors import pipeline_input_errors
 
-    return {name: decode_image(read_image_ref(ref, name, base_dir, fetch_url), name)
-            for name, ref in request.image_fields().items()}
+    with pipeline_input_errors():
+        return {name: decode_image(read_image_ref(ref, name, base_dir, fetch_url), name)
+                for name, ref in request.image_fields().items()}
 
 
-def run_line(engine, line_no: int, text: str, base_dir: Path, out_dir: Path,
+def run_line(runner, line_no: int, text: str, base_dir: Path, out_dir: Path,
              on_progress: Callable[[float], None], fetch_url=fetch_https_image) -> LineResult:
     """Parse, resolve, run and write one manifest line; any failure is recorded, not raised."""
     from retouch.pipelines.common import RunContext
@@ -105,12 +108,12 @@ def run_line(engine, line_no: int, text: str, base_dir: Path, out_dir: Path,
             body = json.loads(text)
         except ValueError as exc:
             raise InvalidInput("body", f"line is not valid JSON: {exc.msg}") from None
-        request = parse_generation_request(body, allow_paths=True)
+        request = parse_request(body, allow_paths=True)
         seed = request.options.seed
         result.seed = seed if seed is not None else derive_seed(text)
         images = resolve_images(request, base_dir, fetch_url)
         ctx = RunContext(seed=result.seed, progress=on_progress, is_cancelled=lambda: False)
-        outputs = engine.run(request, images, ctx)
+        outputs = runner.run(request, images, ctx)
         names = output_names(line_no, len(outputs), request.options.output_format)
         for name, image in zip(names, outputs):
             (out_dir / name).write_bytes(encode_image(image, request.options.output_format))
@@ -129,9 +132,9 @@ def manifest_lines(manifest: Path) -> list[tuple[int, str]]:
     return [(i, text) for i, text in enumerate(lines, start=1) if text.strip()]
 
 
-def run_batch(manifest: Path, out_dir: Path, engine, *, show_progress: bool = True,
+def run_batch(manifest: Path, out_dir: Path, runner, *, show_progress: bool = True,
               fetch_url=fetch_https_image) -> list[LineResult]:
-    """Run every line of `manifest` through `engine`; write outputs and `results.jsonl`."""
+    """Run every line of `manifest` through `runner`; write outputs and `results.jsonl`."""
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeElapsedColumn)
 
@@ -148,7 +151,7 @@ def run_batch(manifest: Path, out_dir: Path, engine, *, show_progress: bool = Tr
         steps = bar.add_task("job", total=100)
         for line_no, text in lines:
             bar.update(steps, description=f"line {line_no}", completed=0)
-            result = run_line(engine, line_no, text, manifest.parent, out_dir,
+            result = run_line(runner, line_no, text, manifest.parent, out_dir,
                               lambda f: bar.update(steps, completed=round(100 * f)), fetch_url)
             bar.update(steps, completed=100)
             results.append(result)
@@ -160,13 +163,13 @@ def run_batch(manifest: Path, out_dir: Path, engine, *, show_progress: bool = Tr
 
 def batch_command(manifest: Path, out: Path, profile: str = "tiny", device: str = "cpu",
                   model_cache: Path | None = None) -> int:
-    """`retouch batch`: build the engine, run the manifest, return the exit code."""
+    """`retouch batch`: build the runner, run the manifest, return the exit code."""
     import os
 
     from rich.console import Console
 
     from retouch.models.store import ModelStore, default_cache_dir
-    from retouch.pipelines.engine import Engine
+    from retouch.serving.runner import TaskRunner
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     console = Console(stderr=True)
@@ -176,8 +179,8 @@ def batch_command(manifest: Path, out: Path, profile: str = "tiny", device: str 
 
         with console.status("building tiny models"):
             build_tiny_models(cache_dir)
-    engine = Engine(ModelStore(profile=profile, device=device, cache_dir=cache_dir))
-    results = run_batch(Path(manifest), Path(out), engine)
+    runner = TaskRunner(ModelStore(profile=profile, device=device, cache_dir=cache_dir))
+    results = run_batch(Path(manifest), Path(out), runner)
     failed = [r for r in results if r.status != "ok"]
     console.print(f"{len(results) - len(failed)} ok, {len(failed)} failed → "
                   f"{Path(out) / 'results.jsonl'}")

@@ -101,14 +101,14 @@ def main(argv: list[str] | None = None) -> None:
     from retouch.models.store import ModelStore
     from retouch.pipelines import prompts
     from retouch.pipelines.common import RunContext, size_multiple
-    from retouch.pipelines.engine import Engine
-    from retouch.pipelines.requests import parse_generation_request
+    from retouch.serving.runner import TaskRunner
+    from retouch.serving.tasks import parse_request
     from retouch.pipelines.sizes import output_size, working_size
 
     torch.manual_seed(0)
     store = ModelStore(profile=args.profile, device=args.device, cache_dir=args.model_cache,
                        dtype=DTYPES[args.dtype])
-    engine = Engine(store)
+    engine = TaskRunner(store)
     ours_pipe = store.text2img()
     _optimise(ours_pipe, args.channels_last, args.compile)
 
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     size = output_size(args.aspect_ratio, native_size=store.native_size)
     work = working_size(size, native_size=store.native_size,
                         multiple=size_multiple(ours_pipe, store.native_size))
-    request = parse_generation_request({
+    request = parse_request({
         "tool": "generator", "input": {"prompt": PROMPT},
         "options": {"quality": args.quality, "aspect_ratio": args.aspect_ratio, "seed": 1}})
 
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
         ours_gaps = [b - a for a, b in zip(ours_marks[1:], ours_marks[2:])][:max(1, steps - 1)]
 
         source = Image.new("RGB", (args.upscale_size, args.upscale_size), (90, 120, 200))
-        up_request = parse_generation_request({
+        up_request = parse_request({
             "tool": "upscaler", "input": {"image": "https://example.invalid/x.png"},
             "options": {"scale": int(args.upscale_scale)}})
         up_images = {"input.image": source}

@@ -65,8 +65,8 @@ def bench_job_creation(home: Path, creates: int, database_url: str | None) -> fl
 def bench_direct(settings, jobs: int, threads_override: int | None = None) -> list[float]:
     """Seconds per generator job on the Engine, no serving around it."""
     from retouch.pipelines.common import RunContext
-    from retouch.pipelines.engine import Engine
-    from retouch.pipelines.requests import parse_generation_request
+    from retouch.serving.runner import TaskRunner
+    from retouch.serving.tasks import parse_request
     from retouch.models.store import ModelStore
 
     import torch
@@ -77,15 +77,15 @@ def bench_direct(settings, jobs: int, threads_override: int | None = None) -> li
         torch.set_num_threads(1)
     elif threads_override:
         torch.set_num_threads(threads_override)
-    engine = Engine(ModelStore(profile=settings.profile, device=settings.device,
+    engine = TaskRunner(ModelStore(profile=settings.profile, device=settings.device,
                                cache_dir=settings.resolved_model_cache))
-    request = parse_generation_request(_generator_body(0))
+    request = parse_request(_generator_body(0))
     engine.run(request, {}, RunContext(seed=0))  # warm-up: load the models
     engine.run(request, {}, RunContext(seed=0))
     times = []
     for i in range(jobs):
         started = time.perf_counter()
-        engine.run(parse_generation_request(_generator_body(i)), {}, RunContext(seed=i))
+        engine.run(parse_request(_generator_body(i)), {}, RunContext(seed=i))
         times.append(time.perf_counter() - started)
     torch.set_num_threads(threads)
     return times

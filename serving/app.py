@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 
-from retouch.pipelines.errors import InvalidInput, ServiceUnavailable
+from retouch.serving.core.errors import InvalidInput, ServiceUnavailable
 
 from .core.db import make_engine, make_session_factory, run_migrations
 from .core.fetch import ImageFetcher, make_fetcher
@@ -60,9 +60,9 @@ def build_services(settings: Settings, *, executor: Any = None,
 def make_default_executor(services: Services):
     """The executor `settings.executor` names: in-process here, Ray from the runtime module."""
     if services.settings.executor == "inprocess":
-        from .executor import InProcessExecutor, engine_factory_for
+        from .executor import InProcessExecutor, runner_factory_for
 
-        return InProcessExecutor(services, engine_factory_for(services.settings),
+        return InProcessExecutor(services, runner_factory_for(services.settings),
                                  concurrency=services.settings.dispatcher_concurrency)
     from . import runtime  # the Ray Serve runtime provides `make_executor(services)`
 

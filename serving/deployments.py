@@ -1,14 +1,15 @@
-"""Ray Serve deployments: one per model family, each hosting an `Engine`.
+"""Ray Serve deployments: one per model family, each hosting a `TaskRunner`.
 
-- `DiffusionDeployment` runs generator, editor, photographer and ai_filter jobs, AIXpose
-  `enhance` jobs and `video` reels.
-- `UpscalerDeployment` runs upscaler jobs.
+Which tasks a family runs is the registry's (`TaskSpec.family`): `DiffusionDeployment` the
+`diffusion` family (generator, editor, photographer, ai_filter, AIXpose `enhance` and `video`),
+`UpscalerDeployment` the `upscaler` family.
 
-Both expose `run_job(job_id, body, images, seed) -> list[bytes]`: the generation body as JSON,
-the input images as encoded bytes keyed by field (`input.main_image`, ...), the outputs as encoded
-bytes in the request's output format. Progress and cancellation travel through `ProgressBoard`, a
-small named Ray actor: replicas write progress to it and learn from its answer whether the job was
-cancelled; the dispatcher reads progress from it and sets the cancel flag.
+Both expose `run_job(job_id, request, images, seed)`: the typed request (pickled by Ray), the
+input images as stored bytes keyed by field (`input.main_image`, ...); the reply carries the
+outputs as encoded bytes in the request's output format. Progress and cancellation travel
+through `ProgressBoard`, a small named Ray actor: replicas write progress to it and learn from
+its answer whether the job was cancelled; the dispatcher reads progress from it and sets the
+cancel flag.
 
 Ray is imported inside functions only, so the in-process executor never needs it.
 """
@@ -18,60 +19,32 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-FAMILIES = ("diffusion", "upscaler")
 BOARD_NAME = "retouch-progress-board"
 RAY_NAMESPACE = "retouch"
 
 
-def family_for(tool: str) -> str:
-    """Which deployment family runs a tool."""
-    return "upscaler" if tool == "upscaler" else "diffusion"
-
-
-def run_engine_job(engine, body: dict[str, Any], images: dict[str, bytes], seed: int,
-                   progress: Callable[[float], None],
-                   is_cancelled: Callable[[], bool]) -> list[bytes]:
-    """Run one generation body through `engine`: encoded inputs in, encoded outputs out.
-
-    The single implementation of "run one job" shared by the Ray deployments and the in-process
-    executor. Raises `InvalidInput` for bad inputs, `Cancelled` when cancelled.
-    """
-    if body.get("tool") == "video":  # a reel needs no model: the reel pipeline renders it
-        from retouch.pipelines.reel import run_reel_job
-
-        return run_reel_job(body, images, seed, progress, is_cancelled)
-    from retouch.pipelines.common import RunContext
-    from retouch.pipelines.images import decode_image, encode_image
-    from retouch.pipelines.requests import parse_job_request
-
-    request = parse_job_request(body)
-    decoded = {name: decode_image(data, name) for name, data in images.items()}
-    ctx = RunContext(seed=seed, progress=progress, is_cancelled=is_cancelled)
-    outputs = engine.run(request, decoded, ctx)
-    return [encode_image(image, request.options.output_format) for image in outputs]
-
-
 @dataclass
 class EngineConfig:
-    """What a replica needs to build its `ModelStore`."""
+    """What a replica needs to build its `ModelStore` and `TaskRunner`."""
 
     profile: str = "tiny"
     device: str = "cpu"
     cache_dir: str = ""
     overrides: dict[str, str] = field(default_factory=dict)
 
-    def build_engine(self):
+    def build_runner(self):
         import os
 
         from retouch.models.store import ModelStore
-        from retouch.pipelines.engine import Engine
+
+        from .runner import TaskRunner
 
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         store = ModelStore(profile=self.profile, device=self.device,
                            cache_dir=Path(self.cache_dir), overrides=self.overrides or None)
-        return Engine(store)
+        return TaskRunner(store)
 
 
 @dataclass
@@ -86,16 +59,19 @@ class FamilyOptions:
 
 def load_family_options(config_path: Path | None) -> dict[str, FamilyOptions]:
     """Per-family options from a YAML serve config; the CPU embedded default without one."""
-    options = {name: FamilyOptions() for name in FAMILIES}
+    from .tasks import TASKS
+
+    families = TASKS.families()
+    options = {name: FamilyOptions() for name in families}
     if config_path is None:
         return options
     import yaml
 
     raw = yaml.safe_load(Path(config_path).read_text()) or {}
     for name, values in (raw.get("deployments") or {}).items():
-        if name not in FAMILIES:
+        if name not in families:
             raise ValueError(f"serve config: unknown deployment family {name!r}; "
-                             f"expected one of {', '.join(FAMILIES)}")
+                             f"expected one of {', '.join(families)}")
         unknown = set(values or {}) - set(FamilyOptions.__dataclass_fields__)
         if unknown:
             raise ValueError(f"serve config: deployments.{name} has unknown option(s) "
@@ -148,20 +124,20 @@ class _BoardReporter:
         return self._cancelled
 
 
-class _EngineDeployment:
-    """A replica holding one `Engine`; the families differ only in which tools they get."""
+class _FamilyDeployment:
+    """A replica holding one `TaskRunner` for the tasks of its `family`."""
 
-    tools: tuple[str, ...] = ()
+    family = ""
 
     def __init__(self, engine_config: EngineConfig):
         import threading
 
-        self._engine = engine_config.build_engine()
+        self._runner = engine_config.build_runner()
         # Diffusers pipelines keep per-call state (scheduler timesteps): one job at a time per
         # replica; further requests (up to max_ongoing_requests) wait here.
         self._run_lock = threading.Lock()
 
-    def run_job(self, job_id: str, body: dict[str, Any], images: dict[str, bytes],
+    def run_job(self, job_id: str, request, images: dict[str, bytes],
                 seed: int) -> dict[str, Any]:
         """`{"outputs": [bytes, ...]}`, or `{"error": {...}}` for a pipeline error.
 
@@ -169,34 +145,41 @@ class _EngineDeployment:
         """
         import ray
 
-        from retouch.pipelines.errors import Cancelled, RetouchError
+        from retouch.pipelines.errors import Cancelled
 
-        if body.get("tool") not in self.tools:
-            raise ValueError(f"{type(self).__name__} does not run tool {body.get('tool')!r}")
+        from .core.errors import RetouchError
+
+        spec = self._runner.registry.for_request(request)
+        if spec.family != self.family:
+            raise ValueError(f"{type(self).__name__} does not run task {spec.name!r}")
         board = ray.get_actor(BOARD_NAME, namespace=RAY_NAMESPACE)
         reporter = _BoardReporter(board, job_id)
         try:
             with self._run_lock:
                 reporter.progress(0.0)
-                return {"outputs": run_engine_job(self._engine, body, images, seed,
-                                                  reporter.progress, reporter.is_cancelled)}
+                return {"outputs": self._runner.run_job(request, images, seed,
+                                                        reporter.progress,
+                                                        reporter.is_cancelled)}
+        except Cancelled as exc:
+            return {"error": {"code": "service_unavailable", "message": str(exc),
+                              "field": None, "cancelled": True}}
         except RetouchError as exc:
             return {"error": {"code": exc.code, "message": exc.message, "field": exc.field,
-                              "cancelled": isinstance(exc, Cancelled)}}
+                              "cancelled": False}}
 
     def ready(self) -> bool:
         return True
 
 
-class DiffusionDeployment(_EngineDeployment):
-    tools = ("generator", "editor", "photographer", "ai_filter", "enhance", "video")
+class DiffusionDeployment(_FamilyDeployment):
+    family = "diffusion"
 
 
-class UpscalerDeployment(_EngineDeployment):
-    tools = ("upscaler",)
+class UpscalerDeployment(_FamilyDeployment):
+    family = "upscaler"
 
 
-_FAMILY_CLASSES = {"diffusion": DiffusionDeployment, "upscaler": UpscalerDeployment}
+_FAMILY_CLASSES = {cls.family: cls for cls in (DiffusionDeployment, UpscalerDeployment)}
 
 
 @dataclass
@@ -206,8 +189,10 @@ class RayFamilies:
     handles: dict[str, Any]
     board: Any
 
-    def handle_for(self, tool: str):
-        return self.handles[family_for(tool)]
+    def handle_for(self, request):
+        from .tasks import TASKS
+
+        return self.handles[TASKS.for_request(request).family]
 
 
 def deploy_families(engine_config: EngineConfig,

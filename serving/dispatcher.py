@@ -2,8 +2,8 @@
 
 `Dispatcher(...)` owns `settings.dispatcher_concurrency` worker threads. Each worker loops:
 expire stale leases, lease the next pending job, load its input images from storage, run it on
-the backend (`RayBackend`: the Serve deployment of the tool's family; `InProcessBackend`: an
-`Engine` in this process), heartbeat with progress while it runs, store the outputs under
+the backend (`RayBackend`: the Serve deployment of the tool's family; `InProcessBackend`: a
+`TaskRunner` in this process), heartbeat with progress while it runs, store the outputs under
 `outputs/<job_id>/<n>.<ext>` and complete the job — or fail it (`invalid_input` for bad inputs,
 `service_unavailable` otherwise; `core.jobs` refunds). When a Ray replica dies mid-job the
 dispatcher stops heartbeating and leaves the job alone: its lease expires and `expire_leases`
@@ -22,7 +22,10 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
-from retouch.pipelines.errors import Cancelled, InvalidInput
+from retouch.pipelines.errors import Cancelled
+
+from .core.errors import InvalidInput
+from .tasks import TASKS, job_request
 
 log = logging.getLogger(__name__)
 
@@ -35,22 +38,20 @@ class ReplicaLost(Exception):
 
 
 class ExecutionBackend(Protocol):
-    def run(self, job_id: str, body: dict[str, Any], images: dict[str, bytes], seed: int,
+    def run(self, job_id: str, request, images: dict[str, bytes], seed: int,
             progress: ProgressFn, is_cancelled: CancelledFn) -> list[bytes]: ...
 
 
 class InProcessBackend:
-    """Runs jobs on an `Engine` in this process (tests, the `inprocess` executor)."""
+    """Runs jobs on a `TaskRunner` in this process (tests, the `inprocess` executor)."""
 
-    def __init__(self, engine):
-        self.engine = engine
+    def __init__(self, runner):
+        self.runner = runner
         self._lock = threading.Lock()  # one pipeline call at a time: models are shared
 
-    def run(self, job_id, body, images, seed, progress, is_cancelled) -> list[bytes]:
-        from .deployments import run_engine_job
-
+    def run(self, job_id, request, images, seed, progress, is_cancelled) -> list[bytes]:
         with self._lock:
-            return run_engine_job(self.engine, body, images, seed, progress, is_cancelled)
+            return self.runner.run_job(request, images, seed, progress, is_cancelled)
 
 
 class RayBackend:
@@ -60,13 +61,13 @@ class RayBackend:
         self.families = families
         self.poll_seconds = poll_seconds
 
-    def run(self, job_id, body, images, seed, progress, is_cancelled) -> list[bytes]:
+    def run(self, job_id, request, images, seed, progress, is_cancelled) -> list[bytes]:
         import ray
         from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
         board = self.families.board
-        response = self.families.handle_for(body["tool"]).run_job.remote(job_id, body, images,
-                                                                          seed)
+        response = self.families.handle_for(request).run_job.remote(job_id, request, images,
+                                                                     seed)
         cancel_sent = False
         try:
             while True:
@@ -86,7 +87,7 @@ class RayBackend:
 
 def _outputs_or_raise(reply: dict[str, Any]) -> list[bytes]:
     """Turn a deployment's reply back into outputs or the pipeline error it reported."""
-    from retouch.pipelines.errors import ServiceUnavailable
+    from .core.errors import ServiceUnavailable
 
     if "outputs" in reply:
         return reply["outputs"]
@@ -187,8 +188,10 @@ class Dispatcher:
                                      name=f"heartbeat-{job.id[:8]}", daemon=True)
         heartbeat.start()
         try:
-            images = self.load_inputs(job)
-            outputs = self.backend.run(job.id, dict(job.request), images, int(job.seed),
+            request = job_request(job)
+            images = TASKS.for_request(request).load_inputs(self.session_factory, self.storage,
+                                                             job, request)
+            outputs = self.backend.run(job.id, request, images, int(job.seed),
                                        tracker.report, tracker.is_cancelled)
             keys = self.store_outputs(job, outputs)
             complete_job(self.session_factory, job.id, worker_id, keys)
@@ -226,16 +229,6 @@ class Dispatcher:
             if not alive:
                 tracker.lease_lost.set()
                 return
-
-    def load_inputs(self, job) -> dict[str, bytes]:
-        """The job's input images as stored bytes, keyed by request field."""
-        if job.tool == "video":  # a reel reads its pictures and music track by storage key
-            from .core.videos import load_video_inputs
-
-            return load_video_inputs(self.session_factory, self.storage, job)
-        from .core.image_refs import load_job_inputs
-
-        return load_job_inputs(self.session_factory, self.storage, job)
 
     def store_outputs(self, job, outputs: list[bytes]) -> list[str]:
         from .core.storage import MEDIA_TYPES

@@ -18,7 +18,10 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from retouch.pipelines.errors import InvalidInput, RetouchError, ServiceUnavailable
+from retouch.pipelines.errors import PipelineInputError
+
+from .core.errors import (InvalidInput, RetouchError, ServiceUnavailable, invalid_input_from,
+                          invalid_input_from_validation)
 
 log = logging.getLogger(__name__)
 
@@ -47,33 +50,22 @@ def error_response(request: Request, error: RetouchError) -> JSONResponse:
     return JSONResponse(error_body(error, rid), status_code=error.http_status, headers=headers)
 
 
-def _field_from_loc(loc: tuple | list) -> str:
-    """('body', 'input', 'images', 0) -> 'input.images[0]'; query/path/header keep their name."""
-    parts = list(loc)
-    if parts and parts[0] in ("body", "query", "path", "header", "cookie") and len(parts) > 1:
-        parts = parts[1:]
-    path = ""
-    for part in parts:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        else:
-            path += f".{part}" if path else str(part)
-    return path or "body"
-
-
 def validation_error(exc: RequestValidationError) -> InvalidInput:
     errors = exc.errors()
-    if not errors:
-        return InvalidInput("body", "is invalid")
-    first = errors[0]
-    if first.get("type") == "json_invalid":
+    if errors and errors[0].get("type") == "json_invalid":
         return InvalidInput("body", "is not valid JSON")
-    message = str(first.get("msg", "is invalid")).removeprefix("Value error, ")
-    return InvalidInput(_field_from_loc(first.get("loc", ())), message)
+    return invalid_input_from_validation(errors, skip=REQUEST_PARTS)
+
+
+REQUEST_PARTS = ("body", "query", "path", "header", "cookie")
 
 
 async def _retouch_error(request: Request, exc: RetouchError) -> JSONResponse:
     return error_response(request, exc)
+
+
+async def _pipeline_input_error(request: Request, exc: PipelineInputError) -> JSONResponse:
+    return error_response(request, invalid_input_from(exc))
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -142,6 +134,7 @@ class RequestIdMiddleware:
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RetouchError, _retouch_error)
+    app.add_exception_handler(PipelineInputError, _pipeline_input_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_middleware(RequestIdMiddleware)

@@ -3,7 +3,7 @@
 The app only needs `start()`, `stop()` and `available()` from an executor: it starts it with the
 app, stops it at shutdown, and refuses new jobs with `service_unavailable` while `available()` is
 false. The Ray runtime provides one executor; `InProcessExecutor` runs the same dispatcher on an
-`Engine` in this process (tests, `settings.executor == "inprocess"`). With no executor at all
+`TaskRunner` in this process (tests, `settings.executor == "inprocess"`). With no executor at all
 (`services.executor = None`) jobs simply stay `pending`.
 """
 
@@ -23,15 +23,15 @@ class JobExecutor(Protocol):
 
 
 class InProcessExecutor:
-    """The dispatcher loop in background threads, calling a pipelines `Engine` directly.
+    """The dispatcher loop in background threads, calling a `TaskRunner` directly.
 
-    `engine_factory()` builds the engine lazily on start (e.g. `Engine(ModelStore("tiny"))`).
+    `runner_factory()` builds the runner lazily on start (e.g. `TaskRunner(ModelStore("tiny"))`).
     """
 
-    def __init__(self, services, engine_factory: Callable[[], Any], *, concurrency: int = 1,
+    def __init__(self, services, runner_factory: Callable[[], Any], *, concurrency: int = 1,
                  poll_seconds: float = 0.05):
         self.services = services
-        self.engine_factory = engine_factory
+        self.runner_factory = runner_factory
         self.concurrency = concurrency
         self.poll_seconds = poll_seconds
         self.dispatcher = None
@@ -43,7 +43,7 @@ class InProcessExecutor:
         config = DispatcherConfig(lease_seconds=settings.lease_seconds,
                                   max_attempts=settings.max_attempts,
                                   concurrency=self.concurrency, poll_seconds=self.poll_seconds)
-        backend = InProcessBackend(self.engine_factory())
+        backend = InProcessBackend(self.runner_factory())
         self.dispatcher = Dispatcher(self.services.session_factory, self.services.storage,
                                      backend, config, worker_prefix="inprocess")
         self.dispatcher.start()
@@ -57,14 +57,14 @@ class InProcessExecutor:
         return self.dispatcher is not None
 
 
-def engine_factory_for(settings) -> Callable[[], Any]:
-    """An engine factory for the configured model profile (tiny by default)."""
+def runner_factory_for(settings) -> Callable[[], Any]:
+    """A `TaskRunner` factory for the configured model profile (tiny by default)."""
 
     def build():
         from .deployments import EngineConfig
 
         return EngineConfig(profile=settings.profile, device=settings.device,
                             cache_dir=str(settings.resolved_model_cache),
-                            overrides=dict(settings.model_overrides)).build_engine()
+                            overrides=dict(settings.model_overrides)).build_runner()
 
     return build

@@ -45,7 +45,7 @@ def _write_session(home: Path | None) -> Iterator[Any]:
 
 def _run(as_json: bool, action: Callable[[], dict[str, Any]], describe: Callable[[dict], str]):
     """Run an action; print its result, or the error (exit status 1)."""
-    from retouch.pipelines.errors import RetouchError
+    from retouch.serving.core.errors import RetouchError
 
     try:
         result = action()
@@ -164,7 +164,7 @@ def show_account_command(
 
 # ---- keys ---------------------------------------------------------------------------------------
 def _parse_expiry(value: str | None) -> datetime | None:
-    from retouch.pipelines.errors import InvalidInput
+    from retouch.serving.core.errors import InvalidInput
 
     if value is None:
         return None

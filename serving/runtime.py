@@ -108,7 +108,7 @@ def start_backend(settings, console: Console | None = None) -> Backend:
     ensure_models(settings, console)
     config = engine_config(settings)
     if settings.executor == "inprocess":
-        return Backend(InProcessBackend(config.build_engine()))
+        return Backend(InProcessBackend(config.build_runner()))
     from .deployments import deploy_families, load_family_options
 
     options = load_family_options(settings.serve_config)

@@ -24,11 +24,12 @@ WEBHOOK = "http://127.0.0.1:9/aixpose/webhook"
 
 @pytest.fixture(scope="module")
 def aix(tmp_path_factory, tiny_store):
-    from retouch.pipelines.engine import Engine
+    from retouch.serving.runner import TaskRunner
 
     settings = make_settings(tmp_path_factory.mktemp("aixpose"), allow_private_urls=True,
                              dispatcher_concurrency=1)
-    with api_for(settings, executor=lambda s: InProcessExecutor(s, lambda: Engine(tiny_store))) \
+    executor = lambda s: InProcessExecutor(s, lambda: TaskRunner(tiny_store))  # noqa: E731
+    with api_for(settings, executor=executor) \
             as api:
         yield api
 

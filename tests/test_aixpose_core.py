@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from PIL import Image
 
-from retouch.pipelines.errors import IdempotencyConflict
+from retouch.serving.core.errors import IdempotencyConflict
 from retouch.serving.core import accounts, jobs, keys, projects
 from retouch.serving.core.db import transaction
 from retouch.serving.core.idempotency import create_idempotently
@@ -117,8 +117,8 @@ def test_preferences_respect_exclusive_groups_and_explicit_choices():
 
 
 def test_publish_freezes_approved_pictures_and_completed_videos(world):
-    from retouch.pipelines.errors import InvalidInput
-    from retouch.pipelines.requests import parse_generation_request
+    from retouch.serving.core.errors import InvalidInput
+    from retouch.serving.tasks import parse_request
     from retouch.serving.core.tables import Video
 
     sf, storage, key, original_id = world
@@ -128,7 +128,7 @@ def test_publish_freezes_approved_pictures_and_completed_videos(world):
         with pytest.raises(InvalidInput):
             projects.publish(session, project, storage.url)  # nothing approved yet
     body = {"tool": "generator", "input": {"prompt": "reel"}, "options": {"quality": "low"}}
-    reel_job, _ = jobs.create_generation(sf, key, parse_generation_request(body), body,
+    reel_job, _ = jobs.create_generation(sf, key, parse_request(body), body,
                                          surface="aixpose")
     with transaction(sf) as session:
         session.add(Video(account_id=key.account_id, project_id=made[0].project_id,

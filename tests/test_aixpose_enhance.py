@@ -11,10 +11,10 @@ from retouch.pipelines.actions import (ACTIONS, ACTIONS_BY_ID, GROUPS_BY_ID, che
                                        enhancement_size)
 from retouch.pipelines.common import RunContext
 from retouch.pipelines.enhance import BANDS, compose_actions
-from retouch.pipelines.errors import InvalidInput
-from retouch.pipelines.requests import parse_generation_request, parse_job_request
+from retouch.pipelines.errors import PipelineInputError
+from retouch.serving.core.errors import InvalidInput
+from retouch.serving.tasks import TASKS, parse_request, price
 from retouch.pipelines.sizes import fit_to_size
-from retouch.serving.core.pricing import price
 
 
 def body(actions, prompt=None, **options):
@@ -41,9 +41,9 @@ def gradient(width=72, height=48) -> Image.Image:
     ([], None, "i.actions", "at least one"),
 ])
 def test_instruction_errors_name_the_action(actions, scene, field, words):
-    with pytest.raises(InvalidInput) as raised:
+    with pytest.raises(PipelineInputError) as raised:
         check_instruction(actions, None, "i", scene_type=scene)
-    assert raised.value.details["field"] == field and words in raised.value.message
+    assert raised.value.field == field and words in raised.value.message
 
 
 def test_every_action_is_a_complete_recipe():
@@ -74,27 +74,29 @@ def test_output_sizes_follow_ratio_and_resolution():
 
 
 def test_enhance_jobs_parse_as_jobs_only_and_are_priced_from_the_catalog():
-    request = parse_job_request(body(["interior-style-japandi", "interior-decoration-medium"],
-                                     variants=2))
-    assert request.output_count == 2 and request.image_fields()["input.image"].value == "u1"
+    request = parse_request(body(["interior-style-japandi", "interior-decoration-medium"],
+                                 variants=2), surface=None)
+    assert TASKS.for_request(request).output_count(request) == 2
+    assert request.image_fields()["input.image"].value == "u1"
     assert price(request) == 2 * (40 + 40)
-    assert price(parse_job_request(body([], prompt="warmer"))) == 40
+    assert price(parse_request(body([], prompt="warmer"), surface=None)) == 40
     with pytest.raises(InvalidInput) as raised:
-        parse_generation_request(body(["renovation-floor"]))  # not a Wixma tool
+        parse_request(body(["renovation-floor"]))  # not a Wixma tool
     assert raised.value.details["field"] == "tool"
     with pytest.raises(InvalidInput) as raised:
-        parse_job_request(body(["renovation-floor"], variants=5))
+        parse_request(body(["renovation-floor"], variants=5), surface=None)
     assert raised.value.details["field"] == "options.variants"
 
 
 def test_region_pass_repaints_the_floor_and_keeps_the_rest_bit_exact(tiny_store):
-    from retouch.pipelines.engine import Engine
+    from retouch.serving.runner import TaskRunner
 
     source = gradient()
-    request = parse_job_request(body(["renovation-floor"], variants=2, aspect_ratio="3:2"))
+    request = parse_request(body(["renovation-floor"], variants=2, aspect_ratio="3:2"),
+                            surface=None)
     reported = []
-    outputs = Engine(tiny_store).run(request, {"input.image": source},
-                                     RunContext(seed=5, progress=reported.append))
+    outputs = TaskRunner(tiny_store).run(request, {"input.image": source},
+                                         RunContext(seed=5, progress=reported.append))
     size = enhancement_size("3:2", "1K", source.size)
     assert [o.size for o in outputs] == [size, size] and reported[-1] == 1.0
     fitted = np.asarray(fit_to_size(source, size))
@@ -104,18 +106,18 @@ def test_region_pass_repaints_the_floor_and_keeps_the_rest_bit_exact(tiny_store)
         assert np.array_equal(pixels[:top], fitted[:top])  # above the floor band: untouched
         assert not np.array_equal(pixels[top:], fitted[top:])  # the floor was repainted
     assert not np.array_equal(np.asarray(outputs[0]), np.asarray(outputs[1]))  # seed + i
-    again = Engine(tiny_store).run(request, {"input.image": source}, RunContext(seed=5))
+    again = TaskRunner(tiny_store).run(request, {"input.image": source}, RunContext(seed=5))
     assert np.array_equal(np.asarray(again[0]), np.asarray(outputs[0]))
 
 
 def test_whole_frame_pass_changes_the_frame_deterministically(tiny_store):
-    from retouch.pipelines.engine import Engine
+    from retouch.serving.runner import TaskRunner
 
     source = gradient()
-    request = parse_job_request(body(["interior-style-japandi", "interior-decoration-light"],
-                                     aspect_ratio="1:1"))
-    first = Engine(tiny_store).run(request, {"input.image": source}, RunContext(seed=9))
-    second = Engine(tiny_store).run(request, {"input.image": source}, RunContext(seed=9))
+    request = parse_request(body(["interior-style-japandi", "interior-decoration-light"],
+                                 aspect_ratio="1:1"), surface=None)
+    first = TaskRunner(tiny_store).run(request, {"input.image": source}, RunContext(seed=9))
+    second = TaskRunner(tiny_store).run(request, {"input.image": source}, RunContext(seed=9))
     assert len(first) == 1 and first[0].size == (1024, 1024)
     assert np.array_equal(np.asarray(first[0]), np.asarray(second[0]))
     fitted = np.asarray(fit_to_size(source, (1024, 1024)), dtype=np.int16)

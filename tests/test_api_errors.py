@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 
 from sqlalchemy.orm import sessionmaker
 
-from retouch.pipelines.errors import ERROR_STATUS
+from retouch.serving.core.errors import ERROR_STATUS
 from retouch.serving.core.db import make_engine, transaction
 from retouch.serving.core.keys import set_key_status
 

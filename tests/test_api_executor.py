@@ -24,10 +24,10 @@ def wait_for_terminal(api, secret: str, generation_id: str, timeout_s: float = 9
 
 
 def test_generator_and_upscaler_jobs_complete_with_fetchable_outputs(tmp_path, tiny_store):
-    from retouch.pipelines.engine import Engine
+    from retouch.serving.runner import TaskRunner
 
     def executor(services):
-        return InProcessExecutor(services, lambda: Engine(tiny_store))
+        return InProcessExecutor(services, lambda: TaskRunner(tiny_store))
 
     with api_for(make_settings(tmp_path), executor=executor) as api:
         assert isinstance(api.services.executor, JobExecutor)
@@ -64,7 +64,7 @@ def test_generator_and_upscaler_jobs_complete_with_fetchable_outputs(tmp_path, t
 
 def test_a_url_input_is_read_from_storage_not_refetched(tmp_path, tiny_store):
     """The image behind a URL is fetched at create time; the job runs after the server is gone."""
-    from retouch.pipelines.engine import Engine
+    from retouch.serving.runner import TaskRunner
 
     source = image_bytes(24, 16, color=(10, 120, 230))
     with api_for(make_settings(tmp_path, allow_private_urls=True)) as api:  # no executor yet
@@ -74,7 +74,7 @@ def test_a_url_input_is_read_from_storage_not_refetched(tmp_path, tiny_store):
                                             "input": {"image": f"{base}/in.png"},
                                             "options": {"scale": 2}})
         assert created.status_code == 201, created.text
-        executor = InProcessExecutor(api.services, lambda: Engine(tiny_store))
+        executor = InProcessExecutor(api.services, lambda: TaskRunner(tiny_store))
         executor.start()
         try:
             done = wait_for_terminal(api, secret, created.json()["generation"]["id"])

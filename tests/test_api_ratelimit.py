@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from retouch.pipelines.errors import RateLimitExceeded, ServiceUnavailable
+from retouch.serving.core.errors import RateLimitExceeded, ServiceUnavailable
 from retouch.serving.core.ratelimit import RateLimiter, make_rate_limiter
 
 from api_fixtures import api_for, assert_error, make_settings

@@ -15,9 +15,9 @@ pytestmark = pytest.mark.timeout(240)
 
 @pytest.fixture(scope="module")
 def engine(tiny_store):
-    from retouch.pipelines.engine import Engine
+    from retouch.serving.runner import TaskRunner
 
-    return Engine(tiny_store)
+    return TaskRunner(tiny_store)
 
 
 def _write_inputs(folder: Path) -> None:
@@ -125,8 +125,8 @@ def test_output_names():
 
 
 def test_image_refs_in_a_manifest(tmp_path):
-    from retouch.pipelines.errors import InvalidInput
-    from retouch.pipelines.requests import ImageRef
+    from retouch.serving.core.errors import InvalidInput
+    from retouch.serving.requests import ImageRef
     from retouch.scripts.batch import read_image_ref
 
     (tmp_path / "a.png").write_bytes(b"png bytes")

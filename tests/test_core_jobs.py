@@ -10,11 +10,11 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from sqlalchemy import func, select, update
 
-from retouch.pipelines.errors import (IdempotencyConflict, InsufficientCredits, InvalidInput,
+from retouch.serving.core.errors import (IdempotencyConflict, InsufficientCredits, InvalidInput,
                                       MonthlyBudgetExceeded, PerRequestLimitExceeded,
                                       QueueLimitExceeded, RetouchError, SubscriptionRequired,
                                       TotalBudgetExceeded)
-from retouch.pipelines.requests import parse_generation_request
+from retouch.serving.tasks import parse_request
 from retouch.serving.core import accounts, jobs, keys
 from retouch.serving.core.db import transaction
 from retouch.serving.core.tables import (Account, ApiKey, Generation, IdempotencyRecord,
@@ -41,7 +41,7 @@ def add_key(sf, account_id, **key_options):
 
 
 def create(sf, key, body=GENERATOR, **kwargs):
-    return jobs.create_generation(sf, key, parse_generation_request(body), body, **kwargs)
+    return jobs.create_generation(sf, key, parse_request(body), body, **kwargs)
 
 
 def account_state(sf, account_id):

@@ -11,10 +11,10 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, select, text
 
-from retouch.pipelines.errors import (Forbidden, InvalidInput, NotFound, ToolNotAllowed,
+from retouch.serving.core.errors import (Forbidden, InvalidInput, NotFound, ToolNotAllowed,
                                       Unauthorized)
-from retouch.pipelines.requests import parse_generation_request
-from retouch.serving.core import accounts, credits, jobs, keys, pricing
+from retouch.serving.tasks import parse_request, price
+from retouch.serving.core import accounts, credits, jobs, keys
 from retouch.serving.core.db import MIGRATIONS_DIR, run_migrations, transaction, utcnow
 from retouch.serving.core.tables import ApiKey, Base, LedgerEntry
 
@@ -143,7 +143,7 @@ def test_scopes_and_tools(sf, account_id):
       "options": {"quality": "low"}}, 40),
 ])
 def test_price_table(body, cost):
-    assert pricing.price(parse_generation_request(body)) == cost
+    assert price(parse_request(body)) == cost
 
 
 def test_credit_account_and_ledger(sf, account_id):
@@ -169,7 +169,7 @@ def test_credit_account_and_ledger(sf, account_id):
 def test_credit_summary_reports_balance_queue_and_budgets(sf, account_id):
     key, _ = new_key(sf, account_id, monthly_budget=500, total_budget=900, per_request_limit=300)
     body = {"tool": "generator", "input": {"prompt": "x"}}
-    jobs.create_generation(sf, key, parse_generation_request(body), body)
+    jobs.create_generation(sf, key, parse_request(body), body)
     with sf() as session:
         summary = credits.credit_summary(session, key)
     assert summary["balance"] == 890

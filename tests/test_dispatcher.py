@@ -11,8 +11,9 @@ import pytest
 from PIL import Image
 from sqlalchemy import select
 
-from retouch.pipelines.errors import Cancelled, InvalidInput
-from retouch.pipelines.requests import parse_generation_request
+from retouch.pipelines.errors import Cancelled
+from retouch.serving.core.errors import InvalidInput
+from retouch.serving.tasks import TASKS, parse_request
 from retouch.serving.core.db import make_engine, make_session_factory, run_migrations, transaction
 from retouch.serving.core.jobs import create_generation, expire_leases, lease_next_job
 from retouch.serving.core.storage import LocalStorage
@@ -31,15 +32,15 @@ def png_bytes(color=(10, 200, 30), size=(24, 16)) -> bytes:
 
 
 class ScriptedBackend:
-    """Runs `script(job_id, body, images, seed, progress, is_cancelled)` for every job."""
+    """Runs `script(job_id, request, images, seed, progress, is_cancelled)` for every job."""
 
     def __init__(self, script):
         self.script = script
         self.calls: list[str] = []
 
-    def run(self, job_id, body, images, seed, progress, is_cancelled):
+    def run(self, job_id, request, images, seed, progress, is_cancelled):
         self.calls.append(job_id)
-        return self.script(job_id, body, images, seed, progress, is_cancelled)
+        return self.script(job_id, request, images, seed, progress, is_cancelled)
 
 
 @pytest.fixture
@@ -59,7 +60,7 @@ def store(tmp_path):
 
 def new_job(store, body=BODY) -> str:
     session_factory, _, _, key = store
-    generation, _ = create_generation(session_factory, key, parse_generation_request(body), body)
+    generation, _ = create_generation(session_factory, key, parse_request(body), body)
     return generation.id
 
 
@@ -104,18 +105,18 @@ def test_completed_job_stores_outputs_and_frees_its_slot(store):
     assert account.active_slots == 0 and account.credit_balance == START_CREDITS - cost
 
 
-def test_backend_receives_the_stored_body_and_seed(store):
+def test_backend_receives_the_stored_request_typed_and_its_seed(store):
     seen = {}
 
-    def script(job_id, body, images, seed, progress, is_cancelled):
-        seen.update(job_id=job_id, body=body, images=images, seed=seed)
+    def script(job_id, request, images, seed, progress, is_cancelled):
+        seen.update(job_id=job_id, request=request, images=images, seed=seed)
         return [png_bytes()]
 
     body = {**BODY, "options": {**BODY["options"], "seed": 1234}}
     job_id = new_job(store, body)
     run_one(store, dispatcher_for(store, ScriptedBackend(script)))
     assert seen["job_id"] == job_id and seen["seed"] == 1234 and seen["images"] == {}
-    assert seen["body"]["input"]["prompt"] == "a lamp"
+    assert seen["request"].tool == "generator" and seen["request"].input.prompt == "a lamp"
 
 
 @pytest.mark.parametrize("error, code", [
@@ -239,21 +240,22 @@ def test_started_dispatcher_drains_the_queue_with_two_workers(store):
 
 
 def test_in_process_backend_runs_the_real_engine_with_progress_and_cancel(tiny_store):
-    from retouch.pipelines.engine import Engine
+    from retouch.serving.runner import TaskRunner
     from retouch.serving.dispatcher import InProcessBackend
 
-    backend = InProcessBackend(Engine(tiny_store))
+    backend = InProcessBackend(TaskRunner(tiny_store))
+    request = parse_request(BODY)
     progress: list[float] = []
-    outputs = backend.run("job-1", BODY, {}, 5, progress.append, lambda: False)
+    outputs = backend.run("job-1", request, {}, 5, progress.append, lambda: False)
     assert len(outputs) == 1
     with Image.open(io.BytesIO(outputs[0])) as image:
         assert image.format == "WEBP" and image.width == image.height == tiny_store.native_size
     assert progress == sorted(progress) and progress[-1] == 1.0 and len(progress) >= 3
-    assert backend.run("job-2", BODY, {}, 5, lambda f: None, lambda: False) == outputs
+    assert backend.run("job-2", request, {}, 5, lambda f: None, lambda: False) == outputs
 
     with pytest.raises(Cancelled):
-        backend.run("job-3", BODY, {}, 5, lambda f: None, lambda: True)
-    upscale = {"tool": "upscaler", "input": {"image": {"upload_id": "u1"}}}
+        backend.run("job-3", request, {}, 5, lambda f: None, lambda: True)
+    upscale = parse_request({"tool": "upscaler", "input": {"image": {"upload_id": "u1"}}})
     with pytest.raises(InvalidInput, match="input.image"):
         backend.run("job-4", upscale, {"input.image": b"not an image"}, 5, lambda f: None,
                     lambda: False)
@@ -262,7 +264,7 @@ def test_in_process_backend_runs_the_real_engine_with_progress_and_cancel(tiny_s
 def test_serve_config_gives_each_family_its_resources(tmp_path):
     from pathlib import Path
 
-    from retouch.serving.deployments import FamilyOptions, family_for, load_family_options
+    from retouch.serving.deployments import FamilyOptions, load_family_options
 
     example = Path(__file__).resolve().parent.parent / "serving" / "serve_config.yaml"
     options = load_family_options(example)
@@ -279,5 +281,6 @@ def test_serve_config_gives_each_family_its_resources(tmp_path):
     bad.write_text("deployments:\n  upscaler:\n    gpus: 1\n")
     with pytest.raises(ValueError, match="deployments.upscaler has unknown option.*gpus"):
         load_family_options(bad)
-    assert [family_for(t) for t in ("generator", "editor", "photographer", "ai_filter",
-                                    "upscaler")] == ["diffusion"] * 4 + ["upscaler"]
+    assert {spec.tool: spec.family for spec in TASKS if spec.surface == "wixma"} == {
+        "generator": "diffusion", "editor": "diffusion", "photographer": "diffusion",
+        "ai_filter": "diffusion", "upscaler": "upscaler"}

@@ -10,7 +10,9 @@ import time
 import pytest
 from PIL import Image
 
-from retouch.pipelines.errors import Cancelled, InvalidInput
+from retouch.pipelines.errors import Cancelled
+from retouch.serving.core.errors import InvalidInput
+from retouch.serving.tasks import parse_request
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -46,15 +48,15 @@ def test_generator_and_upscaler_run_on_their_families_with_progress(backend):
     progress: list[float] = []
     body = {"tool": "generator", "input": {"prompt": "a lamp"},
             "options": {"quality": "low", "output_format": "jpeg"}}
-    [data] = backend.run("gen-1", body, {}, 3, progress.append, lambda: False)
+    [data] = backend.run("gen-1", parse_request(body), {}, 3, progress.append, lambda: False)
     with Image.open(io.BytesIO(data)) as image:
         assert image.format == "JPEG" and image.size == (64, 64)
     assert progress and progress == sorted(progress) and progress[-1] <= 1.0
 
     upscale = {"tool": "upscaler", "input": {"image": {"upload_id": "u"}},
                "options": {"scale": 2}}
-    [data] = backend.run("up-1", upscale, {"input.image": png(40, 30)}, 3, lambda f: None,
-                         lambda: False)
+    [data] = backend.run("up-1", parse_request(upscale), {"input.image": png(40, 30)}, 3,
+                         lambda f: None, lambda: False)
     with Image.open(io.BytesIO(data)) as image:
         assert image.size == (80, 60)
 
@@ -62,8 +64,8 @@ def test_generator_and_upscaler_run_on_their_families_with_progress(backend):
 def test_pipeline_errors_keep_their_type_across_ray(backend):
     body = {"tool": "upscaler", "input": {"image": {"upload_id": "u"}}}
     with pytest.raises(InvalidInput, match="input.image") as caught:
-        backend.run("bad-1", body, {"input.image": b"not an image"}, 3, lambda f: None,
-                    lambda: False)
+        backend.run("bad-1", parse_request(body), {"input.image": b"not an image"}, 3,
+                    lambda f: None, lambda: False)
     assert caught.value.field == "input.image"
 
 
@@ -72,12 +74,12 @@ def test_cancel_reaches_the_replica_and_stops_the_job(backend):
             "options": {"mode": "carousel", "quality": "high"}}  # ten frames: long enough
     images = {"input.main_image": png(64, 64)}
     started = time.monotonic()
-    backend.run("full-1", body, images, 3, lambda f: None, lambda: False)
+    backend.run("full-1", parse_request(body), images, 3, lambda f: None, lambda: False)
     full = time.monotonic() - started
 
     cancel_at = time.monotonic() + 0.3
     started = time.monotonic()
     with pytest.raises(Cancelled):
-        backend.run("cancel-1", body, images, 3, lambda f: None,
+        backend.run("cancel-1", parse_request(body), images, 3, lambda f: None,
                     lambda: time.monotonic() > cancel_at)
     assert time.monotonic() - started < full  # stopped early, not run to the end

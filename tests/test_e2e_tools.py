@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from api_fixtures import api_for, image_bytes, make_settings
-from retouch.serving.executor import InProcessExecutor, engine_factory_for
+from retouch.serving.executor import InProcessExecutor, runner_factory_for
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -25,7 +25,7 @@ def api(tmp_path_factory, tiny_cache_dir):
     settings = make_settings(tmp_path_factory.mktemp("e2e-tools"), model_cache=tiny_cache_dir)
 
     def executor(services):
-        return InProcessExecutor(services, engine_factory_for(settings), concurrency=1,
+        return InProcessExecutor(services, runner_factory_for(settings), concurrency=1,
                                  poll_seconds=0.02)
 
     with api_for(settings, executor=executor) as instance:

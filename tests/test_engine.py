@@ -8,19 +8,20 @@ from PIL import Image
 
 from retouch.pipelines import carousel as carousel_module
 from retouch.pipelines.common import RunContext
-from retouch.pipelines.engine import Engine
-from retouch.pipelines.errors import Cancelled, InvalidInput
+from retouch.serving.runner import TaskRunner
+from retouch.pipelines.errors import Cancelled
+from retouch.serving.core.errors import InvalidInput
 from retouch.pipelines.images import encode_image
-from retouch.pipelines.requests import parse_generation_request
-from retouch.pipelines.vocabulary import (AI_FILTERS, ANGLES, ASPECT_RATIOS, PHOTOGRAPHER_MODES,
-                                          SEASONS, TIMES, WEATHERS)
+from retouch.serving.tasks import parse_request
+from retouch.pipelines.vocabulary import AI_FILTERS, ANGLES, ASPECT_RATIOS, SEASONS, TIMES, WEATHERS
+from retouch.serving.tasks import TASKS
 
 URL = "https://example.com/image.png"
 
 
 @pytest.fixture(scope="module")
 def engine(tiny_store):
-    return Engine(tiny_store)
+    return TaskRunner(tiny_store)
 
 
 def photo(width=96, height=80, seed=0) -> Image.Image:
@@ -41,9 +42,8 @@ def mask_image(width=96, height=80, box=(30, 20, 60, 50)) -> Image.Image:
 
 def photographer(mode, *, quality="low", aspect="original", **inputs):
     body_input = {"main_image": URL, **inputs}
-    return parse_generation_request({"tool": "photographer", "input": body_input,
-                                     "options": {"mode": mode, "quality": quality,
-                                                 "aspect_ratio": aspect}})
+    return parse_request({"tool": "photographer", "input": body_input,
+                          "options": {"mode": mode, "quality": quality, "aspect_ratio": aspect}})
 
 
 def images_for(request, **overrides) -> dict[str, Image.Image]:
@@ -67,7 +67,7 @@ def run(engine, request, seed=7, **overrides):
 # ---- generator --------------------------------------------------------------------------------
 @pytest.mark.parametrize("ratio", list(ASPECT_RATIOS))
 def test_generator_exact_size_for_every_aspect_ratio(engine, ratio):
-    request = parse_generation_request({"tool": "generator", "input": {"prompt": "a red chair"},
+    request = parse_request({"tool": "generator", "input": {"prompt": "a red chair"},
                                         "options": {"quality": "low", "aspect_ratio": ratio}})
     (image,) = run(engine, request)
     expected = ASPECT_RATIOS[ratio] or (engine.store.native_size,) * 2
@@ -75,7 +75,7 @@ def test_generator_exact_size_for_every_aspect_ratio(engine, ratio):
 
 
 def test_generator_same_seed_same_bytes_and_different_seed_differs(engine):
-    request = parse_generation_request({"tool": "generator", "input": {"prompt": "a lighthouse"},
+    request = parse_request({"tool": "generator", "input": {"prompt": "a lighthouse"},
                                         "options": {"quality": "low"}})
     first = encode_image(run(engine, request, seed=11)[0], "png")
     again = encode_image(run(engine, request, seed=11)[0], "png")
@@ -85,7 +85,7 @@ def test_generator_same_seed_same_bytes_and_different_seed_differs(engine):
 
 def test_generator_auto_background_cuts_out_the_subject(engine, tiny_store):
     def generate(prompt, background, fmt):
-        request = parse_generation_request({
+        request = parse_request({
             "tool": "generator", "input": {"prompt": prompt},
             "options": {"quality": "low", "background": background, "output_format": fmt}})
         return run(engine, request)[0]
@@ -103,9 +103,9 @@ def test_generator_auto_background_cuts_out_the_subject(engine, tiny_store):
 
 # ---- editor -----------------------------------------------------------------------------------
 def test_editor_uses_first_image_size_and_references_change_the_result(engine):
-    one = parse_generation_request({"tool": "editor", "input": {"images": [URL], "prompt": "x"},
+    one = parse_request({"tool": "editor", "input": {"images": [URL], "prompt": "x"},
                                     "options": {"quality": "low"}})
-    two = parse_generation_request({"tool": "editor",
+    two = parse_request({"tool": "editor",
                                     "input": {"images": [URL, URL], "prompt": "x"},
                                     "options": {"quality": "low"}})
     main = photo(96, 80)
@@ -130,12 +130,12 @@ MODE_INPUTS = {
 }
 
 
-@pytest.mark.parametrize("mode", [m for m in PHOTOGRAPHER_MODES if m != "carousel"])
+@pytest.mark.parametrize("mode", [m for m in TASKS.modes("photographer") if m != "carousel"])
 def test_every_photographer_mode(engine, mode):
     request = photographer(mode, **MODE_INPUTS[mode])
     seen: list[float] = []
     outputs = engine.run(request, images_for(request), RunContext(seed=3, progress=seen.append))
-    assert len(outputs) == request.output_count == (10 if mode == "carousel" else 1)
+    assert len(outputs) == TASKS.for_request(request).output_count(request) == 1
     assert all(image.size == (96, 80) and image.mode == "RGB" for image in outputs)
     assert seen == sorted(seen) and seen[-1] == 1.0 and seen[0] <= 0.2
     # The mode changed the picture.
@@ -208,7 +208,8 @@ def test_carousel_frames_differ_and_record_their_plan(engine):
     request = photographer("carousel", **MODE_INPUTS["carousel"])
     seen: list[float] = []
     outputs = engine.run(request, images_for(request), RunContext(seed=3, progress=seen.append))
-    assert len(outputs) == request.output_count == 10 and request.slots == 2
+    spec = TASKS.for_request(request)
+    assert len(outputs) == spec.output_count(request) == 10 and spec.slots == 2
     assert all(image.size == (96, 80) and image.mode == "RGB" for image in outputs)
     assert seen == sorted(seen) and seen[-1] == 1.0 and len(seen) > 10
     assert len({encode_image(image, "png") for image in outputs}) == 10
@@ -230,7 +231,7 @@ def test_carousel_plan_mixes_planner_lines_and_fallback(tiny_store, monkeypatch)
 # ---- filters and upscaler -----------------------------------------------------------------------
 @pytest.mark.parametrize("filter_id", AI_FILTERS)
 def test_every_ai_filter(engine, filter_id):
-    request = parse_generation_request({"tool": "ai_filter",
+    request = parse_request({"tool": "ai_filter",
                                         "input": {"image": URL, "filter": filter_id},
                                         "options": {"quality": "low"}})
     (out,) = run(engine, request)
@@ -244,7 +245,7 @@ def test_every_ai_filter(engine, filter_id):
 
 
 def test_upscaler_is_dispatched(engine):
-    request = parse_generation_request({"tool": "upscaler", "input": {"image": URL},
+    request = parse_request({"tool": "upscaler", "input": {"image": URL},
                                         "options": {"scale": 2}})
     (out,) = run(engine, request, **{"input.image": photo(48, 40)})
     assert out.size == (96, 80)
@@ -288,7 +289,7 @@ def test_photographer_is_deterministic_per_seed(engine, mode):
 
 
 def test_editor_named_aspect_ratio(engine):
-    request = parse_generation_request({"tool": "editor", "input": {"images": [URL]},
+    request = parse_request({"tool": "editor", "input": {"images": [URL]},
                                         "options": {"quality": "low", "aspect_ratio": "9:16"}})
     assert run(engine, request)[0].size == (1440, 2560)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from retouch.pipelines.errors import InvalidInput
+from retouch.serving.core.errors import InvalidInput
 from retouch.serving.core.fetch import ImageFetcher, is_public_address
 
 from api_fixtures import (api_for, assert_error, image_bytes, make_settings,  # noqa: F401

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from retouch.pipelines.errors import Unauthorized
+from retouch.serving.core.errors import Unauthorized
 from retouch.serving.core import members
 from retouch.serving.core.db import transaction
 

@@ -15,7 +15,7 @@ from urllib.parse import parse_qs, urlparse
 import httpx
 import pytest
 
-from retouch.pipelines.errors import InvalidInput
+from retouch.serving.core.errors import InvalidInput
 from retouch.serving.core.db import transaction
 from retouch.serving.core.tables import ApiKey, OAuthGrant
 from retouch.serving.mcp import grants

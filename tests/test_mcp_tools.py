@@ -12,7 +12,8 @@ from datetime import datetime, timedelta, timezone
 import httpx
 from PIL import Image
 
-from retouch.pipelines.vocabulary import AI_FILTERS, ANGLES, PHOTOGRAPHER_MODES, TIMES
+from retouch.pipelines.vocabulary import AI_FILTERS, ANGLES, TIMES
+from retouch.serving.tasks import TASKS
 from retouch.serving.core import jobs
 from retouch.serving.mcp.server import TOOL_NAMES
 
@@ -24,10 +25,10 @@ MASK = image_bytes(32, 24, color=(255, 255, 255))
 
 
 def in_process_executor(tiny_store):
-    from retouch.pipelines.engine import Engine
+    from retouch.serving.runner import TaskRunner
     from retouch.serving.executor import InProcessExecutor
 
-    return lambda services: InProcessExecutor(services, lambda: Engine(tiny_store))
+    return lambda services: InProcessExecutor(services, lambda: TaskRunner(tiny_store))
 
 
 async def wait_completed(session, generation_id: str, timeout_s: float = 60.0):
@@ -55,7 +56,7 @@ def test_all_nine_tools_over_streamable_http(tmp_path, tiny_store):
                 listed = {tool.name: tool for tool in (await session.list_tools()).tools}
                 assert set(listed) == set(TOOL_NAMES) and len(listed) == 9
                 schema = listed["wixma_photographer"].input_schema["properties"]
-                assert schema["mode"]["enum"] == list(PHOTOGRAPHER_MODES)
+                assert schema["mode"]["enum"] == list(TASKS.modes("photographer"))
                 assert schema["angle"]["anyOf"][0]["enum"] == list(ANGLES)
                 assert schema["time"]["anyOf"][0]["enum"] == list(TIMES)
                 assert listed["wixma_ai_filter"].input_schema["properties"]["filter"]["enum"] \

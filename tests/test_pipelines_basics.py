@@ -10,7 +10,7 @@ from PIL import Image
 
 from retouch.pipelines import prompts, sizes
 from retouch.pipelines.common import RunContext, steps_for_strength
-from retouch.pipelines.errors import Cancelled, InvalidInput
+from retouch.pipelines.errors import Cancelled, PipelineInputError
 from retouch.pipelines.images import decode_image, encode_image, media_type
 from retouch.pipelines.vocabulary import (AI_FILTERS, ANGLES, ASPECT_RATIOS, SEASONS, TIMES,
                                           WEATHERS)
@@ -49,16 +49,16 @@ def test_decode_flattens_alpha_and_applies_exif_orientation():
     (b"\x89PNG\r\n\x1a\n" + b"\0" * 64, "could not decode"),
 ])
 def test_decode_rejects_bad_bytes_naming_the_field(data, reason):
-    with pytest.raises(InvalidInput) as exc:
+    with pytest.raises(PipelineInputError) as exc:
         decode_image(data, "input.main_image")
     assert exc.value.field == "input.main_image" and reason in exc.value.message
 
 
 def test_decode_rejects_truncated_and_tiny_images():
     good = _bytes(_gradient(200, 100), "PNG")
-    with pytest.raises(InvalidInput, match="input.images\\[1\\]"):
+    with pytest.raises(PipelineInputError, match="input.images\\[1\\]"):
         decode_image(good[: len(good) // 2], "input.images[1]")
-    with pytest.raises(InvalidInput, match="each side"):
+    with pytest.raises(PipelineInputError, match="each side"):
         decode_image(_bytes(_gradient(8, 8), "PNG"), "input.image")
 
 

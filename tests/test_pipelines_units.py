@@ -89,7 +89,7 @@ def test_person_placement_stands_the_cut_out_person_in_the_scene(monkeypatch):
 
     from retouch.pipelines import placement
     from retouch.pipelines.common import RunContext
-    from retouch.pipelines.requests import parse_generation_request
+    from retouch.serving.tasks import parse_request
 
     names = ("Background", "Face")
 
@@ -112,7 +112,7 @@ def test_person_placement_stands_the_cut_out_person_in_the_scene(monkeypatch):
     scene = Image.new("RGB", (100, 80), (0, 90, 0))
     reference = Image.new("RGB", (60, 60), (0, 0, 255))
     reference.paste((255, 0, 255), (20, 10, 40, 50))  # a 20x40 "person"
-    request = parse_generation_request({
+    request = parse_request({
         "tool": "photographer", "input": {"main_image": "https://e.x/a.png",
                                           "secondary_images": ["https://e.x/b.png"]},
         "options": {"mode": "person_placement", "quality": "low"}})

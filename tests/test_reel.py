@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 
 from retouch.pipelines.common import RunContext
-from retouch.pipelines.errors import Cancelled, InvalidInput
+from retouch.pipelines.errors import Cancelled, PipelineInputError
 from retouch.pipelines.reel import (ReelSpec, Timeline, camera_frame, camera_moves, frame_size,
-                                    music_format, render_reel, run_reel_job)
+                                    music_format, render_reel)
 
 RED, BLUE = (230, 20, 20), (20, 20, 230)
 
@@ -44,7 +44,7 @@ def test_frame_sizes_are_even_and_follow_the_aspect_ratio():
     assert frame_size("16:9", "240p") == (426, 240)
     assert frame_size("9:16", "360p") == (360, 640)
     assert frame_size("1:1", "720p") == (720, 720)
-    with pytest.raises(InvalidInput) as error:
+    with pytest.raises(PipelineInputError) as error:
         frame_size("7:3", "720p")
     assert error.value.field == "aspect_ratio"
 
@@ -96,7 +96,7 @@ def test_an_mp3_track_is_accepted_too():
                        RunContext(seed=2), music=mp3_bytes())
     frames, audio = decode(data)
     assert len(frames) == 48 and len(audio) == 1 and audio[0][0] == "aac"
-    with pytest.raises(InvalidInput) as error:
+    with pytest.raises(PipelineInputError) as error:
         music_format(image_png())
     assert error.value.field == "music_url"
 
@@ -132,26 +132,32 @@ def test_bad_inputs_name_the_field_and_cancel_stops_the_render():
     picture = Image.new("RGB", (64, 64), RED)
     for spec, field in ((ReelSpec(127, 72, 2), "width"), (ReelSpec(128, 72, 1), "duration"),
                         (ReelSpec(128, 72, 61), "duration")):
-        with pytest.raises(InvalidInput) as error:
+        with pytest.raises(PipelineInputError) as error:
             render_reel([picture], spec, RunContext(seed=0))
         assert error.value.field == field
-    with pytest.raises(InvalidInput) as error:
+    with pytest.raises(PipelineInputError) as error:
         render_reel([], ReelSpec(128, 72, 2), RunContext(seed=0))
     assert error.value.field == "picture_ids"
-    with pytest.raises(InvalidInput) as error:
+    with pytest.raises(PipelineInputError) as error:
         render_reel([picture], ReelSpec(128, 72, 2), RunContext(seed=0), music=b"not audio")
     assert error.value.field == "music_url"
     with pytest.raises(Cancelled):
         render_reel([picture], ReelSpec(128, 72, 2), RunContext(seed=0, is_cancelled=lambda: True))
 
 
-def test_run_reel_job_reads_a_stored_job_body():
+def test_the_video_task_runs_a_stored_job_body():
+    from retouch.serving.runner import TaskRunner
+    from retouch.serving.tasks import parse_request
+
     png = io.BytesIO()
     Image.new("RGB", (40, 30), BLUE).save(png, format="PNG")
-    body = {"tool": "video", "input": {"pictures": [{"picture_id": "pic_1", "storage_key": "k"}],
-                                       "music_key": None},
-            "options": {"width": 64, "height": 36, "duration": 2, "fps": 12}}
-    [data] = run_reel_job(body, {"input.pictures[0]": png.getvalue()}, 3, lambda _: None,
-                          lambda: False)
+    body = {"tool": "video", "project_id": "prj_1",
+            "input": {"pictures": [{"picture_id": "pic_1", "storage_key": "k"}],
+                      "music_key": None},
+            "options": {"width": 64, "height": 36, "duration": 2, "fps": 12,
+                        "aspect_ratio": "16:9", "resolution": "360p"}}
+    request = parse_request(body, surface=None)
+    [data] = TaskRunner(store=None).run_job(request, {"input.pictures[0]": png.getvalue()}, 3,
+                                            lambda _: None, lambda: False)
     frames, audio = decode(data)
     assert len(frames) == 24 and frames[0].shape == (36, 64, 3) and audio == []

@@ -10,10 +10,10 @@ from PIL import Image
 
 from retouch.pipelines import placement, prompts
 from retouch.pipelines.common import RunContext
-from retouch.pipelines.engine import Engine
+from retouch.serving.runner import TaskRunner
 from retouch.pipelines.erase import INPAINT_STRENGTH, inpaint_region
 from retouch.pipelines.images import encode_image
-from retouch.pipelines.requests import parse_generation_request
+from retouch.serving.tasks import parse_request
 
 URL = "https://example.com/image.png"
 SIZE = (64, 64)
@@ -56,11 +56,11 @@ def png(image: Image.Image) -> bytes:
 
 # ---- editor -------------------------------------------------------------------------------------
 def edit(store, main, *references, seed=7) -> Image.Image:
-    request = parse_generation_request({
+    request = parse_request({
         "tool": "editor", "input": {"images": [URL] * (1 + len(references)), "prompt": "a jacket"},
         "options": {"quality": "low"}})
     images = {f"input.images[{i}]": image for i, image in enumerate((main, *references))}
-    (out,) = Engine(store).run(request, images, RunContext(seed=seed))
+    (out,) = TaskRunner(store).run(request, images, RunContext(seed=seed))
     return out
 
 
@@ -93,11 +93,11 @@ MODE_INPUTS = {
 
 def place(store, mode, *references, seed=5) -> Image.Image:
     body = {"main_image": URL, "secondary_images": [URL] * len(references), **MODE_INPUTS[mode]}
-    request = parse_generation_request({"tool": "photographer", "input": body,
+    request = parse_request({"tool": "photographer", "input": body,
                                         "options": {"mode": mode, "quality": "low"}})
     images = {"input.main_image": photo(2)}
     images.update({f"input.secondary_images[{i}]": ref for i, ref in enumerate(references)})
-    (out,) = Engine(store).run(request, images, RunContext(seed=seed))
+    (out,) = TaskRunner(store).run(request, images, RunContext(seed=seed))
     return out
 
 

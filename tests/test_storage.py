@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from retouch.pipelines.errors import InvalidInput
+from retouch.serving.core.errors import InvalidInput
 from retouch.serving.core.storage import LocalStorage, S3Storage, make_storage
 
 from api_fixtures import image_bytes, make_settings

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from retouch.pipelines.common import RunContext
-from retouch.pipelines.errors import Cancelled, InvalidInput
+from retouch.pipelines.errors import Cancelled, PipelineInputError
 from retouch.pipelines.upscale import plan_upscale, upscale
 from retouch.pipelines.vocabulary import UPSCALE_4K_HEIGHT
 
@@ -107,12 +107,12 @@ def test_progress_reaches_one_and_cancel_stops_between_tiles(tiny_store):
     (2, float("nan"), "options.noise_scale"),
 ])
 def test_invalid_options_name_the_field(tiny_store, scale, noise, field):
-    with pytest.raises(InvalidInput) as error:
+    with pytest.raises(PipelineInputError) as error:
         upscale(tiny_store, _photo(8, 8), scale, noise)
     assert error.value.field == field
 
 
 def test_too_large_a_result_is_refused(tiny_store):
-    with pytest.raises(InvalidInput) as error:
+    with pytest.raises(PipelineInputError) as error:
         upscale(tiny_store, Image.new("RGB", (3000, 2100)), 4, 0.1)
     assert error.value.field == "input.image"

@@ -16,6 +16,7 @@ from standardwebhooks import Webhook
 from retouch.serving.core import keys
 from retouch.serving.core.db import transaction
 from retouch.serving.executor import InProcessExecutor
+from retouch.serving.runner import TaskRunner
 
 from api_fixtures import api_for, assert_error, image_bytes, make_settings, serve_routes
 from webhook_receiver import webhook_receiver
@@ -68,7 +69,7 @@ def test_video_reels_render_end_to_end(tmp_path):
     settings = make_settings(tmp_path, allow_private_urls=True, webhook_poll_seconds=0.05)
 
     def executor(services):
-        return InProcessExecutor(services, lambda: None)  # reels need no diffusion model
+        return InProcessExecutor(services, lambda: TaskRunner(None))  # reels need no model
 
     music = wav_bytes()
     with api_for(settings, executor=executor) as api, webhook_receiver() as receiver, \
@@ -138,7 +139,8 @@ def test_video_reels_render_end_to_end(tmp_path):
 
 
 def test_video_requests_are_validated_at_the_edge(tmp_path):
-    with api_for(make_settings(tmp_path), executor=lambda s: InProcessExecutor(s, lambda: None)) \
+    executor = lambda s: InProcessExecutor(s, lambda: TaskRunner(None))  # noqa: E731
+    with api_for(make_settings(tmp_path), executor=executor) \
             as api:
         secret = aixpose_secret(api)
         headers = api.headers(secret)
@@ -188,7 +190,7 @@ def test_a_failed_video_is_refunded_and_sends_video_failed(tmp_path):
             if path.is_file() and not path.name.endswith(".meta"):
                 path.unlink()  # the picture's stored image disappears before the job runs
 
-        executor = InProcessExecutor(api.services, lambda: None)
+        executor = InProcessExecutor(api.services, lambda: TaskRunner(None))
         executor.start()
         try:
             done = wait_for_video(api, headers, created.json()["id"])

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from retouch.pipelines.errors import InvalidInput
+from retouch.serving.core.errors import InvalidInput
 from retouch.serving.app import build_services
 from retouch.serving.core import accounts, keys, webhooks
 from retouch.serving.core.db import transaction, utcnow

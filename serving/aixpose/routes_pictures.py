@@ -15,7 +15,7 @@ from fastapi.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from retouch.pipelines.actions import check_instruction
-from retouch.pipelines.errors import InvalidInput, RetouchError
+from retouch.serving.core.errors import InvalidInput, RetouchError
 from retouch.pipelines.vocabulary import MAX_IMAGE_BYTES
 from retouch.serving.core import projects
 from retouch.serving.core.db import transaction, utcnow

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from retouch.pipelines.actions import SCENE_LOCATIONS, SCENE_TYPES
-from retouch.pipelines.requests import AspectRatio
+from retouch.serving.requests import AspectRatio
 from retouch.serving.wixma.schemas import format_timestamp
 
 SceneType = Literal[SCENE_TYPES]  # type: ignore[valid-type]
@@ -121,7 +121,7 @@ def parse_model(model: type[BaseModel], data: Any) -> Any:
     """Validate `data` into `model`, or `InvalidInput` naming the field (`source.url`, ...)."""
     from pydantic import ValidationError
 
-    from retouch.pipelines.errors import InvalidInput
+    from retouch.serving.core.errors import InvalidInput, field_path
 
     if not isinstance(data, dict):
         raise InvalidInput("body", "must be a JSON object")
@@ -132,10 +132,7 @@ def parse_model(model: type[BaseModel], data: Any) -> Any:
         parts = list(first["loc"])
         if len(parts) >= 2 and parts[0] == "source" and parts[1] in ("url", "base64"):
             parts.pop(1)  # the union's tag
-        field = ""
-        for part in parts:
-            field += f"[{part}]" if isinstance(part, int) else (f".{part}" if field else str(part))
-        raise InvalidInput(field or "body", first["msg"].removeprefix("Value error, ")) from None
+        raise InvalidInput(field_path(parts), first["msg"].removeprefix("Value error, ")) from None
 
 
 def inline_schema(model: type[BaseModel]) -> dict[str, Any]:

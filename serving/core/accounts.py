@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from retouch.pipelines.errors import InvalidInput, NotFound, SubscriptionRequired
+from retouch.serving.core.errors import InvalidInput, NotFound, SubscriptionRequired
 
 from .tables import PLANS, Account, LedgerEntry
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from retouch.pipelines.errors import InvalidInput
+from retouch.serving.core.errors import InvalidInput
 from retouch.pipelines.vocabulary import MAX_IMAGE_BYTES
 
 from .image_refs import ValidatedImage, validate_image_bytes

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from retouch.pipelines.errors import IdempotencyConflict, InvalidInput
+from retouch.serving.core.errors import IdempotencyConflict, InvalidInput
 
 from .tables import IdempotencyRecord
 

@@ -13,8 +13,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from retouch.pipelines.errors import InvalidInput
 from retouch.pipelines.images import decode_image, sniff_format
+
+from .errors import InvalidInput, pipeline_input_errors
 
 _MEDIA_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 
@@ -33,7 +34,8 @@ class ValidatedImage:
 
 def validate_image_bytes(data: bytes, field: str) -> ValidatedImage:
     """Real PNG/JPEG/WEBP bytes of at most 50 MB that decode fully, with their dimensions."""
-    image = decode_image(data, field)  # checks magic bytes, size cap, dimensions, full decode
+    with pipeline_input_errors():  # magic bytes, size cap, dimensions, full decode
+        image = decode_image(data, field)
     media_type = _MEDIA_TYPES[sniff_format(bytes(data[:16]))]
     return ValidatedImage(bytes(data), media_type, image.width, image.height)
 
@@ -155,7 +157,7 @@ def job_body(request, resolved: dict[str, ResolvedImage]) -> dict[str, Any]:
     """The body a job stores: the validated request with each image ref in resolved wire form.
 
     Only `{upload_id}` and `{generation_id}` references remain, so the job reads stored objects
-    and `parse_generation_request` accepts the body again when the job runs.
+    and `parse_request` accepts the body again when the job runs.
     """
     body = request.model_dump(mode="json", exclude_none=True)
     for field, image in resolved.items():
@@ -171,16 +173,14 @@ def primary_input_url(resolved: dict[str, ResolvedImage]) -> str | None:
     return next(iter(resolved.values())).url if resolved else None
 
 
-def load_job_inputs(session_factory, storage, job) -> dict[str, bytes]:
+def load_job_inputs(session_factory, storage, request) -> dict[str, bytes]:
     """A job's input images as stored bytes, keyed by request field (`input.images[0]`, ...).
 
-    Used by the dispatcher: the job body only holds `{upload_id}` / `{generation_id}` refs.
+    Used by the dispatcher: a stored job's request only holds `{upload_id}` / `{generation_id}`
+    refs.
     """
-    from retouch.pipelines.requests import parse_job_request
-
     from .tables import Generation, Upload
 
-    request = parse_job_request(job.request)
     keys: dict[str, str] = {}
     with session_factory() as session:
         for field, ref in request.image_fields().items():

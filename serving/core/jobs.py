@@ -21,17 +21,15 @@ from sqlalchemy import and_, case, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from retouch.pipelines.errors import (InsufficientCredits, InvalidInput, MonthlyBudgetExceeded,
+from retouch.serving.core.errors import (InsufficientCredits, InvalidInput, MonthlyBudgetExceeded,
                                       NotFound, PerRequestLimitExceeded, QueueLimitExceeded,
                                       TotalBudgetExceeded)
-from retouch.pipelines.requests import request_seed
-from retouch.pipelines.vocabulary import TOOLS
 
 from . import idempotency
 from .accounts import plan_slot_limit, require_paid_plan
 from .db import is_sqlite, transaction, utcnow
-from .pricing import price
 from .tables import JOB_STATUSES, Account, ApiKey, Generation, LedgerEntry
+from ..tasks import TASKS, TaskSpec, request_seed
 
 DEFAULT_IDEMPOTENCY_TTL_HOURS = 24
 MAX_LIST_LIMIT = 100
@@ -67,7 +65,8 @@ def create_generation(session_factory: SessionFactory, key: ApiKey, request, bod
     if idempotency_key is not None:
         idempotency_key = idempotency.check_idempotency_key(idempotency_key)
     body_hash = idempotency.request_hash(body)
-    cost = price(request)
+    spec = TASKS.for_request(request)
+    cost = spec.price(request)
     # Two identical requests racing past the idempotency lookup: the loser's insert hits the
     # unique constraint, its whole transaction rolls back, and the retry replays the winner's job.
     tries = 2 if idempotency_key else 1
@@ -75,7 +74,7 @@ def create_generation(session_factory: SessionFactory, key: ApiKey, request, bod
         try:
             with transaction(session_factory) as session:
                 return _create_in_transaction(
-                    session, key, request, body, body_hash=body_hash, cost=cost,
+                    session, key, request, spec, body, body_hash=body_hash, cost=cost,
                     idempotency_key=idempotency_key, input_image=input_image, surface=surface,
                     ttl_hours=idempotency_ttl_hours, on_created=on_created)
         except IntegrityError:
@@ -84,7 +83,8 @@ def create_generation(session_factory: SessionFactory, key: ApiKey, request, bod
     raise AssertionError("unreachable")
 
 
-def _create_in_transaction(session: Session, key: ApiKey, request, body: dict[str, Any], *,
+def _create_in_transaction(session: Session, key: ApiKey, request, spec: TaskSpec,
+                           body: dict[str, Any], *,
                            body_hash: str, cost: int, idempotency_key: str | None,
                            input_image: str | None, surface: str, ttl_hours: float,
                            on_created=None) -> tuple[Generation, bool]:
@@ -102,16 +102,16 @@ def _create_in_transaction(session: Session, key: ApiKey, request, body: dict[st
             f"This job costs {cost} credits; this API key allows at most "
             f"{key.per_request_limit} credits per request.",
             details={"cost": cost, "limit": key.per_request_limit})
-    reserve_slots(session, account.id, account.plan, request.slots)
+    reserve_slots(session, account.id, account.plan, spec.slots)
     period = budget_period(now)
     charge_key_budgets(session, key.id, cost, period)
     balance = reserve_credits(session, account.id, cost)
 
     generation = Generation(
         account_id=account.id, api_key_id=key.id, surface=surface, tool=request.tool,
-        mode=_mode_of(request), request=body, request_hash=body_hash,
+        mode=spec.job_mode(request), request=body, request_hash=body_hash,
         seed=_seed_of(request), status="pending", progress=0.0, cost_credits=cost,
-        slots=request.slots, budget_period=period, input_image=input_image, output_keys=[],
+        slots=spec.slots, budget_period=period, input_image=input_image, output_keys=[],
         attempts=0, created_at=now)
     session.add(generation)
     session.flush()
@@ -124,14 +124,6 @@ def _create_in_transaction(session: Session, key: ApiKey, request, body: dict[st
         on_created(session, generation)
     session.flush()
     return generation, False
-
-
-def _mode_of(request) -> str | None:
-    if request.tool == "photographer":
-        return request.options.mode
-    if request.tool == "ai_filter":
-        return request.input.filter
-    return None
 
 
 def _seed_of(request) -> int:
@@ -386,8 +378,9 @@ def list_generations(session: Session, account_id: str, *, surface: str | None =
         raise InvalidInput("limit", f"must be between 1 and {MAX_LIST_LIMIT}")
     if status is not None and status not in JOB_STATUSES:
         raise InvalidInput("status", f"must be one of {', '.join(JOB_STATUSES)}")
-    if tool is not None and tool not in TOOLS:
-        raise InvalidInput("tool", f"must be one of {', '.join(TOOLS)}")
+    tools = TASKS.tools(surface)
+    if tool is not None and tool not in tools:
+        raise InvalidInput("tool", f"must be one of {', '.join(tools)}")
     query = select(Generation).where(Generation.account_id == account_id)
     if surface is not None:
         query = query.where(Generation.surface == surface)

@@ -17,13 +17,13 @@ from datetime import datetime, timedelta
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from retouch.pipelines.errors import (Forbidden, InvalidInput, NotFound, ToolNotAllowed,
+from retouch.serving.core.errors import (Forbidden, InvalidInput, NotFound, ToolNotAllowed,
                                       Unauthorized)
-from retouch.pipelines.vocabulary import TOOLS
 
 from .accounts import get_account
 from .db import utcnow
 from .tables import KEY_STATUSES, SURFACES, ApiKey
+from ..tasks import TASKS
 
 SECRET_PREFIXES: dict[str, str] = {"wixma": "wx_live_", "aixpose": "aix_live_"}
 WIXMA_SCOPES = ("generations:create", "generations:read", "uploads:create", "credits:read")
@@ -81,7 +81,7 @@ def create_key(session: Session, account_id: str, *, surface: str = "wixma",
         account_id=account_id, surface=surface, name=name,
         prefix=secret[:len(SECRET_PREFIXES[surface]) + SHOWN_PREFIX_CHARS],
         secret_hash=hash_secret(secret), scopes=scope_list,
-        allowed_tools=_clean_list(tools, TOOLS, "tools"),
+        allowed_tools=_clean_list(tools, TASKS.tools("wixma"), "tools"),
         monthly_budget=_non_negative(monthly_budget, "monthly_budget"),
         total_budget=_non_negative(total_budget, "total_budget"),
         per_request_limit=_non_negative(per_request_limit, "per_request_limit"),

@@ -19,7 +19,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from retouch.pipelines.errors import InvalidInput, NotFound, Unauthorized
+from retouch.serving.core.errors import InvalidInput, NotFound, Unauthorized
 
 from .accounts import get_account
 from .db import utcnow

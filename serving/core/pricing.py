@@ -12,11 +12,10 @@
 
 The medium generator costs 110 as in the seed's response example; the carousel follows the seed:
 10 × the selected quality's image price + 10 planner credits. Failed jobs are refunded in full.
+Which table a task uses is its `TaskSpec.price` (`serving.tasks`).
 """
 
 from __future__ import annotations
-
-from retouch.pipelines.vocabulary import CAROUSEL_FRAMES
 
 QUALITY_PRICES: dict[str, int] = {"low": 40, "medium": 110, "high": 200}
 UPSCALE_PRICES: dict[int | str, int] = {2: 40, 4: 80, "4k": 120}
@@ -25,19 +24,9 @@ CAROUSEL_PLANNER_CREDITS = 10
 VIDEO_CREDITS_PER_SECOND: dict[str, int] = {"240p": 2, "360p": 3, "720p": 5, "1080p": 8}
 
 
-def price(request) -> int:
-    """Credits a typed request (from `pipelines.requests.parse_generation_request`) costs."""
-    if request.tool == "video":  # AIXpose reels: per second of video, by resolution
-        return request.duration_seconds * VIDEO_CREDITS_PER_SECOND[request.resolution]
-    if request.tool == "enhance":  # AIXpose: the catalog's action credits, per variant
-        return enhancement_price(request.options.actions, bool(request.options.prompt),
-                                 request.options.variants)
-    if request.tool == "upscaler":
-        return UPSCALE_PRICES[request.options.scale]
-    image_price = QUALITY_PRICES[request.options.quality]
-    if request.tool == "photographer" and request.options.mode == "carousel":
-        return CAROUSEL_FRAMES * image_price + CAROUSEL_PLANNER_CREDITS
-    return image_price
+def video_price(duration_seconds: int, resolution: str) -> int:
+    """An AIXpose reel: credits per second of video, by resolution."""
+    return duration_seconds * VIDEO_CREDITS_PER_SECOND[resolution]
 
 
 def enhancement_price(action_ids: list[str], has_prompt: bool, variants: int) -> int:

@@ -21,7 +21,7 @@ from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from retouch.pipelines.actions import ACTIONS_BY_ID, BUILTIN_QUICK_ACTIONS, GROUPS_BY_ID
-from retouch.pipelines.errors import InvalidInput, NotFound
+from retouch.serving.core.errors import InvalidInput, NotFound
 
 from . import jobs
 from .db import is_sqlite, utcnow
@@ -221,7 +221,7 @@ def create_enhancement(session_factory, storage, key, picture_id: str, *, action
     Charged, reserved and idempotent through `jobs.create_generation`; the pictures are written
     in the job's creation transaction. Aspect ratio and resolution default to the project's.
     """
-    from retouch.pipelines.enhance import parse_enhance_request
+    from ..tasks import parse_request
 
     from .db import transaction
 
@@ -238,7 +238,7 @@ def create_enhancement(session_factory, storage, key, picture_id: str, *, action
         body = {"tool": "enhance", "input": {"image": {"upload_id": upload.id}},
                 "options": options}
         input_url = storage.url(upload.storage_key)
-    request = parse_enhance_request(body)
+    request = parse_request(body, surface="aixpose")
 
     def add_pictures(session: Session, job: Generation) -> None:
         source = session.get_one(Picture, picture_id)

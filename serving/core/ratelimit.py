@@ -15,7 +15,7 @@ from limits import RateLimitItemPerMinute
 from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
-from retouch.pipelines.errors import RateLimitExceeded, ServiceUnavailable
+from retouch.serving.core.errors import RateLimitExceeded, ServiceUnavailable
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Protocol
 
-from retouch.pipelines.errors import InvalidInput, ServiceUnavailable
+from retouch.serving.core.errors import InvalidInput, ServiceUnavailable
 
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp", "mp4": "video/mp4"}
 EXTENSIONS = {v: k for k, v in MEDIA_TYPES.items()}

@@ -4,24 +4,25 @@
 project) to their stored images, fetches a user-supplied music track once (SSRF-safe, stored
 content-addressed), and creates the job through `jobs.create_generation` (credits, slots and
 `Idempotency-Key` as for every job) with the `Video` row written in that same transaction. The
-job body carries storage keys only, so the worker never reads the internet; the dispatcher loads
-them with `load_video_inputs` and `pipelines.reel.run_reel_job` renders the MP4. A video's status,
+job's `VideoRequest` carries storage keys only, so the worker never reads the internet; the task
+registry's `video` spec loads them and `pipelines.reel.reel` renders the MP4. A video's status,
 progress and file are its job's: `core.jobs` stays the only owner of status.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
-from retouch.pipelines.errors import InvalidInput, NotFound
 from retouch.pipelines.reel import FPS, decode_music, frame_size, music_format
 
+from ..requests import ReelDirection, ReelInput, ReelOptions, ReelPicture, VideoRequest
 from . import jobs
+from .errors import InvalidInput, NotFound, pipeline_input_errors
 from .tables import Generation, Picture, Video
 
 VIDEO_TOOL = "video"
@@ -44,17 +45,6 @@ class VideoSettings:
     aspect_ratio: str = "16:9"
     resolution: str = "720p"
     webhook_url: str | None = None
-
-
-@dataclass(frozen=True)
-class VideoJobRequest:
-    """The typed request `jobs.create_generation` and `pricing.price` need for a video job."""
-
-    duration_seconds: int
-    resolution: str
-    tool: str = VIDEO_TOOL
-    slots: int = 1
-    options: Any = field(default=None)
 
 
 # ---- creation -----------------------------------------------------------------------------------
@@ -97,30 +87,31 @@ def store_music(fetcher, storage, url: str) -> str:
     """Fetch and validate a WAV/MP3 track; stored under its content hash (so a retried request
     makes the same job body). Returns the storage key."""
     data, _ = fetcher.fetch_bytes(url, "music_url", accept=MUSIC_ACCEPT)
-    kind = music_format(data, "music_url")  # InvalidInput("music_url") unless WAV/MP3 audio
-    decode_music(data, "music_url")
+    with pipeline_input_errors():
+        kind = music_format(data, "music_url")  # InvalidInput("music_url") unless WAV/MP3
+        decode_music(data, "music_url")
     key = f"uploads/audio/{hashlib.sha256(data).hexdigest()}.{kind}"
     if not storage.exists(key):
         storage.put(key, data, MUSIC_MEDIA_TYPES[kind])
     return key
 
 
-def video_job_body(settings: VideoSettings, pictures: list[tuple[Picture, str]],
-                   music_key: str | None) -> dict[str, Any]:
-    width, height = frame_size(settings.aspect_ratio, settings.resolution)
-    return {
-        "tool": VIDEO_TOOL,
-        "project_id": settings.project_id,
-        "input": {"pictures": [{"picture_id": p.id, "storage_key": key} for p, key in pictures],
-                  "music_key": music_key},
-        "direction": {"scene_context": settings.scene_context, "voice": settings.voice,
-                      "background_music": settings.background_music,
-                      "music_url": settings.music_url},
-        "options": {"duration": settings.duration, "aspect_ratio": settings.aspect_ratio,
-                    "resolution": settings.resolution, "width": width, "height": height,
-                    "fps": FPS, "output_format": "mp4"},
-        "webhook_url": settings.webhook_url,
-    }
+def video_request(settings: VideoSettings, pictures: list[tuple[Picture, str]],
+                  music_key: str | None) -> VideoRequest:
+    """The typed `video` job request: storage keys only, so the worker never reads the internet."""
+    with pipeline_input_errors():
+        width, height = frame_size(settings.aspect_ratio, settings.resolution)
+    return VideoRequest(
+        tool=VIDEO_TOOL, project_id=settings.project_id,
+        input=ReelInput(pictures=[ReelPicture(picture_id=p.id, storage_key=key)
+                                  for p, key in pictures], music_key=music_key),
+        direction=ReelDirection(scene_context=settings.scene_context, voice=settings.voice,
+                                background_music=settings.background_music,
+                                music_url=settings.music_url),
+        options=ReelOptions(duration=settings.duration, aspect_ratio=settings.aspect_ratio,
+                            resolution=settings.resolution, width=width, height=height,
+                            fps=FPS),
+        webhook_url=settings.webhook_url)
 
 
 def create_video(services, key, settings: VideoSettings, *,
@@ -131,8 +122,8 @@ def create_video(services, key, settings: VideoSettings, *,
                                   settings.picture_ids)
     music_key = (store_music(services.fetcher, services.storage, settings.music_url)
                  if settings.music_url else None)
-    body = video_job_body(settings, pictures, music_key)
-    options = body["options"]
+    request = video_request(settings, pictures, music_key)
+    options = request.options
 
     def add_video(session: Session, job: Generation) -> None:
         video = Video(account_id=key.account_id, project_id=settings.project_id,
@@ -141,36 +132,19 @@ def create_video(services, key, settings: VideoSettings, *,
                       background_music=settings.background_music, music_url=settings.music_url,
                       music_key=music_key, duration_seconds=settings.duration,
                       aspect_ratio=settings.aspect_ratio, resolution=settings.resolution,
-                      width=options["width"], height=options["height"], fps=options["fps"],
+                      width=options.width, height=options.height, fps=options.fps,
                       webhook_url=settings.webhook_url, created_at=job.created_at)
         session.add(video)
         session.flush()
 
-    request = VideoJobRequest(duration_seconds=settings.duration, resolution=settings.resolution)
     job, replayed = jobs.create_generation(
-        services.session_factory, key, request, body, idempotency_key=idempotency_key,
+        services.session_factory, key, request, request.model_dump(mode="json"),
+        idempotency_key=idempotency_key,
         surface="aixpose", idempotency_ttl_hours=services.settings.idempotency_ttl_hours,
         on_created=add_video)
     with services.session_factory() as session:
         video = session.scalars(select(Video).where(Video.generation_id == job.id)).one()
     return video, replayed
-
-
-# ---- the job ------------------------------------------------------------------------------------
-def load_video_inputs(session_factory, storage, job) -> dict[str, bytes]:
-    """A video job's stored inputs: `input.pictures[i]` images and `input.music` (if any)."""
-    inputs: dict[str, bytes] = {}
-    body_input = job.request["input"]
-    named = [(f"input.pictures[{n}]", item["storage_key"])
-             for n, item in enumerate(body_input["pictures"])]
-    if body_input.get("music_key"):
-        named.append(("input.music", body_input["music_key"]))
-    for name, storage_key in named:
-        try:
-            inputs[name] = storage.get(storage_key)
-        except KeyError:
-            raise InvalidInput(name, "the stored file is gone") from None
-    return inputs
 
 
 # ---- reads --------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from retouch.pipelines.errors import InvalidInput, NotFound
+from retouch.serving.core.errors import InvalidInput, NotFound
 
 from .db import transaction, utcnow
 from .tables import (WEBHOOK_EVENT_TYPES, Generation, Picture, Video, WebhookAttempt,
@@ -182,11 +182,9 @@ def enqueue_job_events(session: Session, job: Generation) -> None:
     if job.surface != "aixpose" or job.status not in ("completed", "failed"):
         return
     outcome = "completed" if job.status == "completed" else "failed"
-    if job.tool == "video":
-        for video in session.scalars(select(Video).where(Video.generation_id == job.id)):
-            enqueue_event(session, job.account_id, f"video.{outcome}", None, video.webhook_url,
-                          subject_id=video.id)
-        return
+    for video in session.scalars(select(Video).where(Video.generation_id == job.id)):
+        enqueue_event(session, job.account_id, f"video.{outcome}", None, video.webhook_url,
+                      subject_id=video.id)
     for picture in session.scalars(select(Picture).where(Picture.generation_id == job.id)):
         enqueue_event(session, job.account_id, f"picture.{outcome}", None, picture.webhook_url,
                       subject_id=picture.id)

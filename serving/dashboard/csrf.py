@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 from fastapi import Request
 
-from retouch.pipelines.errors import Forbidden
+from retouch.serving.core.errors import Forbidden
 from retouch.serving.core.members import SignedInMember
 from retouch.serving.mcp import signin
 

@@ -1,7 +1,7 @@
 """Dashboard form fields → the typed values core expects, with errors that name the field.
 
 Blank number fields mean "no limit"; the create-key form turns into `keys.create_key` keyword
-arguments, the playground form into a Wixma generation body for `parse_generation_request`.
+arguments, the playground form into a Wixma generation body for `parse_request`.
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 from datetime import date, datetime, time, timezone
 from typing import Any
 
-from retouch.pipelines.errors import InvalidInput
-from retouch.pipelines.vocabulary import TOOLS
+from retouch.serving.core.errors import InvalidInput
+from retouch.serving.tasks import TASKS
 from retouch.serving.core.db import utcnow
 from retouch.serving.core.keys import WIXMA_SCOPES
 
@@ -55,7 +55,8 @@ def key_options(form: dict[str, Any], scopes: list[str], tools: list[str]) -> di
         raise InvalidInput("scopes", "choose at least one scope")
     if not tools:
         raise InvalidInput("tools", "choose at least one tool")
-    for field, values, allowed in (("scopes", scopes, WIXMA_SCOPES), ("tools", tools, TOOLS)):
+    all_tools = TASKS.tools("wixma")
+    for field, values, allowed in (("scopes", scopes, WIXMA_SCOPES), ("tools", tools, all_tools)):
         for value in values:
             if value not in allowed:
                 raise InvalidInput(field, f"{value!r} is not one of {', '.join(allowed)}")
@@ -63,7 +64,7 @@ def key_options(form: dict[str, Any], scopes: list[str], tools: list[str]) -> di
         "name": name or None,
         "scopes": list(dict.fromkeys(scopes)),
         # Every tool ticked means "all tools", so the key also gets tools added later.
-        "tools": None if set(tools) >= set(TOOLS) else list(dict.fromkeys(tools)),
+        "tools": None if set(tools) >= set(all_tools) else list(dict.fromkeys(tools)),
         "monthly_budget": optional_int(form.get("monthly_budget"), "monthly_budget"),
         "total_budget": optional_int(form.get("total_budget"), "total_budget"),
         "per_request_limit": optional_int(form.get("per_request_limit"), "per_request_limit"),
@@ -79,7 +80,8 @@ def key_form(key) -> dict[str, Any]:
         return "" if value is None else str(value)
 
     return {"name": key.name or "", "scopes": list(key.scopes or []),
-            "tools": list(key.allowed_tools) if key.allowed_tools is not None else list(TOOLS),
+            "tools": (list(key.allowed_tools) if key.allowed_tools is not None
+                      else list(TASKS.tools("wixma"))),
             "monthly_budget": number(key.monthly_budget), "total_budget": number(key.total_budget),
             "per_request_limit": number(key.per_request_limit),
             "rate_limit_per_minute": number(key.rate_limit_per_minute),

@@ -2,7 +2,7 @@
 playground that starts generator, photographer and upscaler jobs, and the small JSON status
 endpoint the gallery polls until a job finishes.
 
-Playground jobs take the API's own path (`parse_generation_request` → image references →
+Playground jobs take the API's own path (`parse_request` → image references →
 `submissions.submit_generation`) on the account's playground key (see `playground`), so tools,
 prices, slots, budgets and credits are checked exactly as for an API call.
 """
@@ -14,10 +14,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
-from retouch.pipelines.errors import InvalidInput, RetouchError
-from retouch.pipelines.requests import parse_generation_request
+from retouch.serving.core.errors import InvalidInput, RetouchError
+from retouch.serving.tasks import TASKS, parse_request
 from retouch.pipelines.vocabulary import (ANGLES, ASPECT_RATIOS, MAX_IMAGE_BYTES,
-                                          PHOTOGRAPHER_MODES, QUALITIES, SEASONS, TIMES,
+                                          QUALITIES, SEASONS, TIMES,
                                           UPSCALE_SCALES, WEATHERS)
 from retouch.serving.core import jobs, keys
 from retouch.serving.core.db import transaction
@@ -53,7 +53,7 @@ def _generations_page(request: Request, member: SignedInMember, *, error: str | 
         gallery = [generation_view(job, services.storage.url) for job in items]
     return render("generations.html", member, page="generations", gallery=gallery, error=error,
                   form=form or {}, started=started, status_code=status_code,
-                  modes=PHOTOGRAPHER_MODES, angles=ANGLES, times=TIMES, seasons=tuple(SEASONS),
+                  modes=TASKS.modes("photographer"), angles=ANGLES, times=TIMES, seasons=tuple(SEASONS),
                   weathers=tuple(WEATHERS), qualities=QUALITIES, aspect_ratios=tuple(ASPECT_RATIOS),
                   scales=UPSCALE_SCALES)
 
@@ -106,7 +106,7 @@ def start_generation(request: Request, member: Member,
             refs[image_field] = {"generation_id": source_generation.strip()}
         if mask is not None:
             refs["mask_image"] = {"upload_id": "(chosen file)"}
-        parse_generation_request(forms.playground_body(form, refs))  # fail before storing files
+        parse_request(forms.playground_body(form, refs))  # fail before storing files
         with transaction(services.session_factory) as session:
             key = playground_key(session, member.account_id)
             keys.ensure_key_usable(session, key)  # a paused playground key stops the playground
@@ -114,7 +114,7 @@ def start_generation(request: Request, member: Member,
                 if chosen is not None:
                     refs[field] = {"upload_id": store_upload(session, services.storage, key,
                                                              chosen).id}
-        request_body = parse_generation_request(forms.playground_body(form, refs))
+        request_body = parse_request(forms.playground_body(form, refs))
         generation, _ = submit_generation(services, key, request_body, surface="wixma")
     except RetouchError as error:
         return _generations_page(request, member, error=error.message, form=form,

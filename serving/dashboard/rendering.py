@@ -11,7 +11,7 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from retouch.pipelines.errors import RetouchError, Unauthorized
+from retouch.serving.core.errors import RetouchError, Unauthorized
 from retouch.serving.core.members import SignedInMember
 from retouch.serving.errors import error_response
 

@@ -14,8 +14,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 
-from retouch.pipelines.errors import InvalidInput, RetouchError
-from retouch.pipelines.vocabulary import TOOLS
+from retouch.serving.core.errors import InvalidInput, RetouchError
+from retouch.serving.tasks import TASKS
 from retouch.serving.core import credits, jobs, keys
 from retouch.serving.core.accounts import get_account, plan_slot_limit
 from retouch.serving.core.db import transaction, utcnow
@@ -88,7 +88,7 @@ def _keys_page(request: Request, member: SignedInMember, *, new_secret: str | No
                        for c in grants.list_connected_clients(session, member.account_id)]
     return render("keys.html", member, status_code=status_code, page="keys", keys=key_rows,
                   clients=clients, new_secret=new_secret, new_key_id=new_key_id, error=error,
-                  form=form or {}, all_scopes=keys.WIXMA_SCOPES, all_tools=TOOLS,
+                  form=form or {}, all_scopes=keys.WIXMA_SCOPES, all_tools=TASKS.tools("wixma"),
                   api_base=services_of(request).settings.resolved_public_base_url)
 
 
@@ -153,7 +153,8 @@ def edit_key_page(request: Request, member: Member, key_id: str) -> HTMLResponse
 def _edit_page(member: SignedInMember, key: ApiKey, form: dict[str, Any], *,
                error: str | None = None, status_code: int = 200) -> HTMLResponse:
     return render("key_edit.html", member, page="keys", key=key, form=form, error=error,
-                  status_code=status_code, all_scopes=keys.WIXMA_SCOPES, all_tools=TOOLS)
+                  status_code=status_code, all_scopes=keys.WIXMA_SCOPES,
+                  all_tools=TASKS.tools("wixma"))
 
 
 @router.post("/keys/{key_id}/edit")

@@ -21,7 +21,7 @@ from urllib.parse import urlencode, urlparse, urlunparse, parse_qsl
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from retouch.pipelines.errors import InvalidInput, NotFound
+from retouch.serving.core.errors import InvalidInput, NotFound
 from retouch.serving.core import keys
 from retouch.serving.core.db import utcnow
 from retouch.serving.core.members import SignedInMember

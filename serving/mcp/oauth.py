@@ -34,8 +34,8 @@ from mcp.shared.auth import OAuthClientInformationFull, OAuthMetadata, OAuthToke
 from mcp.shared.auth import ProtectedResourceMetadata
 from starlette.routing import Route
 
-from retouch.pipelines.errors import InvalidInput, RateLimitExceeded
-from retouch.pipelines.vocabulary import TOOLS
+from retouch.serving.core.errors import InvalidInput, RateLimitExceeded
+from retouch.serving.tasks import TASKS
 from retouch.serving.core.db import transaction
 from retouch.serving.core.keys import WIXMA_SCOPES
 
@@ -332,7 +332,7 @@ def _consent_form(member, row, client, error: str | None = None, status_code: in
         f"<code>{escape(s)}</code> {escape(SCOPE_LABELS.get(s, ''))}</label>" for s in requested)
     tool_boxes = "".join(
         f"<label><input type=checkbox name=tools value='{escape(t)}' checked> "
-        f"<code>{escape(t)}</code></label>" for t in TOOLS)
+        f"<code>{escape(t)}</code></label>" for t in TASKS.tools("wixma"))
 
     def number(name: str, label: str) -> str:
         return (f"<label>{escape(label)} <input type=number min=0 step=1 name={name} "
@@ -411,7 +411,8 @@ def consent_decision(request: Request,
             elif decision == "approve":
                 choices = grants.GrantChoices(
                     scopes=list(dict.fromkeys(scopes)),
-                    tools=None if set(TOOLS) <= set(tools) else list(dict.fromkeys(tools)),
+                    tools=(None if set(TASKS.tools("wixma")) <= set(tools)
+                           else list(dict.fromkeys(tools))),
                     **{name: _optional_int(value, name) for name, value in values.items()})
                 if choices.tools == []:
                     raise InvalidInput("tools", "choose at least one tool")

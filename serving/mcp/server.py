@@ -6,7 +6,7 @@ dedicated key of an OAuth grant) exactly as an HTTP route does: key usable, paid
 limit, scope; creation tools then go through `core.submissions.submit_generation` (allowed tool,
 SSRF-safe URL fetch and validation, atomic reservation of slots, budgets and credits). Arguments
 are the seed's flat names (`mode`, `main_image`, `text_prompt`, `quality`, ...), mapped onto the
-typed request of `pipelines.requests`. Failures come back as tool results with `isError` and
+typed request of `serving.requests`. Failures come back as tool results with `isError` and
 the seed's error object as text.
 """
 
@@ -24,13 +24,14 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp_types import CallToolResult, ImageContent, TextContent, ToolAnnotations
 from pydantic import Field, WithJsonSchema
 
-from retouch.pipelines.errors import (Forbidden, InvalidInput, RetouchError, ServiceUnavailable,
-                                      Unauthorized)
-from retouch.pipelines.requests import (Angle, FilterId, OutputFormat, PhotographerMode,
-                                        SeasonValue, TimeValue, WeatherValue,
-                                        parse_generation_request)
-from retouch.pipelines.vocabulary import ASPECT_RATIOS, TOOLS
+from retouch.pipelines.errors import PipelineInputError
+from retouch.pipelines.vocabulary import ASPECT_RATIOS
 from retouch.serving.core import accounts, credits, jobs, keys
+from retouch.serving.core.errors import (Forbidden, InvalidInput, RetouchError, ServiceUnavailable,
+                                         Unauthorized, invalid_input_from)
+from retouch.serving.requests import (Angle, FilterId, OutputFormat, SeasonValue, TimeValue,
+                                      WeatherValue)
+from retouch.serving.tasks import TASKS, parse_request
 from retouch.serving.core.db import transaction
 from retouch.serving.core.submissions import import_image_url, submit_generation
 from retouch.serving.core.tables import Account, ApiKey
@@ -73,7 +74,6 @@ Quality = Annotated[Literal["low", "medium", "high"],
 AspectRatio = Annotated[Literal[tuple(ASPECT_RATIOS)],  # type: ignore[valid-type]
                         Field(description="Output shape; `original` lets the model decide")]
 JobStatus = Literal["pending", "processing", "completed", "failed"]
-ToolName = Literal[TOOLS]  # type: ignore[valid-type]
 
 TOOL_NAMES = ("wixma_upload_image", "wixma_generate_image", "wixma_edit_image",
               "wixma_photographer", "wixma_ai_filter", "wixma_upscale_image",
@@ -110,6 +110,15 @@ def _check_image_argument(value: Any, name: str) -> None:
         raise InvalidInput(name, "base64 data and data URLs are not accepted: pass a public "
                                  "HTTPS URL, {\"upload_id\": ...} from wixma_upload_image, or "
                                  "{\"generation_id\": ...}")
+
+
+def _annotate(**types: Any) -> Callable:
+    """Give a tool's arguments types built at run time (e.g. from the task registry)."""
+    def apply(function: Callable) -> Callable:
+        function.__annotations__.update(types)
+        return function
+
+    return apply
 
 
 def _without_none(values: dict[str, Any]) -> dict[str, Any]:
@@ -160,6 +169,8 @@ class WixmaTools:
             return action(self.authorize(ctx, scope))
         except RetouchError as exc:
             return error_result(_argument_error(exc))
+        except PipelineInputError as exc:
+            return error_result(_argument_error(invalid_input_from(exc)))
         except Exception:  # never a stack trace to the client: the seed's service_unavailable
             log.exception("MCP tool call failed")
             return error_result(ServiceUnavailable("The service is temporarily unavailable; "
@@ -174,7 +185,7 @@ class WixmaTools:
             for name, value in images.items():
                 if value is not None:
                     _check_image_argument(value, name)
-            request = parse_generation_request(body)
+            request = parse_request(body)
             generation, _ = submit_generation(self.services, key, request, surface="wixma")
             return json_result({"generation": self._generation_data(generation),
                                 "next": "Poll wixma_get_generation with this id until status "
@@ -249,6 +260,11 @@ def build_mcp_server(services) -> MCPServer:
     tools = WixmaTools(services)
     creates = ToolAnnotations(read_only_hint=False, destructive_hint=False, open_world_hint=True)
     reads = ToolAnnotations(read_only_hint=True, open_world_hint=False)
+    # Tools and modes come from the task registry as it stands when the server is built.
+    tool_name = Literal[TASKS.tools("wixma")]  # type: ignore[valid-type]
+    photographer_mode = Literal[TASKS.modes("photographer")]  # type: ignore[valid-type]
+    photographer_description = "Guided photo edits (AI Photographer). Modes: " + "; ".join(
+        f"{spec.mode}: {spec.summary}" for spec in TASKS if spec.tool == "photographer") + "."
 
     @server.tool(annotations=creates)
     def wixma_upload_image(
@@ -293,9 +309,10 @@ def build_mcp_server(services) -> MCPServer:
             "options": {"quality": quality, "aspect_ratio": aspect_ratio,
                         "output_format": output_format}}, image_args)
 
-    @server.tool(annotations=creates)
+    @server.tool(annotations=creates, description=photographer_description)
+    @_annotate(mode=Annotated[photographer_mode, Field(description="The AI Photographer mode")])
     def wixma_photographer(
-        mode: Annotated[PhotographerMode, Field(description="The AI Photographer mode")],
+        mode: str,
         main_image: Annotated[Image, Field(description="The main subject or target scene")],
         ctx: Context,
         secondary_images: Annotated[OptionalImageList, Field(
@@ -315,9 +332,6 @@ def build_mcp_server(services) -> MCPServer:
         aspect_ratio: AspectRatio = "original",
         output_format: OutputFormat = "png",
     ) -> CallToolResult:
-        """Guided photo edits (AI Photographer): person_placement, angle_change, cloth_change,
-        time_change, location_change, carousel (10 images, 2 slots), object_placement,
-        erase_edit (needs mask_image)."""
         image_args = {"main_image": main_image, "mask_image": mask_image}
         if isinstance(secondary_images, list):
             image_args.update({f"secondary_images[{i}]": v
@@ -372,10 +386,11 @@ def build_mcp_server(services) -> MCPServer:
         return tools.get_generation(ctx, generation_id)
 
     @server.tool(annotations=reads)
+    @_annotate(tool=tool_name | None)
     def wixma_list_generations(
         ctx: Context,
         status: JobStatus | None = None,
-        tool: ToolName | None = None,
+        tool: str | None = None,
         limit: Annotated[int, Field(ge=1, le=jobs.MAX_LIST_LIMIT)] = 20,
         cursor: Annotated[str | None, Field(description="next_cursor of the previous page")]
         = None,

@@ -17,7 +17,7 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import RedirectResponse, Response
 
-from retouch.pipelines.errors import RateLimitExceeded, Unauthorized
+from retouch.serving.core.errors import RateLimitExceeded, Unauthorized
 from retouch.serving.core import members
 from retouch.serving.core.db import transaction
 from retouch.serving.core.members import SignedInMember

@@ -7,9 +7,10 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Body, Depends, File, Header, Query, Response, UploadFile
 from pydantic import TypeAdapter
 
-from retouch.pipelines.errors import InvalidInput
-from retouch.pipelines.requests import ToolRequest, parse_generation_request
-from retouch.pipelines.vocabulary import MAX_IMAGE_BYTES, TOOLS
+from retouch.pipelines.vocabulary import MAX_IMAGE_BYTES
+from retouch.serving.core.errors import InvalidInput
+from retouch.serving.requests import WixmaRequest
+from retouch.serving.tasks import TASKS, parse_request
 from retouch.serving.core import credits, jobs
 from retouch.serving.core.db import transaction
 from retouch.serving.core.image_refs import store_upload, validate_image_bytes
@@ -25,7 +26,7 @@ router = APIRouter(tags=["wixma"])
 AUTH_ERRORS = (401, 402, 403, 429, 503)
 
 JobStatus = Literal["pending", "processing", "completed", "failed"]
-ToolName = Literal[TOOLS]  # type: ignore[valid-type]
+ToolName = Literal[TASKS.tools("wixma")]  # type: ignore[valid-type]
 
 
 @router.post("/uploads", status_code=201, response_model=UploadResponse,
@@ -61,7 +62,7 @@ def create_generation(body: Annotated[Any, Body()], response: Response, services
     Image references are resolved before the job exists: a bad reference fails here with
     `invalid_input` naming the field. Same `Idempotency-Key` + same body → the existing job (200).
     """
-    request = parse_generation_request(body)
+    request = parse_request(body)
     generation, replayed = submit_generation(services, key, request,
                                              idempotency_key=idempotency_key, surface="wixma")
     if replayed:
@@ -130,8 +131,11 @@ IMAGE_REF_SCHEMA: dict[str, Any] = {
 def openapi_components() -> dict[str, Any]:
     """Component schemas for the generation body: the typed request union, with image refs in
     their wire form (the typed model's internal `kind`/`value` never appears on the wire)."""
-    schema = TypeAdapter(ToolRequest).json_schema(ref_template="#/components/schemas/{model}")
+    schema = TypeAdapter(WixmaRequest).json_schema(ref_template="#/components/schemas/{model}")
     components = dict(schema.pop("$defs", {}))
+    properties = components["PhotographerOptions"]["properties"]
+    # The registry's modes, as registered when the schema is built.
+    properties["mode"] = {"enum": list(TASKS.modes("photographer")), **properties["mode"]}
     components["GenerationRequest"] = {**schema, "title": "GenerationRequest"}
     components["ImageRef"] = IMAGE_REF_SCHEMA
     return components

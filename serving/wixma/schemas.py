@@ -1,6 +1,6 @@
 """Wixma API v1 protocol models: the exact response shapes, and the error shape for OpenAPI.
 
-Request bodies are the typed models of `retouch.pipelines.requests` (one discriminated union on
+Request bodies are the typed models of `retouch.serving.requests` (one discriminated union on
 `tool`); responses are built here from table rows so every route shapes them the same way.
 """
 
@@ -11,7 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from retouch.pipelines.errors import ERROR_STATUS
+from retouch.serving.core.errors import ERROR_STATUS
+from retouch.serving.tasks import TASKS
 
 
 def format_timestamp(value: datetime) -> str:
@@ -106,12 +107,12 @@ class GenerationList(BaseModel):
 def generation_object(generation, url_for) -> GenerationObject:
     """Shape one `Generation` row; `url_for(storage_key)` gives an object's public URL."""
     output_urls = [url_for(key) for key in (generation.output_keys or [])]
-    is_carousel = generation.tool == "photographer" and generation.mode == "carousel"
+    lists_outputs = TASKS.for_job(generation.tool, generation.mode).lists_outputs
     return GenerationObject(
         id=generation.id, status=generation.status, tool=generation.tool,
-        mode=generation.mode if generation.tool == "photographer" else None,
+        mode=generation.mode if TASKS.modes(generation.tool) else None,
         output_url=output_urls[0] if output_urls else None,
-        output_urls=output_urls if is_carousel else None,
+        output_urls=output_urls if lists_outputs else None,
         input_image=generation.input_image, cost_credits=generation.cost_credits,
         progress=1.0 if generation.status == "completed" else float(generation.progress or 0.0),
         error_code=generation.error_code, error=generation.error,

@@ -1,8 +1,10 @@
-"""Typed generation requests: the seed's `POST /api/v1/generations` body, validated once.
+"""The wire protocol of a job: typed requests for every tool, validated once at the edge.
 
-`parse_generation_request(body)` turns the JSON body (`tool`, `input`, `options`) into one of the
-typed request classes below, or raises `InvalidInput` naming the bad field (`input.angle`,
-`options.aspect_ratio`, ...). The HTTP API, the MCP tools and the batch runner all use it.
+The Wixma tools (`POST /api/v1/generations`: `tool`, `input`, `options`), the AIXpose enhancement
+(`tool: "enhance"`) and the reel (`tool: "video"`) bodies are the pydantic models below. Which
+model a body is, what a mode requires, its price and where it runs is the task registry's
+(`serving.tasks`); `tasks.parse_request(body)` is the one entry point. Requests are serialisable
+(`model_dump(mode="json")` is the stored job body) and travel as such to the replica.
 
 Image references stay unresolved here (`ImageRef`); the caller turns them into pixels
 (uploads, generations, URLs, or local paths in the batch runner) keyed by `image_fields()`.
@@ -12,17 +14,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import (BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
-                      field_validator, model_validator)
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .errors import InvalidInput
-from .vocabulary import (AI_FILTERS, ANGLES, ASPECT_RATIOS, CAROUSEL_FRAMES, DEFAULT_NOISE_SCALE,
-                         DEFAULT_TIME, PHOTOGRAPHER_MODES, SEASONS, TIMES, WEATHERS)
+from retouch.pipelines.vocabulary import (AI_FILTERS, ANGLES, ASPECT_RATIOS, DEFAULT_NOISE_SCALE,
+                                          SEASONS, TIMES, WEATHERS)
 
 Quality = Literal["low", "medium", "high"]
 OutputFormat = Literal["png", "webp", "jpeg"]
 AspectRatio = Literal[tuple(ASPECT_RATIOS)]  # type: ignore[valid-type]
-PhotographerMode = Literal[PHOTOGRAPHER_MODES]  # type: ignore[valid-type]
 Angle = Literal[ANGLES]  # type: ignore[valid-type]
 TimeValue = Literal[TIMES]  # type: ignore[valid-type]
 SeasonValue = Literal[tuple(SEASONS)]  # type: ignore[valid-type]
@@ -88,14 +87,6 @@ class _Request(_Strict):
                         found[f"input.{name}[{i}]"] = item
         return found
 
-    @property
-    def slots(self) -> int:
-        return 1
-
-    @property
-    def output_count(self) -> int:
-        return 1
-
 
 # ---- generator --------------------------------------------------------------------------------
 class GeneratorInput(_Strict):
@@ -156,7 +147,7 @@ class PhotographerInput(_Strict):
 
 
 class PhotographerOptions(_Strict):
-    mode: PhotographerMode
+    mode: str  # one of the registry's photographer modes (checked by `tasks.parse_request`)
     quality: Quality = "medium"
     aspect_ratio: AspectRatio = "original"
     output_format: OutputFormat = "png"
@@ -168,34 +159,6 @@ class PhotographerRequest(_Request):
     tool: Literal["photographer"]
     input: PhotographerInput
     options: PhotographerOptions
-
-    @model_validator(mode="after")
-    def _mode_requirements(self) -> "PhotographerRequest":
-        mode, inp, legacy = self.options.mode, self.input, self.options.selected_option
-        if mode == "angle_change":
-            if inp.angle is None and legacy is not None:
-                if legacy not in ANGLES:
-                    raise InvalidInput("input.angle", f"{legacy!r} is not a dashboard cube angle")
-                inp.angle = legacy
-            if inp.angle is None:
-                raise InvalidInput("input.angle", "is required for mode angle_change")
-        if mode == "time_change":
-            if inp.time is None and legacy in TIMES:
-                inp.time = legacy
-            inp.time = inp.time or DEFAULT_TIME
-        if mode == "location_change" and not inp.text_prompt.strip():
-            raise InvalidInput("input.text_prompt", "is required for mode location_change")
-        if mode == "erase_edit" and inp.mask_image is None:
-            raise InvalidInput("input.mask_image", "is required for mode erase_edit")
-        return self
-
-    @property
-    def slots(self) -> int:
-        return 2 if self.options.mode == "carousel" else 1
-
-    @property
-    def output_count(self) -> int:
-        return CAROUSEL_FRAMES if self.options.mode == "carousel" else 1
 
 
 # ---- upscaler ---------------------------------------------------------------------------------
@@ -248,49 +211,74 @@ class FilterRequest(_Request):
     options: FilterOptions = FilterOptions()
 
 
-ToolRequest = Annotated[
+# The body of `POST /api/v1/generations` (its OpenAPI schema).
+WixmaRequest = Annotated[
     Union[GeneratorRequest, EditorRequest, PhotographerRequest, UpscalerRequest, FilterRequest],
     Field(discriminator="tool"),
 ]
-_ADAPTER: TypeAdapter = TypeAdapter(ToolRequest)
 
 
-def _field_path(loc: tuple) -> str:
-    # The discriminated union puts the tool tag first: ('generator', 'input', 'prompt').
-    parts = loc[1:] if loc and loc[0] in _TOOL_TAGS else loc
-    path = ""
-    for part in parts:
-        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-    return path or "body"
+# ---- AIXpose enhancement (`POST /v1/pictures/{id}/enhance`) ------------------------------------
+class EnhanceInput(_Strict):
+    image: ImageRef
+
+    _one = field_validator("image", mode="before")(lambda cls, v, info: _image_ref(v, info))
 
 
-_TOOL_TAGS = ("generator", "editor", "photographer", "upscaler", "ai_filter")
+class EnhanceOptions(_Strict):
+    actions: list[str] = Field(default_factory=list, max_length=8)
+    prompt: str | None = Field(default=None, max_length=2000)
+    aspect_ratio: AspectRatio = "original"
+    resolution: Literal["1K", "2K", "4K"] = "2K"
+    variants: int = Field(default=1, ge=1, le=4)
+    quality: Quality = "medium"
+    output_format: OutputFormat = "jpeg"
+    seed: Seed | None = None
 
 
-def parse_generation_request(body: Any, *, allow_paths: bool = False):
-    """Validate a generations body into a typed request, or raise `InvalidInput` naming the field."""
-    if not isinstance(body, dict):
-        raise InvalidInput("body", "must be a JSON object with tool, input and options")
-    tool = body.get("tool")
-    if tool not in _TOOL_TAGS:
-        raise InvalidInput("tool", f"must be one of {', '.join(_TOOL_TAGS)}")
-    try:
-        return _ADAPTER.validate_python(body, context={"allow_paths": allow_paths})
-    except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        message = first["msg"].removeprefix("Value error, ")
-        raise InvalidInput(_field_path(tuple(first["loc"])), message) from None
+class EnhanceRequest(_Request):
+    tool: Literal["enhance"]
+    input: EnhanceInput
+    options: EnhanceOptions
 
 
-def request_seed(request) -> int | None:
-    return getattr(request.options, "seed", None)
+# ---- AIXpose video (`POST /v1/videos`): a reel of stored pictures --------------------------------
+class ReelPicture(_Strict):
+    picture_id: str
+    storage_key: str
 
 
-def parse_job_request(body: Any, *, allow_paths: bool = False):
-    """A stored job body of any surface: the Wixma tools, plus AIXpose `enhance` jobs (which
-    `parse_generation_request` does not accept: they are created through `/v1` only)."""
-    if isinstance(body, dict) and body.get("tool") == "enhance":
-        from .enhance import parse_enhance_request
+class ReelInput(_Strict):
+    pictures: list[ReelPicture] = Field(min_length=1)
+    music_key: str | None = None
 
-        return parse_enhance_request(body, allow_paths=allow_paths)
-    return parse_generation_request(body, allow_paths=allow_paths)
+
+class ReelDirection(_Strict):
+    scene_context: str | None = None
+    voice: str | None = None
+    background_music: str | None = None
+    music_url: str | None = None
+
+
+class ReelOptions(_Strict):
+    duration: int
+    aspect_ratio: str
+    resolution: str
+    width: int
+    height: int
+    fps: int
+    output_format: Literal["mp4"] = "mp4"
+
+
+class VideoRequest(_Request):
+    """A `video` job: storage keys only, so the worker never reads the internet."""
+
+    tool: Literal["video"]
+    project_id: str
+    input: ReelInput
+    direction: ReelDirection = ReelDirection()
+    options: ReelOptions
+    webhook_url: str | None = None
+
+    def image_fields(self) -> dict[str, ImageRef]:
+        return {}  # pictures are read by storage key (`tasks` loads them)
