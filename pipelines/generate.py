@@ -71,3 +71,42 @@ def generate(store, request, images: dict[str, Image.Image], ctx: RunContext) ->
         image = cut_out_subject(store, image)
     ctx.report(1.0)
     return [image]
+
+
+def generate_batch(store, requests: list, images: list[dict], contexts: list[RunContext]
+                   ) -> list[list[Image.Image] | Exception]:
+    """`generate` for jobs of one working size and step count (their batch key), denoised in one
+    batch; each job's outputs, or the exception that failed it alone."""
+    from .batch import run_diffusion_batch
+
+    results: list[list[Image.Image] | Exception | None] = [None] * len(requests)
+    live = []
+    for i, request in enumerate(requests):
+        try:
+            check_inputs(request)
+            contexts[i].report(0.0)
+            live.append(i)
+        except Exception as exc:  # noqa: BLE001 - a bad job fails alone
+            results[i] = exc
+    if live:
+        options = requests[live[0]].options
+        pipe = store.text2img()
+        size = output_size(options.aspect_ratio, native_size=store.native_size)
+        work = pipe_working_size(store, pipe, size)
+        transparent = [wants_transparent_background(requests[i].input.prompt,
+                                                    requests[i].options.background,
+                                                    requests[i].options.output_format)
+                       for i in live]
+        images_out = run_diffusion_batch(
+            pipe, [contexts[i] for i in live],
+            [prompts.generator_prompt(requests[i].input.prompt) for i in live],
+            [prompts.NEGATIVE_PROMPT] * len(live), end=0.9 if any(transparent) else 1.0,
+            width=work[0], height=work[1], num_inference_steps=store.quality_steps[options.quality])
+        for i, image, cut in zip(live, images_out, transparent):
+            if isinstance(image, Exception):
+                results[i] = image
+                continue
+            image = resize_to(image, size)
+            results[i] = [cut_out_subject(store, image) if cut else image]
+            contexts[i].report(1.0)
+    return results  # type: ignore[return-value]

@@ -23,6 +23,7 @@ from .core.fetch import ImageFetcher, make_fetcher
 from .core.ratelimit import RateLimiter, make_rate_limiter
 from .core.storage import Storage, make_storage
 from .errors import install_error_handlers
+from .metrics import Metrics
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class Services:
     fetcher: ImageFetcher
     rate_limiter: RateLimiter
     executor: Any = None  # a `serving.executor.JobExecutor`, or None: jobs stay pending
+    metrics: Metrics | None = None
 
     def require_executor(self) -> None:
         """Refuse new jobs while a configured executor reports itself unavailable."""
@@ -52,9 +54,11 @@ def build_services(settings: Settings, *, executor: Any = None,
     if migrate:
         run_migrations(url)
     engine = make_engine(url)
-    return Services(settings=settings, engine=engine, session_factory=make_session_factory(engine),
+    session_factory = make_session_factory(engine)
+    return Services(settings=settings, engine=engine, session_factory=session_factory,
                     storage=make_storage(settings), fetcher=make_fetcher(settings),
-                    rate_limiter=make_rate_limiter(settings), executor=executor)
+                    rate_limiter=make_rate_limiter(settings), executor=executor,
+                    metrics=Metrics(session_factory))
 
 
 def make_default_executor(services: Services):
@@ -74,6 +78,8 @@ def build_app(settings: Settings, *, services: Services | None = None) -> FastAP
     if services is None:
         services = build_services(settings)
         services.executor = make_default_executor(services)
+    if services.metrics is None:
+        services.metrics = Metrics(services.session_factory)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -106,6 +112,13 @@ def build_app(settings: Settings, *, services: Services | None = None) -> FastAP
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        """Prometheus text format (`serving.metrics`)."""
+        from .metrics import CONTENT_TYPE
+
+        return Response(services.metrics.render(), media_type=CONTENT_TYPE)
 
     @app.get("/files/{key:path}", tags=["files"], response_class=Response,
              responses={200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}}})

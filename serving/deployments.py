@@ -33,6 +33,8 @@ class EngineConfig:
     device: str = "cpu"
     cache_dir: str = ""
     overrides: dict[str, str] = field(default_factory=dict)
+    max_batch_size: int = 1  # compatible jobs denoised together (`@serve.batch` on a replica)
+    batch_wait_timeout_s: float = 0.0
 
     def build_runner(self):
         import os
@@ -54,7 +56,7 @@ class FamilyOptions:
     num_replicas: int = 1
     num_gpus: float = 0.0
     num_cpus: float = 0.0
-    max_ongoing_requests: int = 2
+    max_ongoing_requests: int = 4  # ≥ the replica's max_batch_size, so batches can fill
 
 
 def load_family_options(config_path: Path | None) -> dict[str, FamilyOptions]:
@@ -125,50 +127,77 @@ class _BoardReporter:
 
 
 class _FamilyDeployment:
-    """A replica holding one `TaskRunner` for the tasks of its `family`."""
+    """A replica holding one `TaskRunner` for the tasks of its `family`.
+
+    Requests arriving together are collected by Serve's `@serve.batch` (up to the config's
+    `max_batch_size`, waiting `batch_wait_timeout_s`); the runner denoises those with one batch
+    key together. Batches run one at a time: diffusers pipelines keep per-call state.
+    """
 
     family = ""
 
     def __init__(self, engine_config: EngineConfig):
-        import threading
+        from ray import serve
 
         self._runner = engine_config.build_runner()
-        # Diffusers pipelines keep per-call state (scheduler timesteps): one job at a time per
-        # replica; further requests (up to max_ongoing_requests) wait here.
-        self._run_lock = threading.Lock()
+        self._run_batch = serve.batch(
+            self._run_collected, max_batch_size=max(1, engine_config.max_batch_size),
+            batch_wait_timeout_s=engine_config.batch_wait_timeout_s)
 
-    def run_job(self, job_id: str, request, images: dict[str, bytes],
-                seed: int) -> dict[str, Any]:
-        """`{"outputs": [bytes, ...]}`, or `{"error": {...}}` for a pipeline error.
-
-        Errors travel as data, not exceptions, so their type survives the trip through Ray.
-        """
-        import ray
-
-        from retouch.pipelines.errors import Cancelled
-
-        from .core.errors import RetouchError
-
+    async def run_job(self, job_id: str, request, images: dict[str, bytes],
+                      seed: int) -> dict[str, Any]:
+        """`{"outputs": [bytes, ...], "batch_size", "step_seconds"}`, or `{"error": {...}}` for
+        a pipeline error. Errors travel as data, not exceptions, so their type survives Ray."""
         spec = self._runner.registry.for_request(request)
         if spec.family != self.family:
             raise ValueError(f"{type(self).__name__} does not run task {spec.name!r}")
+        return await self._run_batch((job_id, request, images, seed))
+
+    async def _run_collected(self, calls: list[tuple]) -> list[dict[str, Any]]:
+        import asyncio
+
+        return await asyncio.to_thread(self._run_calls, calls)
+
+    def _run_calls(self, calls: list[tuple]) -> list[dict[str, Any]]:
+        import ray
+
+        from .batching import batch_groups
+        from .runner import Job
+
         board = ray.get_actor(BOARD_NAME, namespace=RAY_NAMESPACE)
-        reporter = _BoardReporter(board, job_id)
-        try:
-            with self._run_lock:
-                reporter.progress(0.0)
-                return {"outputs": self._runner.run_job(request, images, seed,
-                                                        reporter.progress,
-                                                        reporter.is_cancelled)}
-        except Cancelled as exc:
-            return {"error": {"code": "service_unavailable", "message": str(exc),
-                              "field": None, "cancelled": True}}
-        except RetouchError as exc:
-            return {"error": {"code": exc.code, "message": exc.message, "field": exc.field,
-                              "cancelled": False}}
+        jobs = []
+        for job_id, request, images, seed in calls:
+            reporter = _BoardReporter(board, job_id)
+            reporter.progress(0.0)
+            jobs.append(Job(request, images, seed, reporter.progress, reporter.is_cancelled))
+        replies: list[dict[str, Any]] = [{}] * len(jobs)
+        for group in batch_groups(self._runner, jobs):
+            for i, outcome in zip(group, self._runner.run_jobs([jobs[i] for i in group])):
+                replies[i] = _reply(outcome)
+        return replies
 
     def ready(self) -> bool:
         return True
+
+
+def _reply(outcome) -> dict[str, Any]:
+    from retouch.pipelines.errors import Cancelled
+
+    from .core.errors import RetouchError
+
+    stats = {"batch_size": outcome.batch_size, "step_seconds": outcome.step_seconds}
+    error = outcome.error
+    if error is None:
+        return {"outputs": outcome.outputs, **stats}
+    if isinstance(error, Cancelled):
+        return {"error": {"code": "service_unavailable", "message": str(error), "field": None,
+                          "cancelled": True}, **stats}
+    if isinstance(error, RetouchError):
+        return {"error": {"code": error.code, "message": error.message, "field": error.field,
+                          "cancelled": False}, **stats}
+    # An unexpected failure: only its type travels (no internals leak into the job).
+    return {"error": {"code": "service_unavailable", "message": type(error).__name__,
+                      "field": None, "cancelled": False, "unexpected": True}, **stats}
 
 
 class DiffusionDeployment(_FamilyDeployment):

@@ -37,29 +37,57 @@ class ReplicaLost(Exception):
     """The worker running a job went away; the job's lease will expire and it is retried."""
 
 
+class ReplicaError(Exception):
+    """An unexpected failure inside a replica; `kind` is its exception type's name."""
+
+    def __init__(self, kind: str):
+        super().__init__(kind)
+        self.kind = kind
+
+
 class ExecutionBackend(Protocol):
     def run(self, job_id: str, request, images: dict[str, bytes], seed: int,
             progress: ProgressFn, is_cancelled: CancelledFn) -> list[bytes]: ...
 
 
 class InProcessBackend:
-    """Runs jobs on a `TaskRunner` in this process (tests, the `inprocess` executor)."""
+    """Runs jobs on a `TaskRunner` in this process (tests, the `inprocess` executor); jobs that
+    arrive together with one batch key share a denoising batch (`batching.JobBatcher`)."""
 
-    def __init__(self, runner):
+    def __init__(self, runner, *, max_batch_size: int = 1, batch_wait_timeout_s: float = 0.0,
+                 metrics=None):
+        from .batching import JobBatcher
+
         self.runner = runner
-        self._lock = threading.Lock()  # one pipeline call at a time: models are shared
+        self.metrics = metrics
+        self.batcher = JobBatcher(runner, max_batch_size=max_batch_size,
+                                  batch_wait_timeout_s=batch_wait_timeout_s)
 
     def run(self, job_id, request, images, seed, progress, is_cancelled) -> list[bytes]:
-        with self._lock:
-            return self.runner.run_job(request, images, seed, progress, is_cancelled)
+        from .runner import Job
+
+        job = Job(request, images, seed, progress, is_cancelled)
+        outcome = self.batcher.run_outcome(job)
+        if self.metrics is not None:
+            observe_run(self.metrics, request.tool, outcome.batch_size, outcome.step_seconds)
+        return outcome.result()
+
+
+def observe_run(metrics, tool: str, batch_size: int, step_seconds: list[float]) -> None:
+    """One job's pipeline figures: the size of the batch it ran in, the time of each step."""
+    metrics.batch_size.observe(batch_size)
+    step_time = metrics.step_time.labels(tool)
+    for seconds in step_seconds:
+        step_time.observe(seconds)
 
 
 class RayBackend:
     """Runs jobs on the Serve deployment of the tool's family; progress via the board actor."""
 
-    def __init__(self, families, poll_seconds: float = 0.25):
+    def __init__(self, families, poll_seconds: float = 0.25, metrics=None):
         self.families = families
         self.poll_seconds = poll_seconds
+        self.metrics = metrics
 
     def run(self, job_id, request, images, seed, progress, is_cancelled) -> list[bytes]:
         import ray
@@ -72,9 +100,14 @@ class RayBackend:
         try:
             while True:
                 try:
-                    return _outputs_or_raise(response.result(timeout_s=self.poll_seconds))
+                    reply = response.result(timeout_s=self.poll_seconds)
                 except TimeoutError:
                     pass
+                else:
+                    if self.metrics is not None:
+                        observe_run(self.metrics, request.tool, reply.get("batch_size", 1),
+                                    reply.get("step_seconds", []))
+                    return _outputs_or_raise(reply)
                 progress(ray.get(board.progress.remote(job_id)))
                 if is_cancelled() and not cancel_sent:
                     board.cancel.remote(job_id)
@@ -92,6 +125,8 @@ def _outputs_or_raise(reply: dict[str, Any]) -> list[bytes]:
     if "outputs" in reply:
         return reply["outputs"]
     error = reply["error"]
+    if error.get("unexpected"):
+        raise ReplicaError(error["message"])
     if error.get("cancelled"):
         raise Cancelled(error["message"])
     if error["code"] == "invalid_input":
@@ -131,11 +166,12 @@ class DispatcherConfig:
 
 class Dispatcher:
     def __init__(self, session_factory, storage, backend: ExecutionBackend,
-                 config: DispatcherConfig, worker_prefix: str | None = None):
+                 config: DispatcherConfig, worker_prefix: str | None = None, metrics=None):
         self.session_factory = session_factory
         self.storage = storage
         self.backend = backend
         self.config = config
+        self.metrics = metrics
         self.worker_prefix = worker_prefix or f"{socket.gethostname()}-{os.getpid()}"
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -207,12 +243,23 @@ class Dispatcher:
             fail_job(self.session_factory, job.id, worker_id, "invalid_input", exc.message)
         except Exception as exc:
             log.exception("job %s failed", job.id)
+            kind = exc.kind if isinstance(exc, ReplicaError) else type(exc).__name__
             fail_job(self.session_factory, job.id, worker_id, "service_unavailable",
-                     f"the image service failed: {type(exc).__name__}")
+                     f"the image service failed: {kind}")
         finally:
             tracker.stopping.set()
             heartbeat.join()
             self._trackers.discard(tracker)
+            self._observe_latency(job)
+
+    def _observe_latency(self, job) -> None:
+        from .core.db import utcnow
+
+        if self.metrics is None or job.created_at is None:
+            return
+        created = job.created_at
+        now = utcnow() if created.tzinfo is not None else utcnow().replace(tzinfo=None)
+        self.metrics.job_latency.labels(job.tool).observe((now - created).total_seconds())
 
     def _heartbeat_loop(self, job_id: str, worker_id: str, tracker: JobTracker) -> None:
         from .core.jobs import heartbeat
@@ -243,5 +290,6 @@ class Dispatcher:
 
 
 def make_dispatcher(services, backend: ExecutionBackend, config: DispatcherConfig) -> Dispatcher:
-    """A dispatcher over the app's services (session factory + storage)."""
-    return Dispatcher(services.session_factory, services.storage, backend, config)
+    """A dispatcher over the app's services (session factory, storage, metrics)."""
+    return Dispatcher(services.session_factory, services.storage, backend, config,
+                      metrics=getattr(services, "metrics", None))

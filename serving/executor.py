@@ -43,9 +43,12 @@ class InProcessExecutor:
         config = DispatcherConfig(lease_seconds=settings.lease_seconds,
                                   max_attempts=settings.max_attempts,
                                   concurrency=self.concurrency, poll_seconds=self.poll_seconds)
-        backend = InProcessBackend(self.runner_factory())
+        metrics = self.services.metrics
+        backend = InProcessBackend(self.runner_factory(), metrics=metrics,
+                                   max_batch_size=settings.max_batch_size,
+                                   batch_wait_timeout_s=settings.batch_wait_timeout_s)
         self.dispatcher = Dispatcher(self.services.session_factory, self.services.storage,
-                                     backend, config, worker_prefix="inprocess")
+                                     backend, config, worker_prefix="inprocess", metrics=metrics)
         self.dispatcher.start()
 
     def stop(self) -> None:
@@ -61,10 +64,8 @@ def runner_factory_for(settings) -> Callable[[], Any]:
     """A `TaskRunner` factory for the configured model profile (tiny by default)."""
 
     def build():
-        from .deployments import EngineConfig
+        from .runtime import engine_config
 
-        return EngineConfig(profile=settings.profile, device=settings.device,
-                            cache_dir=str(settings.resolved_model_cache),
-                            overrides=dict(settings.model_overrides)).build_runner()
+        return engine_config(settings).build_runner()
 
     return build

@@ -3,20 +3,66 @@
 `run(request, inputs, ctx)` takes decoded inputs (PIL images keyed by `request.image_fields()`)
 and returns the pipeline's outputs; `run_job(request, raw_inputs, seed, progress, is_cancelled)`
 is "run one job": the stored input bytes are decoded once here, the outputs encoded in the
-request's output format. The Ray deployments, the in-process executor, the batch runner and the
-benchmarks share it. A pipeline's `PipelineInputError` leaves as `InvalidInput` naming the same
+request's output format. `run_jobs(jobs)` runs jobs that share a batch key (`TaskSpec.batch_key`)
+as one denoising batch where the task has a `run_batch`; each job gets its own outcome, and a job
+that fails (bad input found late, out of memory) fails alone: when the batch itself raises, every
+job is run again on its own. The Ray deployments, the in-process executor, the batch runner and
+the benchmarks share it. A pipeline's `PipelineInputError` leaves as `InvalidInput` naming the same
 field; `Cancelled` passes through. On CPU the same seed and inputs give the same bytes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+import time
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from retouch.pipelines.common import RunContext
+from retouch.pipelines.errors import PipelineInputError
 
-from .core.errors import InvalidInput, pipeline_input_errors
+from .core.errors import InvalidInput, invalid_input_from, pipeline_input_errors
 from .tasks import TASKS, TaskRegistry
+
+
+@dataclass
+class Job:
+    """One job as a replica receives it."""
+
+    request: Any
+    raw_inputs: dict[str, bytes]
+    seed: int
+    progress: Callable[[float], None]
+    is_cancelled: Callable[[], bool]
+
+
+@dataclass
+class Outcome:
+    """What became of one job: its encoded outputs, or the error that failed it."""
+
+    outputs: list[bytes] | None = None
+    error: BaseException | None = None
+    batch_size: int = 1  # jobs handed to its pipeline call together (itself included)
+    step_seconds: list[float] = field(default_factory=list)  # between its progress steps
+
+    def result(self) -> list[bytes]:
+        if self.error is not None:
+            raise self.error
+        return self.outputs
+
+
+class _StepTimer:
+    """Wraps a job's progress sink and keeps the time between its successive reports."""
+
+    def __init__(self, progress: Callable[[float], None]):
+        self.progress, self.last, self.intervals = progress, None, []
+
+    def __call__(self, fraction: float) -> None:
+        now = time.perf_counter()
+        if self.last is not None:
+            self.intervals.append(now - self.last)
+        self.last = now
+        self.progress(fraction)
 
 
 class TaskRunner:
@@ -47,3 +93,60 @@ class TaskRunner:
         ctx = RunContext(seed=seed, progress=progress, is_cancelled=is_cancelled)
         outputs = self.run(request, inputs, ctx)
         return spec.encode_outputs(request, outputs)
+
+    def run_jobs(self, jobs: list[Job]) -> list[Outcome]:
+        """Run jobs of one batch key together; one `Outcome` per job, in order."""
+        timers = [_StepTimer(job.progress) for job in jobs]
+        jobs = [replace(job, progress=timer) for job, timer in zip(jobs, timers)]
+        outcomes = self._run_timed(jobs)
+        for outcome, timer in zip(outcomes, timers):
+            outcome.step_seconds = timer.intervals
+        return outcomes
+
+    def _run_timed(self, jobs: list[Job]) -> list[Outcome]:
+        spec = self.registry.for_request(jobs[0].request) if jobs else None
+        if len(jobs) < 2 or spec.run_batch is None:
+            return [self._run_alone(job) for job in jobs]
+        outcomes: list[Outcome | None] = [None] * len(jobs)
+        ready: list[tuple[int, dict[str, Any], RunContext]] = []
+        for i, job in enumerate(jobs):
+            try:
+                with pipeline_input_errors():
+                    inputs = spec.decode_inputs(job.request, job.raw_inputs)
+                ready.append((i, inputs, RunContext(seed=job.seed, progress=job.progress,
+                                                    is_cancelled=job.is_cancelled)))
+            except Exception as exc:  # noqa: BLE001 - a bad job fails alone
+                outcomes[i] = Outcome(error=exc)
+        try:
+            results = spec.run_pipeline_batch(
+                self.store, [jobs[i].request for i, _, _ in ready], [x for _, x, _ in ready],
+                [ctx for _, _, ctx in ready])
+        except Exception:  # noqa: BLE001 - e.g. out of memory: retry each job on its own
+            for i, _, _ in ready:
+                outcomes[i] = self._run_alone(jobs[i])
+            return outcomes  # type: ignore[return-value]
+        for (i, _, _), result in zip(ready, results):
+            outcomes[i] = self._outcome(spec, jobs[i].request, result, len(ready))
+        return outcomes  # type: ignore[return-value]
+
+    def _run_alone(self, job: Job) -> Outcome:
+        try:
+            return Outcome(outputs=self.run_job(job.request, job.raw_inputs, job.seed,
+                                                job.progress, job.is_cancelled))
+        except Exception as exc:  # noqa: BLE001 - the caller decides what each error means
+            return Outcome(error=exc)
+
+    @staticmethod
+    def _outcome(spec, request, result, batch_size: int) -> Outcome:
+        if isinstance(result, BaseException):
+            if isinstance(result, PipelineInputError):
+                result = invalid_input_from(result)
+            return Outcome(error=result, batch_size=batch_size)
+        expected = spec.output_count(request)
+        if len(result) != expected:
+            return Outcome(error=RuntimeError(f"{spec.name} produced {len(result)} outputs, "
+                                              f"expected {expected}"), batch_size=batch_size)
+        try:
+            return Outcome(outputs=spec.encode_outputs(request, result), batch_size=batch_size)
+        except Exception as exc:  # noqa: BLE001
+            return Outcome(error=exc, batch_size=batch_size)

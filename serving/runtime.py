@@ -40,7 +40,9 @@ def engine_config(settings):
 
     return EngineConfig(profile=settings.profile, device=settings.device,
                         cache_dir=str(settings.resolved_model_cache),
-                        overrides=dict(settings.model_overrides))
+                        overrides=dict(settings.model_overrides),
+                        max_batch_size=settings.max_batch_size,
+                        batch_wait_timeout_s=settings.batch_wait_timeout_s)
 
 
 def ray_temp_dir(home: Path) -> str:
@@ -101,14 +103,16 @@ class Backend:
     families: Any = None
 
 
-def start_backend(settings, console: Console | None = None) -> Backend:
+def start_backend(settings, console: Console | None = None, metrics=None) -> Backend:
     """The backend `settings.executor` names: Ray Serve deployments or an in-process Engine."""
     from .dispatcher import InProcessBackend, RayBackend
 
     ensure_models(settings, console)
     config = engine_config(settings)
     if settings.executor == "inprocess":
-        return Backend(InProcessBackend(config.build_runner()))
+        return Backend(InProcessBackend(config.build_runner(), metrics=metrics,
+                                        max_batch_size=config.max_batch_size,
+                                        batch_wait_timeout_s=config.batch_wait_timeout_s))
     from .deployments import deploy_families, load_family_options
 
     options = load_family_options(settings.serve_config)
@@ -120,7 +124,7 @@ def start_backend(settings, console: Console | None = None) -> Backend:
     except BaseException:
         stop_ray()
         raise
-    return Backend(RayBackend(families), close=stop_ray, families=families)
+    return Backend(RayBackend(families, metrics=metrics), close=stop_ray, families=families)
 
 
 class RayExecutor:
@@ -139,7 +143,8 @@ class RayExecutor:
     def start(self) -> None:
         from .dispatcher import DispatcherConfig, make_dispatcher
 
-        self.backend = start_backend(self.services.settings, self.console)
+        self.backend = start_backend(self.services.settings, self.console,
+                                     metrics=self.services.metrics)
         self.dispatcher = make_dispatcher(self.services, self.backend.backend,
                                           DispatcherConfig.from_settings(self.services.settings))
         self.dispatcher.start()

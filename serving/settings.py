@@ -38,7 +38,9 @@ class Settings(BaseSettings):
     allow_private_urls: bool = False
     lease_seconds: float = 30.0
     max_attempts: int = 2
-    dispatcher_concurrency: int = 2
+    dispatcher_concurrency: int = 4  # jobs in flight at once (≥ max_batch_size to fill batches)
+    max_batch_size: int = 4  # compatible jobs denoised together (1: no batching)
+    batch_wait_timeout_s: float = 0.02  # how long a batch waits for company
     idempotency_ttl_hours: int = 24
     redis_url: str | None = None  # rate-limit storage; in-memory when unset
     webhook_retry_scale: float = 1.0  # multiplies the webhook retry schedule (tests shrink it)

@@ -78,6 +78,9 @@ class TaskSpec:
     decode_inputs: Callable[[Any, dict[str, bytes]], dict[str, Any]] = decode_image_inputs
     encode_outputs: Callable[[Any, list], list[bytes]] = encode_image_outputs
     batch_key: Callable[[Any], Hashable | None] = _no_batching
+    # run_batch(store, requests, inputs, contexts) -> per job: outputs or the exception that
+    # failed it; jobs with one (non-None) batch key are denoised together through it.
+    run_batch: Pipeline | None = None
     summary: str = ""  # one line for MCP tool descriptions and the dashboard
 
     @property
@@ -85,11 +88,18 @@ class TaskSpec:
         return f"{self.tool}.{self.mode}" if self.mode else self.tool
 
     def run_pipeline(self, store, request, inputs: dict[str, Any], ctx) -> list:
-        pipeline = self.pipeline
-        if isinstance(pipeline, str):
-            module, _, attr = pipeline.partition(":")
-            pipeline = getattr(importlib.import_module(module), attr)
-        return pipeline(store, request, inputs, ctx)
+        return _resolve(self.pipeline)(store, request, inputs, ctx)
+
+    def run_pipeline_batch(self, store, requests: list, inputs: list[dict[str, Any]],
+                           contexts: list) -> list:
+        return _resolve(self.run_batch)(store, requests, inputs, contexts)
+
+
+def _resolve(pipeline: Pipeline) -> Callable[..., list]:
+    if isinstance(pipeline, str):
+        module, _, attr = pipeline.partition(":")
+        return getattr(importlib.import_module(module), attr)
+    return pipeline
 
 
 class TaskRegistry:
@@ -210,7 +220,7 @@ def _same_size_and_steps(request) -> Hashable:
 TASKS.register(TaskSpec(
     tool="generator", request_type=rq.GeneratorRequest, price=_quality_price,
     pipeline="retouch.pipelines.generate:generate", batch_key=_same_size_and_steps,
-    summary="text → image"))
+    run_batch="retouch.pipelines.generate:generate_batch", summary="text → image"))
 TASKS.register(TaskSpec(
     tool="editor", request_type=rq.EditorRequest, price=_quality_price,
     pipeline="retouch.pipelines.edit:edit", summary="1–16 reference images + prompt → image"))
