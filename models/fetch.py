@@ -2,8 +2,8 @@
 
 Hub repositories go to the standard Hugging Face cache (`HF_HOME`), downloading only the files
 the loaders read (the `fp16` variant where the spec names one, no ONNX/Flax/TF copies).
-Real-ESRGAN `.pth` release files go to `<cache_dir>/realesrgan/`. Tiny twins and specs that
-point at local paths need nothing.
+Real-ESRGAN `.pth` release files go to `<cache_dir>/realesrgan/`. Tiny twins, random twins and
+specs that point at local paths need nothing.
 """
 
 from __future__ import annotations
@@ -48,6 +48,13 @@ def _hub_patterns(spec: ModelSpec) -> tuple[tuple[str, ...] | None, tuple[str, .
     variant = spec.options.get("variant")
     weights = f"*.{variant}.safetensors" if variant else "*.safetensors"
     prefix = f"{spec.subfolder}/" if spec.subfolder else ""
+    if spec.family == "diffusion" and spec.options.get("components"):
+        # Only these folders are read from this repository (e.g. the inpaint UNet + scheduler).
+        patterns = ["model_index.json"]
+        for component in spec.options["components"]:
+            patterns += ([f"{component}/*"] if component == "scheduler" else
+                         [f"{component}/*.json", f"{component}/*{weights[1:]}"])
+        return tuple(patterns), None
     if spec.family == "diffusion":
         weight_files = (f"*/diffusion_pytorch_model.{variant}.safetensors",
                         f"*/model.{variant}.safetensors") if variant else (
@@ -68,7 +75,7 @@ def fetch_plan(profile: Profile, cache_dir: Path | str) -> list[FetchItem]:
     """What `fetch_models` would download for `profile`; repos shared by specs are merged."""
     items: dict[tuple[str, str | None], FetchItem] = {}
     for spec in profile.specs.values():
-        if spec.is_tiny or Path(spec.source).expanduser().exists():
+        if spec.is_tiny or spec.is_random or Path(spec.source).expanduser().exists():
             continue
         if is_url(spec.source):
             items[(spec.source, None)] = FetchItem(

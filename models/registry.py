@@ -7,7 +7,11 @@ twin inside the tiny cache). Profiles:
 - `tiny`: small, randomly initialised twins of every production class, built deterministically by
   `retouch.models.tiny.build_tiny_models` and loaded through the same `from_pretrained` path. CPU.
 - `sdxl`: the real checkpoints (SDXL base/inpaint, ControlNet depth/canny, IP-Adapter, Depth
-  Anything V2, a clothes segmenter, Real-ESRGAN, a small instruct LLM). GPU.
+  Anything V2, a clothes segmenter, Real-ESRGAN, a small instruct LLM), pinned to hub commits. GPU.
+- `sdxl-random`: every `sdxl` model at its real size, built from its published config (shipped in
+  `retouch/models/configs/`) with random weights (`random:<config dir>` sources, seeded by the
+  profile's `seed`): the production architectures without a download, for GPU benchmarks and
+  for tests of the production code path on the `meta` device.
 
 `quality_steps` maps the API's quality to denoising steps: tiny 2/3/4 (tests stay fast); sdxl
 20/30/45 (Euler; 30 is SDXL's usual sweet spot, 45 adds fine detail at 1.5x the cost).
@@ -21,6 +25,7 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 TINY_PREFIX = "tiny:"
+RANDOM_PREFIX = "random:"
 
 REALESRGAN_RELEASES = "https://github.com/xinntao/Real-ESRGAN/releases/download"
 
@@ -54,6 +59,11 @@ class ModelSpec:
     def is_tiny(self) -> bool:
         return self.source.startswith(TINY_PREFIX)
 
+    @property
+    def is_random(self) -> bool:
+        """Built from a published config with random weights (`random:<config dir>`)."""
+        return self.source.startswith(RANDOM_PREFIX)
+
     def with_source(self, source: str) -> "ModelSpec":
         """This spec pointed at another hub id / local path. The revision and the weight
         `variant` belong to the original repository, so they are dropped."""
@@ -69,6 +79,7 @@ class Profile:
     quality_steps: Mapping[str, int]
     native_size: int  # the base model's trained square size in pixels
     dtype: str  # default torch dtype name for diffusion / transformers models
+    seed: int | None = None  # random-weight profiles: the seed every random model derives from
 
     def spec(self, name: str) -> ModelSpec:
         try:
@@ -105,6 +116,24 @@ _PURPOSES = {
 }
 
 
+# Hub commits the `sdxl` profile is pinned to (snapshot hashes of the published repositories;
+# docs/models.md says where each was read).
+SDXL_REVISIONS = {
+    "stabilityai/stable-diffusion-xl-base-1.0": "462165984030d82259a11f4367a4eed129e94a7b",
+    "diffusers/stable-diffusion-xl-1.0-inpainting-0.1": "115134f363124c53c7d878647567d04daf26e41e",
+    "diffusers/controlnet-depth-sdxl-1.0": "17bb97973f29801224cd66f192c5ffacf82648b4",
+    "diffusers/controlnet-canny-sdxl-1.0": "eb115a19a10d14909256db740ed109532ab1483c",
+    "h94/IP-Adapter": "018e402774aeeddd60609b4ecdb7e298259dc729",
+    "depth-anything/Depth-Anything-V2-Small-hf": "5426e4f0f36572d16453bbda7a8389317b1bef99",
+    "mattmdjaga/segformer_b2_clothes": "584abc1e1d260e23c0fc627c5217a09b2b461046",
+    "Qwen/Qwen2.5-0.5B-Instruct": "7ae557604adf67be50417f59c2c2f167def9a775",
+}
+
+# The inpaint pipeline loads only these from its own repository; the text encoders, tokenizers and
+# VAE are the base model's (`ModelStore.inpaint` shares them through `from_pipe`).
+INPAINT_COMPONENTS = ("unet", "scheduler")
+
+
 def _sdxl_profile() -> Profile:
     rrdb = {"arch": "RRDBNet", "num_in_ch": 3, "num_out_ch": 3, "num_feat": 64,
             "num_block": 23, "num_grow_ch": 32}
@@ -117,7 +146,8 @@ def _sdxl_profile() -> Profile:
                   options=fp16),
         ModelSpec("inpaint", "diffusion", "StableDiffusionXLInpaintPipeline",
                   "diffusers/stable-diffusion-xl-1.0-inpainting-0.1",
-                  purpose=_PURPOSES["inpaint"], options=fp16),
+                  purpose=_PURPOSES["inpaint"],
+                  options=MappingProxyType({"variant": "fp16", "components": INPAINT_COMPONENTS})),
         ModelSpec("controlnet_depth", "controlnet", "ControlNetModel",
                   "diffusers/controlnet-depth-sdxl-1.0", purpose=_PURPOSES["controlnet_depth"],
                   options=fp16),
@@ -148,6 +178,7 @@ def _sdxl_profile() -> Profile:
                     f"{REALESRGAN_RELEASES}/v0.2.5.0/realesr-general-wdn-x4v3.pth",
                     _PURPOSES["realesr_general_wdn_x4v3"], **srvgg),
     ]
+    specs = [dataclasses.replace(s, revision=SDXL_REVISIONS.get(s.source)) for s in specs]
     return Profile("sdxl", MappingProxyType({s.name: s for s in specs}),
                    MappingProxyType({"low": 20, "medium": 30, "high": 45}),
                    native_size=1024, dtype="float16")
@@ -192,7 +223,42 @@ def _tiny_profile() -> Profile:
                    native_size=64, dtype="float32")
 
 
-PROFILE_BUILDERS = {"tiny": _tiny_profile, "sdxl": _sdxl_profile}
+# Published configs (package data under `configs/`) the random twins are built from, per spec.
+# The canny ControlNet's own config could not be retrieved; it is the same `ControlNetModel`
+# recipe (`from_unet` of SDXL base) as the depth one, so it is built from the depth config.
+RANDOM_CONFIGS = {
+    "base": "stable-diffusion-xl-base-1.0",
+    "inpaint": "stable-diffusion-xl-1.0-inpainting-0.1",
+    "controlnet_depth": "controlnet-depth-sdxl-1.0",
+    "controlnet_canny": "controlnet-depth-sdxl-1.0",
+    "ip_adapter": "ip-adapter-sdxl-image-encoder",
+    "image_encoder": "ip-adapter-sdxl-image-encoder",
+    "depth": "depth-anything-v2-small-hf",
+    "segmenter": "segformer-b2-clothes",
+    "planner": "qwen2.5-0.5b-instruct",
+}
+RANDOM_SEED = 0
+
+
+def _sdxl_random_profile() -> Profile:
+    """`sdxl` with every model built at full size from its published config, random weights.
+
+    bfloat16 by default: random weights have no fp16-safe activation range (the caller may still
+    ask for another dtype)."""
+    sdxl = _sdxl_profile()
+    specs = {}
+    for name, spec in sdxl.specs.items():
+        options = {k: v for k, v in spec.options.items() if k != "variant"}
+        config = RANDOM_CONFIGS.get(name, "realesrgan")  # upscalers: the arch config in options
+        specs[name] = dataclasses.replace(
+            spec, source=RANDOM_PREFIX + config, revision=None, subfolder=None,
+            weight_name=None, options=MappingProxyType(options))
+    return dataclasses.replace(sdxl, name="sdxl-random", specs=MappingProxyType(specs),
+                               dtype="bfloat16", seed=RANDOM_SEED)
+
+
+PROFILE_BUILDERS = {"tiny": _tiny_profile, "sdxl": _sdxl_profile,
+                    "sdxl-random": _sdxl_random_profile}
 PROFILE_NAMES = tuple(PROFILE_BUILDERS)
 
 

@@ -4,17 +4,24 @@ All loading goes through `from_pretrained(<local dir or hub id>, local_files_onl
 code path for the tiny twins (built on first use into the cache) and the real checkpoints. With
 `local_files_only=True` (the default) nothing is downloaded: production pre-fetches its
 checkpoints (`retouch fetch-models`, `retouch.models.fetch`) or points overrides at local
-directories.
+directories. Random twins (`sdxl-random`) are built from their packaged configs instead
+(`retouch.models.random_weights`) and then go through the same pipeline assembly.
 
-Pipelines returned here share their heavy components (`from_pipe`) but each has its own
-scheduler. One store serves one call at a time per pipeline; callers that run pipelines
-concurrently use one store per worker.
+Pipelines returned here share their heavy components (`from_pipe`): one set of text encoders,
+tokenizers and VAE for every diffusion pipeline, the base UNet for text2img / img2img / ControlNet
+img2img, the inpaint UNet for inpaint / ControlNet inpaint, and one IP-Adapter (built once,
+attached for the duration of `reference_conditioning`). Each pipeline has its own scheduler.
+One store serves one call at a time per pipeline; callers that run pipelines concurrently use one
+store per worker.
+
+`revisions()` says what each loaded model came from (`retouch.models.revisions`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib
 import logging
 import threading
 from dataclasses import dataclass
@@ -26,6 +33,7 @@ import torch
 from PIL import Image
 
 from retouch.models.registry import TINY_PREFIX, ModelSpec, Profile, resolve_profile
+from retouch.models.revisions import content_revision, hub_revision, random_revision
 
 CONTROLNET_KINDS = ("depth", "canny")
 
@@ -100,15 +108,26 @@ class Segmenter:
 
 
 class ModelStore:
+    """Every model of `profile` on `device`, loaded on first use.
+
+    `dtype` (a name such as "bfloat16" or a `torch.dtype`) is the dtype of the diffusion and
+    transformers models; models whose spec pins one (the depth estimator, the segmenter, the
+    upscalers: float32) keep theirs. Unset, it is float32 on CPU and the profile's dtype
+    elsewhere. `seed` replaces a random-weight profile's seed.
+    """
+
     def __init__(self, profile: str = "tiny", device: str | torch.device = "cpu",
                  cache_dir: Path | str | None = None, overrides: dict[str, str] | None = None,
-                 dtype: str | None = None, local_files_only: bool = True):
+                 dtype: str | torch.dtype | None = None, local_files_only: bool = True,
+                 seed: int | None = None):
         self.profile: Profile = resolve_profile(profile, overrides)
         self.device = torch.device(device)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.local_files_only = local_files_only
-        self._dtype_name = dtype or self.profile.dtype
+        self._dtype_name = _dtype_name(dtype) if dtype is not None else None
+        self.seed = seed if seed is not None else self.profile.seed
         self._loaded: dict[tuple, Any] = {}
+        self._revisions: dict[str, str] = {}
         self._lock = threading.RLock()
         _quiet_loading_progress_bars()
 
@@ -126,10 +145,46 @@ class ModelStore:
         return self.profile.spec(name)
 
     def dtype_for(self, spec: ModelSpec) -> torch.dtype:
-        """The spec's dtype, else the store's; always float32 on CPU (half is slow there)."""
+        """The spec's dtype, else the store's; on CPU float32 unless the store was given a dtype
+        (half precision is slow there)."""
+        if spec.dtype:
+            return getattr(torch, spec.dtype)
+        if self._dtype_name:
+            return getattr(torch, self._dtype_name)
         if self.device.type == "cpu":
             return torch.float32
-        return getattr(torch, spec.dtype or self._dtype_name)
+        return getattr(torch, self.profile.dtype)
+
+    # --- revisions -------------------------------------------------------------------------
+
+    def revision(self, name: str) -> str:
+        """What spec `name` is (or would be) loaded from: a hub snapshot's commit hash, a
+        `sha256:` content hash of a local file or directory, or `random:<seed>`."""
+        with self._lock:
+            if name not in self._revisions:
+                self._revisions[name] = self._resolve_revision(self.spec(name))
+            return self._revisions[name]
+
+    def revisions(self) -> dict[str, str]:
+        """{spec name: revision} of every model this store has loaded so far."""
+        with self._lock:
+            return dict(self._revisions)
+
+    def _resolve_revision(self, spec: ModelSpec) -> str:
+        if spec.is_random:
+            return random_revision(self.seed)
+        source = self.source_of(spec)
+        if Path(source).exists():
+            return content_revision(Path(source, spec.subfolder or "", spec.weight_name or ""))
+        from retouch.models.fetch import is_url, url_cache_path
+
+        if is_url(source):
+            return content_revision(url_cache_path(self.cache_dir, source))
+        return hub_revision(source, spec.revision)
+
+    def _loaded_from(self, *names: str) -> None:
+        for name in names:
+            self.revision(name)
 
     def source_of(self, spec: ModelSpec) -> str:
         """Where `spec` loads from: a tiny-cache path (built on first use), a local path, a hub id."""
@@ -138,6 +193,10 @@ class ModelStore:
 
             root = build_tiny_models(self.cache_dir)
             return str(root / spec.source[len(TINY_PREFIX):])
+        if spec.is_random:
+            from retouch.models.random_weights import config_dir
+
+            return str(config_dir(spec))
         local = Path(spec.source).expanduser()
         return str(local) if local.exists() else spec.source
 
@@ -157,17 +216,57 @@ class ModelStore:
 
     # --- diffusion ------------------------------------------------------------------------
 
+    def _seed_of(self, spec: ModelSpec, part: str = "") -> int:
+        from retouch.models.random_weights import component_seed
+
+        return component_seed(self.seed or 0, f"{spec.name}/{part}" if part else spec.name)
+
     def _diffusion_pipeline(self, cls: Any, spec_name: str) -> Any:
         spec = self.spec(spec_name)
-        pipe = cls.from_pretrained(self.source_of(spec), dtype=self.dtype_for(spec),
-                                   **self._hub_kwargs(spec), **_variant(spec))
+        if spec.is_random:
+            from retouch.models.random_weights import diffusion_pipeline
+
+            pipe = diffusion_pipeline(cls, Path(self.source_of(spec)), self.device,
+                                      self.dtype_for(spec), self._seed_of(spec))
+        else:
+            pipe = cls.from_pretrained(self.source_of(spec), dtype=self.dtype_for(spec),
+                                       **self._hub_kwargs(spec), **_variant(spec))
         pipe.to(self.device)
         pipe.set_progress_bar_config(disable=True)
+        self._loaded_from(spec_name)
         return pipe
 
-    def _derived(self, cls: Any, parent: Any, **components: Any) -> Any:
+    def _diffusers_model(self, cls: Any, spec: ModelSpec, subfolder: str | None = None) -> Any:
+        """One diffusers model of `spec` (its `subfolder` component), eval mode, on the device."""
+        if spec.is_random:
+            from retouch.models.random_weights import diffusers_model
+
+            folder = Path(self.source_of(spec), subfolder or "")
+            return diffusers_model(cls, folder, self.device, self.dtype_for(spec),
+                                   self._seed_of(spec, subfolder or ""))
+        kwargs = self._hub_kwargs(spec)
+        if subfolder:
+            kwargs["subfolder"] = subfolder
+        model = cls.from_pretrained(self.source_of(spec), dtype=self.dtype_for(spec), **kwargs,
+                                    **_variant(spec))
+        return model.to(self.device).eval()
+
+    def _scheduler_of(self, spec: ModelSpec, parent: Any) -> Any:
+        """The scheduler `spec`'s repository ships, else (random twins) a copy of `parent`'s."""
+        if spec.is_random:
+            return parent.scheduler.__class__.from_config(parent.scheduler.config)
+        from diffusers import DiffusionPipeline
+
+        index = DiffusionPipeline.load_config(self.source_of(spec), **self._hub_kwargs(spec))
+        library, class_name = index["scheduler"]
+        scheduler_cls = getattr(importlib.import_module(library), class_name)
+        return scheduler_cls.from_pretrained(self.source_of(spec), subfolder="scheduler",
+                                             **self._hub_kwargs(spec))
+
+    def _derived(self, cls: Any, parent: Any, scheduler: Any = None, **components: Any) -> Any:
         """`cls.from_pipe(parent)` sharing weights, with a scheduler of its own."""
-        scheduler = parent.scheduler.__class__.from_config(parent.scheduler.config)
+        if scheduler is None:
+            scheduler = parent.scheduler.__class__.from_config(parent.scheduler.config)
         # from_pipe casts every shared module to `dtype` (float32 unless told): keep the parent's.
         with _quiet_logger("diffusers.models.modeling_utils"):
             pipe = cls.from_pipe(parent, scheduler=scheduler, dtype=parent.dtype, **components)
@@ -187,10 +286,19 @@ class ModelStore:
             StableDiffusionXLImg2ImgPipeline, self.text2img()))
 
     def inpaint(self) -> Any:
-        from diffusers import StableDiffusionXLInpaintPipeline
+        """SDXL inpainting: its own 9-channel UNet and scheduler, the base model's text encoders,
+        tokenizers and VAE (shared through `from_pipe`)."""
+        from diffusers import StableDiffusionXLInpaintPipeline, UNet2DConditionModel
 
-        return self._cached(("inpaint",), lambda: self._diffusion_pipeline(
-            StableDiffusionXLInpaintPipeline, "inpaint"))
+        def load() -> Any:
+            spec, base = self.spec("inpaint"), self.text2img()
+            unet = self._diffusers_model(UNet2DConditionModel, spec, "unet")
+            pipe = self._derived(StableDiffusionXLInpaintPipeline, base,
+                                 scheduler=self._scheduler_of(spec, base), unet=unet)
+            self._loaded_from("inpaint")
+            return pipe
+
+        return self._cached(("inpaint",), load)
 
     def controlnet(self, kind: str) -> Any:
         from diffusers import ControlNetModel
@@ -198,10 +306,9 @@ class ModelStore:
         spec = self.spec(_controlnet_spec_name(kind))
 
         def load() -> Any:
-            model = ControlNetModel.from_pretrained(
-                self.source_of(spec), dtype=self.dtype_for(spec),
-                **self._hub_kwargs(spec), **_variant(spec))
-            return model.to(self.device).eval()
+            model = self._diffusers_model(ControlNetModel, spec)
+            self._loaded_from(spec.name)
+            return model
 
         return self._cached(("controlnet", kind), load)
 
@@ -221,21 +328,36 @@ class ModelStore:
             StableDiffusionXLControlNetInpaintPipeline, self.inpaint(),
             controlnet=self.controlnet(kind)))
 
+    def diffusion_pipelines(self) -> list[Any]:
+        """Every diffusion pipeline of the profile, loaded (the full resident set of a replica)."""
+        pipes = [self.text2img(), self.img2img(), self.inpaint()]
+        for kind in CONTROLNET_KINDS:
+            pipes += [self.controlnet_img2img(kind), self.controlnet_inpaint(kind)]
+        return pipes
+
     # --- IP-Adapter (reference images) ----------------------------------------------------
 
     def ip_adapter_weights(self) -> dict[str, dict[str, torch.Tensor]]:
         """The IP-Adapter state dict as diffusers expects it: {"image_proj": ..., "ip_adapter": ...}."""
-        from safetensors import safe_open
-
         spec = self.spec("ip_adapter")
 
         def load() -> dict[str, dict[str, torch.Tensor]]:
-            weights: dict[str, dict[str, torch.Tensor]] = {"image_proj": {}, "ip_adapter": {}}
-            with safe_open(str(self._file_of(spec)), framework="pt", device="cpu") as handle:
-                for key in handle.keys():
-                    group, _, rest = key.partition(".")
-                    if group in weights:
-                        weights[group][rest] = handle.get_tensor(key)
+            if spec.is_random:
+                from transformers import CLIPVisionConfig
+
+                from retouch.models.random_weights import ip_adapter_state_dict
+
+                encoder = CLIPVisionConfig.from_pretrained(self.source_of(spec))
+                weights = ip_adapter_state_dict(self.text2img().unet, encoder.projection_dim,
+                                                self.device, self.dtype_for(spec),
+                                                self._seed_of(spec))
+            else:
+                from safetensors.torch import load_file
+
+                from retouch.models.ip_adapter_layout import group_ip_adapter_tensors
+
+                weights = group_ip_adapter_tensors(load_file(str(self._file_of(spec))))
+            self._loaded_from("ip_adapter")
             return weights
 
         return self._cached(("ip_adapter_weights",), load)
@@ -247,34 +369,71 @@ class ModelStore:
         spec = self.spec("image_encoder")
 
         def load() -> tuple[Any, Any]:
-            model = CLIPVisionModelWithProjection.from_pretrained(
-                self.source_of(spec), dtype=self.dtype_for(spec), **self._hub_kwargs(spec))
+            model = self._transformers_model(CLIPVisionModelWithProjection, spec)
             size = model.config.image_size  # diffusers' default processor for IP-Adapter
-            return model.to(self.device).eval(), _clip_image_processor(size)
+            self._loaded_from("image_encoder")
+            return model, _clip_image_processor(size)
 
         return self._cached(("image_encoder",), load)
 
+    def _ip_adapter_layers(self, pipe: Any) -> tuple[dict[str, Any], Any]:
+        """(cross-attention processors by name, image projection) of the IP-Adapter, built once
+        per store from `ip_adapter_weights()` by diffusers' loader and then kept off the UNet.
+        The base and inpaint UNets have one attention layout, so both attach the same layers."""
+
+        def load() -> tuple[dict[str, Any], Any]:
+            unet = pipe.unet
+            before = dict(unet.attn_processors)
+            with _quiet_logger("diffusers.models.modeling_utils"):
+                pipe.load_ip_adapter(self.ip_adapter_weights(), subfolder="", weight_name="",
+                                     image_encoder_folder=None)
+            layers = {name: processor for name, processor in unet.attn_processors.items()
+                      if _is_ip_adapter_processor(processor)}
+            projection = unet.encoder_hid_proj
+            _detach_ip_adapter(unet, before)
+            return layers, projection
+
+        return self._cached(("ip_adapter_layers",), load)
+
     @contextlib.contextmanager
     def reference_conditioning(self, pipe: Any, scale: float = 0.6) -> Iterator[Any]:
-        """IP-Adapter loaded into `pipe` for the block: call it with `ip_adapter_image=...`.
+        """The IP-Adapter attached to `pipe` for the block at `scale`: call it with
+        `ip_adapter_image=...`.
 
-        The adapter patches the UNet, which `pipe` shares with its sibling pipelines, so it is
-        unloaded on exit and the store's lock is held meanwhile (no other loads interleave).
+        The adapter's layers are built once per store; entering attaches them to `pipe`'s UNet
+        (its cross-attention processors and image projection) and registers the image encoder,
+        leaving restores the UNet's own processors. The UNet is shared with sibling pipelines, so
+        the store's lock is held meanwhile (no other load or attachment interleaves).
         """
         with self._lock:
             encoder, processor = self.image_encoder()
             pipe.register_modules(image_encoder=encoder, feature_extractor=processor)
+            unet = pipe.unet
+            own = dict(unet.attn_processors)
             try:
-                with _quiet_logger("diffusers.models.modeling_utils"):
-                    pipe.load_ip_adapter(self.ip_adapter_weights(), subfolder="",
-                                         weight_name="", image_encoder_folder=None)
+                layers, projection = self._ip_adapter_layers(pipe)
+                unet.set_attn_processor({name: layers.get(name, processor)
+                                         for name, processor in own.items()})
+                unet.encoder_hid_proj = projection
+                unet.config.encoder_hid_dim_type = "ip_image_proj"
                 pipe.set_ip_adapter_scale(scale)
                 yield pipe
             finally:
-                pipe.unload_ip_adapter()
+                _detach_ip_adapter(unet, own)
                 pipe.register_modules(image_encoder=None, feature_extractor=None)
 
     # --- transformers models --------------------------------------------------------------
+
+    def _transformers_model(self, cls: Any, spec: ModelSpec) -> Any:
+        """`cls` (a model class or an `AutoModel...` class) for `spec`, eval mode, on the device."""
+        if spec.is_random:
+            from retouch.models.random_weights import transformers_model
+
+            return transformers_model(cls, Path(self.source_of(spec)), self.device,
+                                      self.dtype_for(spec), self._seed_of(spec))
+        model = cls.from_pretrained(self.source_of(spec), dtype=self.dtype_for(spec),
+                                    **self._hub_kwargs(spec))
+        return model.to(self.device).eval()
 
     def _image_processor(self, spec: ModelSpec) -> Any:
         from transformers import AutoImageProcessor
@@ -288,10 +447,9 @@ class ModelStore:
         spec = self.spec("depth")
 
         def load() -> DepthEstimator:
-            model = AutoModelForDepthEstimation.from_pretrained(
-                self.source_of(spec), dtype=self.dtype_for(spec), **self._hub_kwargs(spec))
-            return DepthEstimator(model.to(self.device).eval(), self._image_processor(spec),
-                                  self.device)
+            model = self._transformers_model(AutoModelForDepthEstimation, spec)
+            self._loaded_from("depth")
+            return DepthEstimator(model, self._image_processor(spec), self.device)
 
         return self._cached(("depth",), load)
 
@@ -301,10 +459,9 @@ class ModelStore:
         spec = self.spec("segmenter")
 
         def load() -> Segmenter:
-            model = AutoModelForSemanticSegmentation.from_pretrained(
-                self.source_of(spec), dtype=self.dtype_for(spec), **self._hub_kwargs(spec))
-            return Segmenter(model.to(self.device).eval(), self._image_processor(spec),
-                             self.device)
+            model = self._transformers_model(AutoModelForSemanticSegmentation, spec)
+            self._loaded_from("segmenter")
+            return Segmenter(model, self._image_processor(spec), self.device)
 
         return self._cached(("segmenter",), load)
 
@@ -314,23 +471,40 @@ class ModelStore:
         spec = self.spec("planner")
 
         def load() -> Planner:
-            source, kwargs = self.source_of(spec), self._hub_kwargs(spec)
-            tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-            model = AutoModelForCausalLM.from_pretrained(
-                source, dtype=self.dtype_for(spec), **kwargs)
-            return Planner(tokenizer=tokenizer, model=model.to(self.device).eval())
+            if spec.is_random:
+                from retouch.models.random_weights import qwen_tokenizer
+
+                tokenizer = qwen_tokenizer(Path(self.source_of(spec)))
+            else:
+                tokenizer = AutoTokenizer.from_pretrained(self.source_of(spec),
+                                                          **self._hub_kwargs(spec))
+            model = self._transformers_model(AutoModelForCausalLM, spec)
+            self._loaded_from("planner")
+            return Planner(tokenizer=tokenizer, model=model)
 
         return self._cached(("planner",), load)
 
     # --- Real-ESRGAN ----------------------------------------------------------------------
 
     def upscaler_weights(self, name: str) -> dict[str, torch.Tensor]:
-        """The state dict of the Real-ESRGAN network `name` (CPU, float32)."""
+        """The state dict of the Real-ESRGAN network `name` (float32; on the CPU, or on the
+        device for a random twin)."""
         from retouch.models.realesrgan_arch import read_state_dict
 
         spec = self._upscaler_spec(name)
-        return self._cached(("upscaler_weights", name),
-                            lambda: read_state_dict(self._weight_file(spec)))
+
+        def load() -> dict[str, torch.Tensor]:
+            if spec.is_random:
+                from retouch.models.random_weights import realesrgan_state_dict
+
+                weights = realesrgan_state_dict(spec.options, self.device, self.dtype_for(spec),
+                                                self._seed_of(spec))
+            else:
+                weights = read_state_dict(self._weight_file(spec))
+            self._loaded_from(name)
+            return weights
+
+        return self._cached(("upscaler_weights", name), load)
 
     def upscaler(self, name: str) -> torch.nn.Module:
         """The Real-ESRGAN network `name` (a registry upscaler name), eval mode, on the device."""
@@ -343,9 +517,11 @@ class ModelStore:
 
         spec = self._upscaler_spec(name)
         config = dict(spec.options)
-        network = build_network(config.pop("arch"), **config)
+        with torch.device("meta"):  # no initialisation: every tensor comes from `state_dict`
+            network = build_network(config.pop("arch"), **config)
+        network = network.to_empty(device=self.device).to(self.dtype_for(spec))
         network.load_state_dict(state_dict, strict=True)
-        return network.to(self.device, self.dtype_for(spec)).eval()
+        return network.eval()
 
     def _upscaler_spec(self, name: str) -> ModelSpec:
         spec = self.spec(name)
@@ -386,6 +562,28 @@ class ModelStore:
 
         return Path(hf_hub_download(source, spec.weight_name or "model.pth",
                                     **self._hub_kwargs(spec)))
+
+
+def _dtype_name(dtype: str | torch.dtype) -> str:
+    name = str(dtype).removeprefix("torch.")
+    if not isinstance(getattr(torch, name, None), torch.dtype):
+        raise ValueError(f"unknown torch dtype {dtype!r}")
+    return name
+
+
+def _is_ip_adapter_processor(processor: Any) -> bool:
+    from diffusers.models.attention_processor import (IPAdapterAttnProcessor,
+                                                      IPAdapterAttnProcessor2_0)
+
+    return isinstance(processor, (IPAdapterAttnProcessor, IPAdapterAttnProcessor2_0))
+
+
+def _detach_ip_adapter(unet: Any, processors: dict[str, Any]) -> None:
+    """`unet` back to `processors` and no image projection (as diffusers' `unload_ip_adapter`
+    leaves it, but keeping the UNet's own processor objects)."""
+    unet.set_attn_processor(dict(processors))
+    unet.encoder_hid_proj = None
+    unet.config.encoder_hid_dim_type = None
 
 
 def _variant(spec: ModelSpec) -> dict[str, str]:

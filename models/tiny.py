@@ -97,7 +97,7 @@ def _build_each(out: Path) -> None:
 
 # --- tokenizers -------------------------------------------------------------------------------
 
-def _byte_alphabet() -> list[str]:
+def byte_alphabet() -> list[str]:
     """GPT-2 / CLIP byte-to-unicode table: 256 printable characters, one per byte."""
     printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
                  + list(range(ord("®"), ord("ÿ") + 1)))
@@ -111,7 +111,7 @@ def _byte_alphabet() -> list[str]:
     return chars
 
 
-def _word_merges(words: tuple[str, ...], suffix: str) -> list[tuple[str, str]]:
+def word_merges(words: tuple[str, ...], suffix: str) -> list[tuple[str, str]]:
     """Left-to-right merges that assemble each word (with `suffix` on its last symbol)."""
     merges: list[tuple[str, str]] = []
     for word in words:
@@ -124,7 +124,7 @@ def _word_merges(words: tuple[str, ...], suffix: str) -> list[tuple[str, str]]:
     return merges
 
 
-def _bpe_tokenizer(out: Path, tokenizer_class, vocab: dict[str, int],
+def bpe_tokenizer(out: Path, tokenizer_class, vocab: dict[str, int],
                    merges: list[tuple[str, str]], **options):
     """`tokenizer_class` loaded from `vocab` and `merges` written to a scratch folder under
     `out` (removed again)."""
@@ -142,12 +142,12 @@ def _bpe_tokenizer(out: Path, tokenizer_class, vocab: dict[str, int],
 def _clip_tokenizer(out: Path):
     from transformers import CLIPTokenizer
 
-    alphabet = _byte_alphabet()
-    merges = _word_merges(COMMON_WORDS, "</w>")
+    alphabet = byte_alphabet()
+    merges = word_merges(COMMON_WORDS, "</w>")
     tokens = alphabet + [c + "</w>" for c in alphabet] + ["".join(m) for m in merges]
     tokens += ["<|startoftext|>", "<|endoftext|>"]
     vocab = {tok: i for i, tok in enumerate(dict.fromkeys(tokens))}
-    tokenizer = _bpe_tokenizer(out, CLIPTokenizer, vocab, merges,
+    tokenizer = bpe_tokenizer(out, CLIPTokenizer, vocab, merges,
                                model_max_length=TEXT_MAX_LENGTH)
     return tokenizer, vocab
 
@@ -155,12 +155,12 @@ def _clip_tokenizer(out: Path):
 def _qwen_tokenizer(out: Path):
     from transformers import Qwen2Tokenizer
 
-    alphabet = _byte_alphabet()
+    alphabet = byte_alphabet()
     space = alphabet[ord(" ")]
-    merges = _word_merges(tuple(space + w for w in COMMON_WORDS), "")
+    merges = word_merges(tuple(space + w for w in COMMON_WORDS), "")
     tokens = alphabet + ["".join(m) for m in merges]
     vocab = {tok: i for i, tok in enumerate(dict.fromkeys(tokens))}
-    tokenizer = _bpe_tokenizer(out, Qwen2Tokenizer, vocab, merges, eos_token="<|im_end|>",
+    tokenizer = bpe_tokenizer(out, Qwen2Tokenizer, vocab, merges, eos_token="<|im_end|>",
                                pad_token="<|endoftext|>", unk_token=None, model_max_length=2048)
     tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
     tokenizer.add_tokens(["<|endoftext|>"], special_tokens=True)
@@ -372,43 +372,19 @@ def _shrink_residual_branch(network: torch.nn.Module) -> None:
 
 # --- IP-Adapter -------------------------------------------------------------------------------
 
-IP_ADAPTER_TOKENS = 4  # ip-adapter_sdxl: 4 image tokens from the CLIP image embedding
-
-
 def _save_ip_adapter(out: Path, unet) -> None:
-    """A CLIP vision encoder (`image_encoder/`) and `ip-adapter_sdxl.safetensors` with the
-    original IP-Adapter layout: `image_proj.{proj,norm}.*` and, for the k-th cross-attention
-    layer of the UNet (in `attn_processors` order), `ip_adapter.{2k+1}.to_{k,v}_ip.weight`."""
+    """A CLIP vision encoder (`image_encoder/`) and `ip-adapter_sdxl.safetensors` in the original
+    IP-Adapter layout (`retouch.models.ip_adapter_layout`), shaped after the tiny UNet."""
     from safetensors.torch import save_file
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from retouch.models.ip_adapter_layout import ip_adapter_tensors
 
     config = CLIPVisionConfig(hidden_size=32, intermediate_size=37, projection_dim=32,
                               num_hidden_layers=2, num_attention_heads=4, image_size=32,
                               patch_size=8)
     torch.manual_seed(9)
     CLIPVisionModelWithProjection(config).eval().save_pretrained(out / "image_encoder")
-
-    cross_attention_dim = unet.config.cross_attention_dim
-    generator = torch.Generator().manual_seed(10)
-
-    def linear(rows: int, cols: int) -> torch.Tensor:
-        return torch.randn(rows, cols, generator=generator) / cols ** 0.5
-
-    tensors = {
-        "image_proj.proj.weight": linear(IP_ADAPTER_TOKENS * cross_attention_dim,
-                                         config.projection_dim),
-        "image_proj.proj.bias": torch.zeros(IP_ADAPTER_TOKENS * cross_attention_dim),
-        "image_proj.norm.weight": torch.ones(cross_attention_dim),
-        "image_proj.norm.bias": torch.zeros(cross_attention_dim),
-    }
-    modules = dict(unet.named_modules())
-    key_id = 1
-    for name in unet.attn_processors:
-        if name.endswith("attn1.processor"):
-            continue
-        hidden_size = modules[name[:-len(".processor")]].to_k.out_features
-        tensors[f"ip_adapter.{key_id}.to_k_ip.weight"] = linear(hidden_size, cross_attention_dim)
-        tensors[f"ip_adapter.{key_id}.to_v_ip.weight"] = linear(hidden_size, cross_attention_dim)
-        key_id += 2
+    tensors = ip_adapter_tensors(unet, config.projection_dim, torch.Generator().manual_seed(10))
     save_file({k: v.contiguous() for k, v in tensors.items()},
               out / "ip-adapter_sdxl.safetensors", metadata={"format": "pt"})

@@ -19,7 +19,7 @@ def serve(
     host: str = typer.Option(None, help="interface to listen on (default 127.0.0.1)"),
     port: int = typer.Option(None, help="HTTP port (default 8000)"),
     home: Path = typer.Option(None, help="data folder: database, files, models (RETOUCH_HOME)"),
-    profile: str = typer.Option(None, help="model profile: tiny | sdxl"),
+    profile: str = typer.Option(None, help="model profile: tiny | sdxl | sdxl-random"),
     device: str = typer.Option(None, help="cpu | cuda"),
     allow_private_urls: bool = typer.Option(
         None, "--allow-private-urls/--no-allow-private-urls",
@@ -41,7 +41,7 @@ def batch(
     manifest: Path = typer.Argument(..., exists=True, dir_okay=False,
                                     help="JSONL file: one generations body per line"),
     out: Path = typer.Option(..., "--out", help="folder for outputs and results.jsonl"),
-    profile: str = typer.Option("tiny", help="model profile: tiny | sdxl"),
+    profile: str = typer.Option("tiny", help="model profile: tiny | sdxl | sdxl-random"),
     device: str = typer.Option("cpu", help="cpu | cuda"),
     model_cache: Path = typer.Option(None, help="model cache folder (default ~/.retouch/models)"),
 ) -> None:
