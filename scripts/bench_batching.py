@@ -21,7 +21,8 @@ def main(jobs: int = 8, batch_size: int = 4, quality: str = "low", profile: str 
     from PIL import Image
 
     from retouch.models.store import ModelStore
-    from retouch.serving.runner import Job, TaskRunner
+    from retouch.serving.replica_io import Job
+from retouch.serving.runner import TaskRunner
     from retouch.serving.tasks import parse_request
 
     torch.set_num_threads(threads)

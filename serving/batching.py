@@ -15,7 +15,12 @@ import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
-from .runner import Job, Outcome, TaskRunner
+from typing import TYPE_CHECKING
+
+from .replica_io import Job, Outcome
+
+if TYPE_CHECKING:
+    from .runner import TaskRunner
 
 
 @dataclass

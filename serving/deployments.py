@@ -162,7 +162,7 @@ class _FamilyDeployment:
         import ray
 
         from .batching import batch_groups
-        from .runner import Job
+        from .replica_io import Job
 
         board = ray.get_actor(BOARD_NAME, namespace=RAY_NAMESPACE)
         jobs = []
@@ -185,7 +185,8 @@ def _reply(outcome) -> dict[str, Any]:
 
     from .core.errors import RetouchError
 
-    stats = {"batch_size": outcome.batch_size, "step_seconds": outcome.step_seconds}
+    stats = {"batch_size": outcome.batch_size, "step_seconds": outcome.step_seconds,
+             "model_revisions": outcome.model_revisions}
     error = outcome.error
     if error is None:
         return {"outputs": outcome.outputs, **stats}

@@ -25,6 +25,7 @@ from typing import Any, Callable, Protocol
 from retouch.pipelines.errors import Cancelled
 
 from .core.errors import InvalidInput
+from .replica_io import Job, Outcome
 from .tasks import TASKS, job_request
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,8 @@ class ReplicaError(Exception):
 
 class ExecutionBackend(Protocol):
     def run(self, job_id: str, request, images: dict[str, bytes], seed: int,
-            progress: ProgressFn, is_cancelled: CancelledFn) -> list[bytes]: ...
+            progress: ProgressFn, is_cancelled: CancelledFn) -> Outcome:
+        """The job's `Outcome` (outputs and the model revisions used); raises its error."""
 
 
 class InProcessBackend:
@@ -63,14 +65,12 @@ class InProcessBackend:
         self.batcher = JobBatcher(runner, max_batch_size=max_batch_size,
                                   batch_wait_timeout_s=batch_wait_timeout_s)
 
-    def run(self, job_id, request, images, seed, progress, is_cancelled) -> list[bytes]:
-        from .runner import Job
-
-        job = Job(request, images, seed, progress, is_cancelled)
-        outcome = self.batcher.run_outcome(job)
+    def run(self, job_id, request, images, seed, progress, is_cancelled) -> Outcome:
+        outcome = self.batcher.run_outcome(Job(request, images, seed, progress, is_cancelled))
         if self.metrics is not None:
             observe_run(self.metrics, request.tool, outcome.batch_size, outcome.step_seconds)
-        return outcome.result()
+        outcome.result()  # raises the job's error
+        return outcome
 
 
 def observe_run(metrics, tool: str, batch_size: int, step_seconds: list[float]) -> None:
@@ -89,7 +89,7 @@ class RayBackend:
         self.poll_seconds = poll_seconds
         self.metrics = metrics
 
-    def run(self, job_id, request, images, seed, progress, is_cancelled) -> list[bytes]:
+    def run(self, job_id, request, images, seed, progress, is_cancelled) -> Outcome:
         import ray
         from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
@@ -118,12 +118,13 @@ class RayBackend:
             board.forget.remote(job_id)
 
 
-def _outputs_or_raise(reply: dict[str, Any]) -> list[bytes]:
-    """Turn a deployment's reply back into outputs or the pipeline error it reported."""
+def _outputs_or_raise(reply: dict[str, Any]) -> Outcome:
+    """Turn a deployment's reply back into an outcome, or raise the pipeline error it reported."""
     from .core.errors import ServiceUnavailable
 
     if "outputs" in reply:
-        return reply["outputs"]
+        return Outcome(outputs=reply["outputs"], batch_size=reply.get("batch_size", 1),
+                       model_revisions=reply.get("model_revisions", {}))
     error = reply["error"]
     if error.get("unexpected"):
         raise ReplicaError(error["message"])
@@ -227,10 +228,11 @@ class Dispatcher:
             request = job_request(job)
             images = TASKS.for_request(request).load_inputs(self.session_factory, self.storage,
                                                              job, request)
-            outputs = self.backend.run(job.id, request, images, int(job.seed),
+            outcome = self.backend.run(job.id, request, images, int(job.seed),
                                        tracker.report, tracker.is_cancelled)
-            keys = self.store_outputs(job, outputs)
-            complete_job(self.session_factory, job.id, worker_id, keys)
+            keys = self.store_outputs(job, outcome.outputs)
+            complete_job(self.session_factory, job.id, worker_id, keys,
+                         model_revisions=outcome.model_revisions or None)
         except ReplicaLost as exc:
             log.warning("%s; leaving job %s to lease expiry", exc, job.id)
         except Cancelled:

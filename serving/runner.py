@@ -15,40 +15,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 from retouch.pipelines.common import RunContext
 from retouch.pipelines.errors import PipelineInputError
 
 from .core.errors import InvalidInput, invalid_input_from, pipeline_input_errors
+from .replica_io import Job, Outcome
 from .tasks import TASKS, TaskRegistry
-
-
-@dataclass
-class Job:
-    """One job as a replica receives it."""
-
-    request: Any
-    raw_inputs: dict[str, bytes]
-    seed: int
-    progress: Callable[[float], None]
-    is_cancelled: Callable[[], bool]
-
-
-@dataclass
-class Outcome:
-    """What became of one job: its encoded outputs, or the error that failed it."""
-
-    outputs: list[bytes] | None = None
-    error: BaseException | None = None
-    batch_size: int = 1  # jobs handed to its pipeline call together (itself included)
-    step_seconds: list[float] = field(default_factory=list)  # between its progress steps
-
-    def result(self) -> list[bytes]:
-        if self.error is not None:
-            raise self.error
-        return self.outputs
 
 
 class _StepTimer:
@@ -99,9 +74,16 @@ class TaskRunner:
         timers = [_StepTimer(job.progress) for job in jobs]
         jobs = [replace(job, progress=timer) for job, timer in zip(jobs, timers)]
         outcomes = self._run_timed(jobs)
+        revisions = self.model_revisions()
         for outcome, timer in zip(outcomes, timers):
             outcome.step_seconds = timer.intervals
+            outcome.model_revisions = revisions
         return outcomes
+
+    def model_revisions(self) -> dict[str, str]:
+        """{spec: revision} of every model the store has loaded (the reel loads none)."""
+        revisions = getattr(self.store, "revisions", None)
+        return dict(revisions()) if revisions is not None else {}
 
     def _run_timed(self, jobs: list[Job]) -> list[Outcome]:
         spec = self.registry.for_request(jobs[0].request) if jobs else None

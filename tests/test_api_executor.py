@@ -7,6 +7,7 @@ import time
 
 from PIL import Image
 
+from retouch.serving.core.tables import Generation
 from retouch.serving.executor import InProcessExecutor, JobExecutor
 
 from api_fixtures import api_for, image_bytes, make_settings, serve_routes
@@ -45,6 +46,10 @@ def test_generator_and_upscaler_jobs_complete_with_fetchable_outputs(tmp_path, t
 
         done = wait_for_terminal(api, secret, created.json()["generation"]["id"])
         assert done["status"] == "completed", done
+        with api.services.session_factory() as session:  # the models it was made with
+            revisions = session.get(Generation, done["id"]).model_revisions
+        assert revisions["base"] == tiny_store.revision("base")
+        assert revisions["base"].startswith("sha256:")
         assert done["progress"] == 1.0 and done["error_code"] is None
         output = api.client.get(done["output_url"].removeprefix("http://testserver"))
         assert output.status_code == 200 and output.headers["content-type"] == "image/webp"

@@ -19,7 +19,8 @@ from PIL import Image
 from retouch.pipelines.errors import Cancelled
 from retouch.serving.batching import JobBatcher, batch_groups
 from retouch.serving.core.errors import InvalidInput
-from retouch.serving.runner import Job, TaskRunner
+from retouch.serving.replica_io import Job
+from retouch.serving.runner import TaskRunner
 from retouch.serving.tasks import TASKS, TaskRegistry, parse_request
 
 PIXEL_TOLERANCE = 2

@@ -19,6 +19,7 @@ from retouch.serving.core.jobs import create_generation, expire_leases, lease_ne
 from retouch.serving.core.storage import LocalStorage
 from retouch.serving.core.tables import Account, Generation, LedgerEntry
 from retouch.serving.dispatcher import Dispatcher, DispatcherConfig, ReplicaLost
+from retouch.serving.replica_io import Outcome
 
 START_CREDITS = 10_000
 BODY = {"tool": "generator", "input": {"prompt": "a lamp"},
@@ -40,7 +41,8 @@ class ScriptedBackend:
 
     def run(self, job_id, request, images, seed, progress, is_cancelled):
         self.calls.append(job_id)
-        return self.script(job_id, request, images, seed, progress, is_cancelled)
+        return Outcome(outputs=self.script(job_id, request, images, seed, progress,
+                                           is_cancelled))
 
 
 @pytest.fixture
@@ -246,12 +248,14 @@ def test_in_process_backend_runs_the_real_engine_with_progress_and_cancel(tiny_s
     backend = InProcessBackend(TaskRunner(tiny_store))
     request = parse_request(BODY)
     progress: list[float] = []
-    outputs = backend.run("job-1", request, {}, 5, progress.append, lambda: False)
+    outputs = backend.run("job-1", request, {}, 5, progress.append, lambda: False).outputs
     assert len(outputs) == 1
     with Image.open(io.BytesIO(outputs[0])) as image:
         assert image.format == "WEBP" and image.width == image.height == tiny_store.native_size
     assert progress == sorted(progress) and progress[-1] == 1.0 and len(progress) >= 3
-    assert backend.run("job-2", request, {}, 5, lambda f: None, lambda: False) == outputs
+    again = backend.run("job-2", request, {}, 5, lambda f: None, lambda: False)
+    assert again.outputs == outputs and again.model_revisions == tiny_store.revisions()
+    assert again.model_revisions["base"].startswith("sha256:")
 
     with pytest.raises(Cancelled):
         backend.run("job-3", request, {}, 5, lambda f: None, lambda: True)

@@ -48,7 +48,9 @@ def test_generator_and_upscaler_run_on_their_families_with_progress(backend):
     progress: list[float] = []
     body = {"tool": "generator", "input": {"prompt": "a lamp"},
             "options": {"quality": "low", "output_format": "jpeg"}}
-    [data] = backend.run("gen-1", parse_request(body), {}, 3, progress.append, lambda: False)
+    outcome = backend.run("gen-1", parse_request(body), {}, 3, progress.append, lambda: False)
+    [data] = outcome.outputs
+    assert outcome.model_revisions["base"].startswith("sha256:")  # the tiny twin's content
     with Image.open(io.BytesIO(data)) as image:
         assert image.format == "JPEG" and image.size == (64, 64)
     assert progress and progress == sorted(progress) and progress[-1] <= 1.0
@@ -56,7 +58,7 @@ def test_generator_and_upscaler_run_on_their_families_with_progress(backend):
     upscale = {"tool": "upscaler", "input": {"image": {"upload_id": "u"}},
                "options": {"scale": 2}}
     [data] = backend.run("up-1", parse_request(upscale), {"input.image": png(40, 30)}, 3,
-                         lambda f: None, lambda: False)
+                         lambda f: None, lambda: False).outputs
     with Image.open(io.BytesIO(data)) as image:
         assert image.size == (80, 60)
 

@@ -252,14 +252,15 @@ def heartbeat(session_factory: SessionFactory, job_id: str, worker_id: str, prog
 
 
 def complete_job(session_factory: SessionFactory, job_id: str, worker_id: str,
-                 output_keys: list[str]) -> bool:
-    """Mark the job `completed` with its stored outputs and free its slots. False (and nothing
-    changes) when `worker_id` no longer holds the job's lease."""
+                 output_keys: list[str], model_revisions: dict[str, str] | None = None) -> bool:
+    """Mark the job `completed` with its stored outputs (and the model revisions they were made
+    with) and free its slots. False (and nothing changes) when `worker_id` no longer holds the
+    job's lease."""
     now = utcnow()
     with transaction(session_factory) as session:
         if not _update_leased(session, job_id, worker_id, status="completed", progress=1.0,
                               output_keys=list(output_keys), finished_at=now, lease_owner=None,
-                              lease_expires_at=None):
+                              lease_expires_at=None, model_revisions=model_revisions):
             return False
         job = session.get_one(Generation, job_id, populate_existing=True)
         _release_slots(session, job)

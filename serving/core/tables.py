@@ -136,6 +136,8 @@ class Generation(Base):
     budget_period: Mapped[str | None] = mapped_column(String(7))
     input_image: Mapped[str | None] = mapped_column(Text)
     output_keys: Mapped[list[Any]] = mapped_column(default=list)
+    # {model spec: revision} the outputs were made with (hub commit, sha256:…, random:<seed>)
+    model_revisions: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     error_code: Mapped[str | None] = mapped_column(String(64))
     error: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
