@@ -35,6 +35,7 @@ class EngineConfig:
     overrides: dict[str, str] = field(default_factory=dict)
     max_batch_size: int = 1  # compatible jobs denoised together (`@serve.batch` on a replica)
     batch_wait_timeout_s: float = 0.0
+    fault_oom_calls: tuple[int, ...] = ()  # fault injection: these pipeline calls run out of memory
 
     def build_runner(self):
         import os
@@ -46,7 +47,7 @@ class EngineConfig:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         store = ModelStore(profile=self.profile, device=self.device,
                            cache_dir=Path(self.cache_dir), overrides=self.overrides or None)
-        return TaskRunner(store)
+        return TaskRunner(store, fault_oom_calls=tuple(self.fault_oom_calls))
 
 
 @dataclass
@@ -179,17 +180,27 @@ class _FamilyDeployment:
     def ready(self) -> bool:
         return True
 
+    def check_health(self) -> None:
+        """Serve's health check: a replica whose jobs keep failing (e.g. out of memory every
+        time) is restarted rather than left wedged."""
+        if not self._runner.healthy():
+            raise RuntimeError(f"{self._runner.consecutive_failures} jobs in a row failed")
+
 
 def _reply(outcome) -> dict[str, Any]:
     from retouch.pipelines.errors import Cancelled
 
     from .core.errors import RetouchError
+    from .replica_io import OutOfMemory
 
     stats = {"batch_size": outcome.batch_size, "step_seconds": outcome.step_seconds,
              "model_revisions": outcome.model_revisions}
     error = outcome.error
     if error is None:
         return {"outputs": outcome.outputs, **stats}
+    if isinstance(error, OutOfMemory):
+        return {"error": {"code": "out_of_memory", "message": str(error), "field": None,
+                          "cancelled": False, "out_of_memory": True}, **stats}
     if isinstance(error, Cancelled):
         return {"error": {"code": "service_unavailable", "message": str(error), "field": None,
                           "cancelled": True}, **stats}

@@ -19,17 +19,19 @@ import os
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 from retouch.pipelines.errors import Cancelled
 
 from .core.errors import InvalidInput
-from .replica_io import Job, Outcome
+from .replica_io import Job, OutOfMemory, Outcome
 from .tasks import TASKS, job_request
 
 log = logging.getLogger(__name__)
 
+OUT_OF_MEMORY = "out_of_memory"  # a job's error_code when its replica ran out of memory
+DEADLINE_EXCEEDED = "deadline_exceeded"  # ... when it ran past its tool's deadline
 ProgressFn = Callable[[float], None]
 CancelledFn = Callable[[], bool]
 
@@ -128,6 +130,8 @@ def _outputs_or_raise(reply: dict[str, Any]) -> Outcome:
     error = reply["error"]
     if error.get("unexpected"):
         raise ReplicaError(error["message"])
+    if error.get("out_of_memory"):
+        raise OutOfMemory(error["message"])
     if error.get("cancelled"):
         raise Cancelled(error["message"])
     if error["code"] == "invalid_input":
@@ -139,16 +143,22 @@ def _outputs_or_raise(reply: dict[str, Any]) -> Outcome:
 class JobTracker:
     """Latest progress of a running job and whether it must stop (lease lost or stopping)."""
 
-    def __init__(self):
+    def __init__(self, deadline_s: float | None = None):
         self.progress = 0.0
         self.lease_lost = threading.Event()
         self.stopping = threading.Event()
+        self.deadline_s = deadline_s
+        self._deadline = time.monotonic() + deadline_s if deadline_s else None
 
     def report(self, fraction: float) -> None:
         self.progress = max(self.progress, min(1.0, float(fraction)))
 
+    @property
+    def past_deadline(self) -> bool:
+        return self._deadline is not None and time.monotonic() > self._deadline
+
     def is_cancelled(self) -> bool:
-        return self.lease_lost.is_set() or self.stopping.is_set()
+        return self.lease_lost.is_set() or self.stopping.is_set() or self.past_deadline
 
 
 @dataclass
@@ -158,11 +168,16 @@ class DispatcherConfig:
     concurrency: int = 2
     poll_seconds: float = 0.05  # how often an idle worker looks for a pending job
     expire_every_seconds: float = 1.0  # how often a worker sweeps expired leases
+    deadlines_s: dict[str, float] = field(default_factory=dict)  # per tool; "*" for the rest
 
     @classmethod
     def from_settings(cls, settings) -> "DispatcherConfig":
         return cls(lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts,
-                   concurrency=settings.dispatcher_concurrency)
+                   concurrency=settings.dispatcher_concurrency,
+                   deadlines_s=dict(settings.job_deadlines_s))
+
+    def deadline_for(self, tool: str) -> float | None:
+        return self.deadlines_s.get(tool, self.deadlines_s.get("*"))
 
 
 class Dispatcher:
@@ -219,7 +234,7 @@ class Dispatcher:
         """Run one leased job to a settled state (or leave it to lease expiry if the worker died)."""
         from .core.jobs import complete_job, fail_job
 
-        tracker = JobTracker()
+        tracker = JobTracker(self.config.deadline_for(job.tool))
         self._trackers.add(tracker)
         heartbeat = threading.Thread(target=self._heartbeat_loop, args=(job.id, worker_id, tracker),
                                      name=f"heartbeat-{job.id[:8]}", daemon=True)
@@ -236,13 +251,21 @@ class Dispatcher:
         except ReplicaLost as exc:
             log.warning("%s; leaving job %s to lease expiry", exc, job.id)
         except Cancelled:
-            if tracker.stopping.is_set() or tracker.lease_lost.is_set():
+            if tracker.past_deadline:
+                fail_job(self.session_factory, job.id, worker_id, DEADLINE_EXCEEDED,
+                         f"the job ran longer than its {tracker.deadline_s:g} s deadline; it "
+                         "was stopped and refunded")
+            elif tracker.stopping.is_set() or tracker.lease_lost.is_set():
                 log.info("job %s stopped; its lease decides what happens next", job.id)
             else:
                 fail_job(self.session_factory, job.id, worker_id, "service_unavailable",
                          "the job was cancelled")
         except InvalidInput as exc:
             fail_job(self.session_factory, job.id, worker_id, "invalid_input", exc.message)
+        except OutOfMemory:
+            fail_job(self.session_factory, job.id, worker_id, OUT_OF_MEMORY,
+                     "the GPU ran out of memory running this job; it was refunded, try a "
+                     "smaller size or again later")
         except Exception as exc:
             log.exception("job %s failed", job.id)
             kind = exc.kind if isinstance(exc, ReplicaError) else type(exc).__name__

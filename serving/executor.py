@@ -42,7 +42,8 @@ class InProcessExecutor:
         settings = self.services.settings
         config = DispatcherConfig(lease_seconds=settings.lease_seconds,
                                   max_attempts=settings.max_attempts,
-                                  concurrency=self.concurrency, poll_seconds=self.poll_seconds)
+                                  concurrency=self.concurrency, poll_seconds=self.poll_seconds,
+                                  deadlines_s=dict(settings.job_deadlines_s))
         metrics = self.services.metrics
         backend = InProcessBackend(self.runner_factory(), metrics=metrics,
                                    max_batch_size=settings.max_batch_size,

@@ -11,6 +11,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+class OutOfMemory(Exception):
+    """The accelerator ran out of memory running a job; the replica freed its cache."""
+
+
 @dataclass
 class Job:
     """One job as a replica receives it."""

@@ -13,8 +13,10 @@ field; `Cancelled` passes through. On CPU the same seed and inputs give the same
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import gc
 import time
+from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
@@ -22,7 +24,7 @@ from retouch.pipelines.common import RunContext
 from retouch.pipelines.errors import PipelineInputError
 
 from .core.errors import InvalidInput, invalid_input_from, pipeline_input_errors
-from .replica_io import Job, Outcome
+from .replica_io import Job, OutOfMemory, Outcome
 from .tasks import TASKS, TaskRegistry
 
 
@@ -41,9 +43,40 @@ class _StepTimer:
 
 
 class TaskRunner:
-    def __init__(self, store, registry: TaskRegistry = TASKS):
+    """`fault_oom_calls`: pipeline calls (1-based) that raise a CUDA out-of-memory error, to test
+    that one bad job fails alone (a setting, off by default)."""
+
+    MAX_CONSECUTIVE_FAILURES = 3  # then `healthy()` is False and Serve restarts the replica
+
+    def __init__(self, store, registry: TaskRegistry = TASKS, *,
+                 fault_oom_calls: tuple[int, ...] = ()):
         self.store = store
         self.registry = registry
+        self.fault_oom_calls = frozenset(fault_oom_calls)
+        self.pipeline_calls = 0
+        self.consecutive_failures = 0
+
+    def healthy(self) -> bool:
+        return self.consecutive_failures < self.MAX_CONSECUTIVE_FAILURES
+
+    @contextmanager
+    def _pipeline_call(self):
+        """One pipeline call: injected faults, out-of-memory recovery, failure count."""
+        import torch
+
+        self.pipeline_calls += 1
+        try:
+            if self.pipeline_calls in self.fault_oom_calls:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected fault)")
+            yield
+        except torch.cuda.OutOfMemoryError as exc:
+            self.consecutive_failures += 1
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            raise OutOfMemory(str(exc).splitlines()[0][:200]) from None
+        else:
+            self.consecutive_failures = 0
 
     def run(self, request, inputs: dict[str, Any], ctx: RunContext) -> list:
         spec = self.registry.for_request(request)
@@ -51,7 +84,7 @@ class TaskRunner:
             if inputs.get(field) is None:
                 raise InvalidInput(field, "image is missing")
         ctx.check_cancelled()
-        with pipeline_input_errors():
+        with pipeline_input_errors(), self._pipeline_call():
             outputs = spec.run_pipeline(self.store, request, inputs, ctx)
         expected = spec.output_count(request)
         if len(outputs) != expected:
@@ -100,9 +133,10 @@ class TaskRunner:
             except Exception as exc:  # noqa: BLE001 - a bad job fails alone
                 outcomes[i] = Outcome(error=exc)
         try:
-            results = spec.run_pipeline_batch(
-                self.store, [jobs[i].request for i, _, _ in ready], [x for _, x, _ in ready],
-                [ctx for _, _, ctx in ready])
+            with self._pipeline_call():
+                results = spec.run_pipeline_batch(
+                    self.store, [jobs[i].request for i, _, _ in ready], [x for _, x, _ in ready],
+                    [ctx for _, _, ctx in ready])
         except Exception:  # noqa: BLE001 - e.g. out of memory: retry each job on its own
             for i, _, _ in ready:
                 outcomes[i] = self._run_alone(jobs[i])

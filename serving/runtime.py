@@ -42,7 +42,8 @@ def engine_config(settings):
                         cache_dir=str(settings.resolved_model_cache),
                         overrides=dict(settings.model_overrides),
                         max_batch_size=settings.max_batch_size,
-                        batch_wait_timeout_s=settings.batch_wait_timeout_s)
+                        batch_wait_timeout_s=settings.batch_wait_timeout_s,
+                        fault_oom_calls=tuple(settings.fault_oom_calls))
 
 
 def ray_temp_dir(home: Path) -> str:

@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     dispatcher_concurrency: int = 4  # jobs in flight at once (≥ max_batch_size to fill batches)
     max_batch_size: int = 4  # compatible jobs denoised together (1: no batching)
     batch_wait_timeout_s: float = 0.02  # how long a batch waits for company
+    # Per-tool run deadline in seconds (e.g. {"photographer": 600}); a job past it is stopped,
+    # failed `deadline_exceeded` and refunded. "*" applies to every tool without its own.
+    job_deadlines_s: dict[str, float] = Field(default_factory=dict)
+    fault_oom_calls: list[int] = Field(default_factory=list)  # tests: calls that run out of memory
     idempotency_ttl_hours: int = 24
     redis_url: str | None = None  # rate-limit storage; in-memory when unset
     webhook_retry_scale: float = 1.0  # multiplies the webhook retry schedule (tests shrink it)

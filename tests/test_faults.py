@@ -1,0 +1,82 @@
+"""Bad jobs never wedge a replica: an out-of-memory job fails alone with a stable code and a
+refund and the next job runs; a replica that keeps failing reports itself unhealthy; a job past
+its tool's deadline is stopped and refunded."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from retouch.serving.executor import InProcessExecutor
+from retouch.serving.replica_io import OutOfMemory
+from retouch.serving.runner import TaskRunner
+from retouch.serving.tasks import parse_request
+
+from api_fixtures import api_for, make_settings
+
+GENERATOR = {"tool": "generator", "input": {"prompt": "a lamp"}, "options": {"quality": "low"}}
+
+
+def settle(api, secret, body) -> dict:
+    created = api.generate(secret, body)
+    assert created.status_code == 201, created.text
+    job_id = created.json()["generation"]["id"]
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        job = api.client.get(f"/api/v1/generations/{job_id}",
+                             headers=api.headers(secret)).json()["generation"]
+        if job["status"] in ("completed", "failed"):
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"{job_id} did not settle")
+
+
+def balance(api, secret) -> dict:
+    return api.client.get("/api/v1/credits", headers=api.headers(secret)).json()["credits"]
+
+
+def test_an_out_of_memory_job_fails_alone_refunded_and_the_next_job_runs(tmp_path, tiny_store):
+    runner = TaskRunner(tiny_store, fault_oom_calls=(2,))
+    executor = lambda services: InProcessExecutor(services, lambda: runner)  # noqa: E731
+    with api_for(make_settings(tmp_path), executor=executor) as api:
+        _, secret = api.key(api.account(plan="plus", credits=1000))
+        first, second, third = (settle(api, secret, GENERATOR) for _ in range(3))
+        assert first["status"] == third["status"] == "completed"
+        assert second["status"] == "failed" and second["error_code"] == "out_of_memory"
+        assert "refunded" in second["error"]
+        credits = balance(api, secret)
+        assert credits["balance"] == 1000 - first["cost_credits"] - third["cost_credits"]
+        assert credits["queue"]["active"] == 0
+    assert runner.healthy() and runner.pipeline_calls == 3
+
+
+def test_a_replica_failing_every_job_reports_itself_unhealthy(tiny_store):
+    runner = TaskRunner(tiny_store, fault_oom_calls=(1, 2, 3))
+    request = parse_request(GENERATOR)
+    for _ in range(3):
+        with pytest.raises(OutOfMemory):
+            runner.run_job(request, {}, 1, lambda f: None, lambda: False)
+    assert not runner.healthy()
+    runner.run_job(request, {}, 1, lambda f: None, lambda: False)  # call 4: no fault
+    assert runner.healthy()
+
+
+def test_a_job_past_its_tools_deadline_is_stopped_and_refunded(tmp_path, tiny_store):
+    settings = make_settings(tmp_path, job_deadlines_s={"photographer": 0.2})
+    executor = lambda services: InProcessExecutor(  # noqa: E731
+        services, lambda: TaskRunner(tiny_store))
+    with api_for(settings, executor=executor) as api:
+        _, secret = api.key(api.account(plan="plus", credits=5000))
+        upload = api.upload(secret)
+        started = time.monotonic()
+        job = settle(api, secret, {"tool": "photographer",
+                                   "input": {"main_image": {"upload_id": upload["id"]}},
+                                   "options": {"mode": "carousel", "quality": "high"}})
+        assert job["status"] == "failed" and job["error_code"] == "deadline_exceeded", job
+        assert time.monotonic() - started < 30
+        quick = settle(api, secret, GENERATOR)  # other tools have no deadline
+        assert quick["status"] == "completed"
+        credits = balance(api, secret)
+        assert credits["balance"] == 5000 - quick["cost_credits"]
+        assert credits["queue"]["active"] == 0
