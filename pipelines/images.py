@@ -17,13 +17,11 @@ import warnings
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import PipelineInputError
-from .vocabulary import MAX_IMAGE_BYTES
+from .vocabulary import IMAGE_MEDIA_TYPES, MAX_IMAGE_BYTES
 
 MIN_SIDE = 16
 MAX_SIDE = 12000
 MAX_PIXELS = 100_000_000
-
-_MEDIA_TYPES = {"png": "image/png", "webp": "image/webp", "jpeg": "image/jpeg"}
 
 
 def sniff_format(data: bytes) -> str | None:
@@ -85,7 +83,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
 def encode_image(image: Image.Image, output_format: str) -> bytes:
     """Encode to png/webp/jpeg bytes; deterministic for the same pixels. RGBA kept for png/webp."""
     fmt = output_format.lower()
-    if fmt not in _MEDIA_TYPES:
+    if fmt not in IMAGE_MEDIA_TYPES:
         raise PipelineInputError("options.output_format", f"unsupported format {output_format!r}")
     if image.mode not in ("RGB", "RGBA"):
         image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
@@ -101,5 +99,6 @@ def encode_image(image: Image.Image, output_format: str) -> bytes:
     return buffer.getvalue()
 
 
-def media_type(output_format: str) -> str:
-    return _MEDIA_TYPES[output_format.lower()]
+def media_type(image_format: str) -> str:
+    """`image/png` for `png` / `PNG` (an output format or a sniffed container format)."""
+    return IMAGE_MEDIA_TYPES[image_format.lower()]

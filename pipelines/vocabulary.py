@@ -70,5 +70,7 @@ NOISE_SCALE_RANGE = (0.0, 0.5)
 DEFAULT_NOISE_SCALE = 0.1
 
 CAROUSEL_FRAMES = 10
+# The one image size cap (uploads, base64 sources, fetched URLs, decoding) and media-type table
+# (format name as in `output_format`, lower case → media type).
 MAX_IMAGE_BYTES = 50 * 1024 * 1024
-IMAGE_MEDIA_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
+IMAGE_MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}

@@ -68,7 +68,8 @@ def read_image_ref(ref: ImageRef, field_name: str, base_dir: Path, fetch_url) ->
         if not path.is_file():
             raise InvalidInput(field_name, f"file not found: {ref.value}")
         if path.stat().st_size > MAX_IMAGE_BYTES:
-            raise InvalidInput(field_name, "image is larger than 50 MB")
+            raise InvalidInput(field_name,
+                               f"image is larger than {MAX_IMAGE_BYTES // (1024 * 1024)} MB")
         return path.read_bytes()
     if ref.kind == "url":
         if not ref.value.startswith("https://"):

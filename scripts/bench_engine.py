@@ -5,7 +5,7 @@
         [--quality low] [--aspect-ratio original] [--upscale-size 128] [--threads 1]
 
 Side by side in one run, on the same weights and parameters:
-- `Engine.run(generator request)`: our pipeline (prompt templates, working size, step callback,
+- `TaskRunner.run(generator request)`: our pipeline (prompt templates, working size, step callback,
   progress, resize to the output size);
 - a plain `diffusers.StableDiffusionXLPipeline` loaded from the same model folder, called with the
   same prompt, negative prompt, working size, steps and seed;
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
     store = ModelStore(profile=args.profile, device=args.device, cache_dir=args.model_cache,
                        dtype=DTYPES[args.dtype])
-    engine = TaskRunner(store)
+    runner = TaskRunner(store)
     ours_pipe = store.text2img()
     _optimise(ours_pipe, args.channels_last, args.compile)
 
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
         "options": {"quality": args.quality, "aspect_ratio": args.aspect_ratio, "seed": 1}})
 
     def run_ours():
-        return engine.run(request, {}, RunContext(seed=1))
+        return runner.run(request, {}, RunContext(seed=1))
 
     plain_timer = StepTimer(args.device)
 
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
         ours_marks.clear()
         ctx = RunContext(seed=1, progress=lambda f: (_sync(args.device),
                                                      ours_marks.append(time.perf_counter())))
-        return engine.run(request, {}, ctx)
+        return runner.run(request, {}, ctx)
 
     with torch.inference_mode():
         run_ours(), run_plain()  # warm-up (and compilation)
@@ -163,8 +163,8 @@ def main(argv: list[str] | None = None) -> None:
             "tool": "upscaler", "input": {"image": "https://example.invalid/x.png"},
             "options": {"scale": int(args.upscale_scale)}})
         up_images = {"input.image": source}
-        output = engine.run(up_request, up_images, RunContext(seed=0))[0]  # warm-up
-        up_times = _timed(lambda: engine.run(up_request, up_images, RunContext(seed=0)),
+        output = runner.run(up_request, up_images, RunContext(seed=0))[0]  # warm-up
+        up_times = _timed(lambda: runner.run(up_request, up_images, RunContext(seed=0)),
                           args.device, args.repeats)
 
     ours, base = statistics.median(ours_times), statistics.median(plain_times)

@@ -5,7 +5,7 @@
 
 1. Job creation: `POST /api/v1/generations` through the app (auth, validation, pricing, atomic
    credit + slot reservation, insert) with no executor, so jobs stay pending: jobs/s.
-2. Serving overhead: the same generator job run directly on the pipeline `Engine`, versus end to
+2. Serving overhead: the same generator job run directly on the `TaskRunner`, versus end to
    end through the API + dispatcher + executor (create, lease, run, store, settle, observed by
    polling every 10 ms). The ratio is the cost of the serving path around the pipeline.
 """
@@ -33,7 +33,8 @@ def bench_job_creation(home: Path, creates: int, database_url: str | None) -> fl
     """Jobs created per second through the app (no executor: jobs stay pending)."""
     from fastapi.testclient import TestClient
 
-    from retouch.serving.app import build_app, build_services
+    from retouch.serving.app import build_app
+    from retouch.serving.services import build_services
     from retouch.serving.core.accounts import plan_slot_limit
     from retouch.serving.settings import Settings
 
@@ -63,7 +64,7 @@ def bench_job_creation(home: Path, creates: int, database_url: str | None) -> fl
 
 
 def bench_direct(settings, jobs: int, threads_override: int | None = None) -> list[float]:
-    """Seconds per generator job on the Engine, no serving around it."""
+    """Seconds per generator job on the `TaskRunner`, no serving around it."""
     from retouch.pipelines.common import RunContext
     from retouch.serving.runner import TaskRunner
     from retouch.serving.tasks import parse_request
@@ -77,15 +78,15 @@ def bench_direct(settings, jobs: int, threads_override: int | None = None) -> li
         torch.set_num_threads(1)
     elif threads_override:
         torch.set_num_threads(threads_override)
-    engine = TaskRunner(ModelStore(profile=settings.profile, device=settings.device,
-                               cache_dir=settings.resolved_model_cache))
+    runner = TaskRunner(ModelStore(profile=settings.profile, device=settings.device,
+                                   cache_dir=settings.resolved_model_cache))
     request = parse_request(_generator_body(0))
-    engine.run(request, {}, RunContext(seed=0))  # warm-up: load the models
-    engine.run(request, {}, RunContext(seed=0))
+    runner.run(request, {}, RunContext(seed=0))  # warm-up: load the models
+    runner.run(request, {}, RunContext(seed=0))
     times = []
     for i in range(jobs):
         started = time.perf_counter()
-        engine.run(parse_request(_generator_body(i)), {}, RunContext(seed=i))
+        runner.run(parse_request(_generator_body(i)), {}, RunContext(seed=i))
         times.append(time.perf_counter() - started)
     torch.set_num_threads(threads)
     return times
@@ -100,7 +101,8 @@ def bench_end_to_end(settings, jobs: int) -> tuple[list[float], float]:
     """Seconds from POST to `completed` per job through API + dispatcher + executor."""
     from fastapi.testclient import TestClient
 
-    from retouch.serving.app import build_app, build_services, make_default_executor
+    from retouch.serving.app import build_app, make_default_executor
+    from retouch.serving.services import build_services
     from retouch.serving.runtime import ensure_models
 
     ensure_models(settings)

@@ -27,7 +27,7 @@ def serve(
     executor: str = typer.Option(None, help="ray | inprocess"),
 ) -> None:
     """Run the worker: models, Ray Serve deployments, the dispatcher and the HTTP API."""
-    from retouch.serving.runtime import serve_forever
+    from retouch.serving.server import serve_forever
     from retouch.serving.settings import Settings
 
     given = {"host": host, "port": port, "home": home, "profile": profile, "device": device,

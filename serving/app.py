@@ -1,64 +1,29 @@
 """The FastAPI app: `build_app(settings)` wires services, error mapping and the API surfaces.
 
-`Services` (settings, database, storage, fetcher, rate limiter, executor) lives on
-`app.state.services`; dependencies reach it through `request.app.state.services`. Surfaces are
-routers added in `build_app`: Wixma under `/api/v1`; others mount beside it.
+`Services` (`serving.services`: settings, database, storage, fetcher, rate limiter, executor)
+lives on `app.state.services`; dependencies reach it through `serving.deps.ServicesDep`.
+Surfaces are routers added in `build_app`: Wixma under `/api/v1`; others mount beside it.
 """
 
 from __future__ import annotations
 
 import logging
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 
-from retouch.serving.core.errors import InvalidInput, ServiceUnavailable
+from retouch.pipelines.vocabulary import IMAGE_MEDIA_TYPES
 
-from .core.db import make_engine, make_session_factory, run_migrations
-from .core.fetch import ImageFetcher, make_fetcher
-from .core.ratelimit import RateLimiter, make_rate_limiter
-from .core.storage import Storage, make_storage
+from .core.errors import InvalidInput
+from .core.webhook_outbox import WebhookWorker
 from .errors import install_error_handlers
-from .metrics import Metrics
+from .services import Services, build_services
 from .settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Services:
-    settings: Settings
-    engine: Any  # the SQLAlchemy engine
-    session_factory: Any
-    storage: Storage
-    fetcher: ImageFetcher
-    rate_limiter: RateLimiter
-    executor: Any = None  # a `serving.executor.JobExecutor`, or None: jobs stay pending
-    metrics: Metrics | None = None
-
-    def require_executor(self) -> None:
-        """Refuse new jobs while a configured executor reports itself unavailable."""
-        if self.executor is not None and not self.executor.available():
-            raise ServiceUnavailable("The image service is temporarily unavailable; try again "
-                                     "later.")
-
-
-def build_services(settings: Settings, *, executor: Any = None,
-                   migrate: bool = True) -> Services:
-    """Database (migrated to head), storage, fetcher and rate limiter for `settings`."""
-    url = settings.resolved_database_url
-    if migrate:
-        run_migrations(url)
-    engine = make_engine(url)
-    session_factory = make_session_factory(engine)
-    return Services(settings=settings, engine=engine, session_factory=session_factory,
-                    storage=make_storage(settings), fetcher=make_fetcher(settings),
-                    rate_limiter=make_rate_limiter(settings), executor=executor,
-                    metrics=Metrics(session_factory))
 
 
 def make_default_executor(services: Services):
@@ -83,8 +48,6 @@ def build_app(settings: Settings, *, services: Services | None = None) -> FastAP
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        from .core.webhooks import WebhookWorker
-
         webhook_worker = WebhookWorker(services)  # sends the webhooks outbox
         webhook_worker.start()
         if services.executor is not None:
@@ -121,7 +84,7 @@ def build_app(settings: Settings, *, services: Services | None = None) -> FastAP
         return Response(services.metrics.render(), media_type=CONTENT_TYPE)
 
     @app.get("/files/{key:path}", tags=["files"], response_class=Response,
-             responses={200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}}})
+             responses={200: {"content": {media: {} for media in IMAGE_MEDIA_TYPES.values()}}})
     def get_file(key: str) -> Response:
         """A stored upload or output (local storage). Keys are unguessable UUID paths."""
         storage = services.storage

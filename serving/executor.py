@@ -61,12 +61,18 @@ class InProcessExecutor:
         return self.dispatcher is not None
 
 
+def runner_config(settings):
+    """What a `TaskRunner` is built from for these settings (profile, device, model cache)."""
+    from .deployments import EngineConfig
+
+    return EngineConfig(profile=settings.profile, device=settings.device,
+                        cache_dir=str(settings.resolved_model_cache),
+                        overrides=dict(settings.model_overrides),
+                        max_batch_size=settings.max_batch_size,
+                        batch_wait_timeout_s=settings.batch_wait_timeout_s,
+                        fault_oom_calls=tuple(settings.fault_oom_calls))
+
+
 def runner_factory_for(settings) -> Callable[[], Any]:
     """A `TaskRunner` factory for the configured model profile (tiny by default)."""
-
-    def build():
-        from .runtime import engine_config
-
-        return engine_config(settings).build_runner()
-
-    return build
+    return lambda: runner_config(settings).build_runner()

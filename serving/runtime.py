@@ -1,9 +1,9 @@
-"""`retouch serve`: tiny models, local Ray + Serve deployments, the dispatcher and the HTTP API.
+"""The Ray runtime of the worker: tiny models, local Ray + Serve deployments and the dispatcher.
 
-`serve(settings)` runs the whole worker in the foreground until Ctrl-C / SIGTERM, then stops the
-dispatcher, shuts Serve and Ray down and exits. `start_backend(settings)` is the piece tests and
-benchmarks reuse: it builds the execution backend the settings name (Ray deployments or an
-in-process `Engine`) and returns it with a `close()`.
+`start_backend(settings)` builds the execution backend the settings name (Ray deployments or an
+in-process `TaskRunner`) and returns it with a `close()`; tests and benchmarks reuse it.
+`RayExecutor` is the app's executor for `executor = "ray"` (`make_executor(services)`). The
+foreground `retouch serve` that wraps the HTTP app around it is `serving.server`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -33,17 +32,6 @@ def ensure_models(settings, console: Console | None = None) -> None:
             build_tiny_models(cache)
     else:
         build_tiny_models(cache)
-
-
-def engine_config(settings):
-    from .deployments import EngineConfig
-
-    return EngineConfig(profile=settings.profile, device=settings.device,
-                        cache_dir=str(settings.resolved_model_cache),
-                        overrides=dict(settings.model_overrides),
-                        max_batch_size=settings.max_batch_size,
-                        batch_wait_timeout_s=settings.batch_wait_timeout_s,
-                        fault_oom_calls=tuple(settings.fault_oom_calls))
 
 
 def ray_temp_dir(home: Path) -> str:
@@ -105,11 +93,12 @@ class Backend:
 
 
 def start_backend(settings, console: Console | None = None, metrics=None) -> Backend:
-    """The backend `settings.executor` names: Ray Serve deployments or an in-process Engine."""
+    """The backend `settings.executor` names: Ray Serve deployments or an in-process runner."""
     from .dispatcher import InProcessBackend, RayBackend
+    from .executor import runner_config
 
     ensure_models(settings, console)
-    config = engine_config(settings)
+    config = runner_config(settings)
     if settings.executor == "inprocess":
         return Backend(InProcessBackend(config.build_runner(), metrics=metrics,
                                         max_batch_size=config.max_batch_size,
@@ -164,55 +153,3 @@ class RayExecutor:
 
 def make_executor(services, console: Console | None = None) -> RayExecutor:
     return RayExecutor(services, console)
-
-
-def serve_forever(settings) -> int:
-    """Run the worker in the foreground; returns the exit code after Ctrl-C / SIGTERM."""
-    import logging
-    import signal
-    import threading
-
-    import uvicorn
-
-    from .app import build_app, build_services, make_default_executor
-
-    started = time.perf_counter()
-    console = Console(stderr=True)
-    settings.home.mkdir(parents=True, exist_ok=True)
-    ensure_models(settings, console)
-    with console.status("preparing the database"):
-        services = build_services(settings)
-    if settings.executor == "ray":
-        # Ray first: its ray.init installs a SIGTERM handler, and uvicorn's (installed when the
-        # server runs) must replace it so SIGTERM shuts down cleanly through the app's lifespan.
-        with console.status("starting Ray"):
-            start_ray(settings)
-        services.executor = make_executor(services, console)
-        console.print("starting Ray Serve deployments …")
-    else:
-        services.executor = make_default_executor(services)
-    app = build_app(settings, services=services)
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
-                            lifespan="on")
-    server = uvicorn.Server(config)
-
-    def announce_when_ready() -> None:
-        while not server.started and not server.should_exit:
-            time.sleep(0.05)
-        if server.started:
-            console.print(f"retouch ready at http://{settings.host}:{settings.port} "
-                          f"(profile {settings.profile}, {settings.device}, executor "
-                          f"{settings.executor}; {time.perf_counter() - started:.1f} s)")
-
-    logging.getLogger("ray").setLevel(logging.WARNING)
-    # uvicorn handles SIGINT/SIGTERM while it runs and re-raises the signal afterwards to the
-    # handler found before it: make that a no-op so a clean shutdown ends with exit code 0.
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: None)
-    threading.Thread(target=announce_when_ready, name="ready-announcer", daemon=True).start()
-    server.run()  # handles SIGINT/SIGTERM; the app's lifespan stops the executor
-    if not server.started:
-        console.print("retouch did not start (see the error above)")
-        return 1
-    console.print("retouch stopped")
-    return 0

@@ -13,9 +13,10 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from retouch.serving.app import Services, build_app, build_services
+from retouch.serving.app import build_app
 from retouch.serving.core import accounts, keys
 from retouch.serving.core.db import transaction
+from retouch.serving.services import Services, build_services
 from retouch.serving.settings import Settings
 
 ERROR_KEYS = {"object", "error", "request_id"}

@@ -1,5 +1,9 @@
 """Shared fixtures. `tiny_store` builds the tiny model twins once per test session (or reuses the
-directory named by `RETOUCH_TINY_CACHE`, which keeps repeated local runs fast)."""
+directory named by `RETOUCH_TINY_CACHE`, which keeps repeated local runs fast).
+
+The fixture modules below register their fixtures for every test module (`api`, `cli`,
+`database_url`, `db_engine`, `sf`); their plain helpers are imported where they are used.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,8 @@ import os
 from pathlib import Path
 
 import pytest
+
+pytest_plugins = ["api_fixtures", "cli_fixtures", "db_fixtures"]
 
 
 @pytest.fixture(scope="session")

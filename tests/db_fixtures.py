@@ -1,7 +1,8 @@
 """Database fixtures for the serving-core tests: each test module runs on SQLite, and on
 PostgreSQL too when RETOUCH_TEST_POSTGRES_URL is set (in a throwaway schema of its own).
 
-Import the fixtures a module uses: `from db_fixtures import database_url, engine, sf`.
+The fixtures (`database_url`, `db_engine`, `sf`) reach every test module through `conftest.py`'s
+`pytest_plugins`; `empty_session_factory`, `BACKENDS` and `postgres_schema` are plain helpers.
 """
 
 from __future__ import annotations
@@ -47,8 +48,9 @@ def database_url(request, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def engine(database_url):
-    """A migrated database; PostgreSQL gets a pool wide enough for the concurrency tests."""
+def db_engine(database_url):
+    """A migrated database (a SQLAlchemy engine); PostgreSQL gets a pool wide enough for the
+    concurrency tests."""
     run_migrations(database_url)
     engine = make_engine(database_url, **({} if database_url.startswith("sqlite")
                                           else {"pool_size": 32}))
@@ -65,6 +67,6 @@ def empty_session_factory(engine):
 
 
 @pytest.fixture
-def sf(engine):
+def sf(db_engine):
     """A session factory on an empty database."""
-    return empty_session_factory(engine)
+    return empty_session_factory(db_engine)

@@ -14,9 +14,10 @@ from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
-from retouch.serving.app import Services, build_app, build_services
+from retouch.serving.app import build_app
 from retouch.serving.core import accounts, keys, members
 from retouch.serving.core.db import transaction
+from retouch.serving.services import Services, build_services
 from retouch.serving.settings import Settings
 
 from serve_process import free_port

@@ -18,14 +18,14 @@ from retouch.serving.core.image_refs import store_upload, validate_image_bytes
 from retouch.serving.core.storage import LocalStorage
 from retouch.serving.core.tables import AgentSettings, Project
 
-from db_fixtures import database_url, empty_session_factory, engine  # noqa: F401 (fixtures)
+from db_fixtures import empty_session_factory
 
 SKY = ["exterior-sky-blue"]
 
 
 @pytest.fixture
-def world(engine, tmp_path):
-    sf = empty_session_factory(engine)
+def world(db_engine, tmp_path):
+    sf = empty_session_factory(db_engine)
     storage = LocalStorage(tmp_path / "files", "http://testserver")
     with transaction(sf) as session:
         account = accounts.create_account(session, "Agency", "pro", 100_000)
@@ -128,7 +128,7 @@ def test_publish_freezes_approved_pictures_and_completed_videos(world):
         with pytest.raises(InvalidInput):
             projects.publish(session, project, storage.url)  # nothing approved yet
     body = {"tool": "generator", "input": {"prompt": "reel"}, "options": {"quality": "low"}}
-    reel_job, _ = jobs.create_generation(sf, key, parse_request(body), body,
+    reel_job, _ = jobs.create_job(sf, key, parse_request(body), body,
                                          surface="aixpose")
     with transaction(sf) as session:
         session.add(Video(account_id=key.account_id, project_id=made[0].project_id,

@@ -10,7 +10,7 @@ from retouch.serving.core.errors import ERROR_STATUS
 from retouch.serving.core.db import make_engine, transaction
 from retouch.serving.core.keys import set_key_status
 
-from api_fixtures import GENERATOR_BODY, api, assert_error  # noqa: F401
+from api_fixtures import GENERATOR_BODY, assert_error
 
 
 def test_the_seed_has_13_codes_with_their_statuses():

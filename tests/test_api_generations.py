@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import re
 
-from api_fixtures import (GENERATOR_BODY, api, assert_error, finish_next_job,  # noqa: F401
-                          image_bytes)
+from api_fixtures import GENERATOR_BODY, assert_error, finish_next_job, image_bytes
 
 SEED_KEYS = {"id", "object", "status", "tool", "output_url", "input_image", "cost_credits",
              "error_code", "error", "created_at"}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from api_fixtures import api, assert_error, image_bytes  # noqa: F401
+from api_fixtures import assert_error, image_bytes
 
 
 def test_a_real_png_is_accepted_with_its_dimensions_and_is_fetchable(api):
@@ -73,11 +73,11 @@ def test_files_route_hides_unknown_and_escaping_keys(api):
 
 
 def test_uploads_over_the_size_cap_are_rejected(api, monkeypatch):
-    from retouch.serving.wixma import routes
+    from retouch.serving.core import image_refs
 
     _, secret = api.key()
     data = image_bytes(64, 64)
-    monkeypatch.setattr(routes, "MAX_IMAGE_BYTES", len(data) - 1)
+    monkeypatch.setattr(image_refs, "MAX_IMAGE_BYTES", len(data) - 1)
     response = api.client.post("/api/v1/uploads", headers=api.headers(secret),
                                files={"file": ("big.png", data, "image/png")})
     error = assert_error(response, 400, "invalid_input", field="file")

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.timeout(240)
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_store):
+def runner(tiny_store):
     from retouch.serving.runner import TaskRunner
 
     return TaskRunner(tiny_store)
@@ -53,12 +53,12 @@ def _manifest(folder: Path) -> Path:
     return manifest
 
 
-def test_manifest_runs_good_lines_and_records_bad_ones(tmp_path, engine):
+def test_manifest_runs_good_lines_and_records_bad_ones(tmp_path, runner):
     _write_inputs(tmp_path)
     manifest = _manifest(tmp_path)
     out = tmp_path / "out"
 
-    results = run_batch(manifest, out, engine, show_progress=False)
+    results = run_batch(manifest, out, runner, show_progress=False)
 
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert [r.to_json() for r in results] == rows
@@ -97,7 +97,7 @@ def test_manifest_runs_good_lines_and_records_bad_ones(tmp_path, engine):
                        "results.jsonl"]
 
 
-def test_same_manifest_gives_identical_outputs(tmp_path, engine):
+def test_same_manifest_gives_identical_outputs(tmp_path, runner):
     _write_inputs(tmp_path)
     lines = [json.dumps({"tool": "generator", "input": {"prompt": "a lamp"},
                          "options": {"quality": "low"}}),
@@ -106,8 +106,8 @@ def test_same_manifest_gives_identical_outputs(tmp_path, engine):
     manifest = tmp_path / "m.jsonl"
     manifest.write_text("\n".join(lines))
 
-    first = run_batch(manifest, tmp_path / "a", engine, show_progress=False)
-    second = run_batch(manifest, tmp_path / "b", engine, show_progress=False)
+    first = run_batch(manifest, tmp_path / "a", runner, show_progress=False)
+    second = run_batch(manifest, tmp_path / "b", runner, show_progress=False)
 
     assert [r.seed for r in first] == [r.seed for r in second] == [derive_seed(x) for x in lines]
     assert first[0].seed != first[1].seed

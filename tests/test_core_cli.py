@@ -7,7 +7,6 @@ import pytest
 from retouch.serving.core import keys
 from retouch.serving.core.db import transaction
 
-from cli_fixtures import cli  # noqa: F401 (a fixture)
 
 
 def test_accounts_and_keys_commands(cli):

@@ -20,7 +20,6 @@ from retouch.serving.core.db import transaction
 from retouch.serving.core.tables import (Account, ApiKey, Generation, IdempotencyRecord,
                                          LedgerEntry)
 
-from db_fixtures import database_url, engine, sf  # noqa: F401 (fixtures)
 
 GENERATOR = {"tool": "generator", "input": {"prompt": "a red sneaker"},
              "options": {"quality": "medium"}}  # 110 credits, 1 slot
@@ -41,7 +40,7 @@ def add_key(sf, account_id, **key_options):
 
 
 def create(sf, key, body=GENERATOR, **kwargs):
-    return jobs.create_generation(sf, key, parse_request(body), body, **kwargs)
+    return jobs.create_job(sf, key, parse_request(body), body, **kwargs)
 
 
 def account_state(sf, account_id):

@@ -18,7 +18,6 @@ from retouch.serving.core import accounts, credits, jobs, keys
 from retouch.serving.core.db import MIGRATIONS_DIR, run_migrations, transaction, utcnow
 from retouch.serving.core.tables import ApiKey, Base, LedgerEntry
 
-from db_fixtures import database_url, engine, sf  # noqa: F401 (fixtures)
 
 @pytest.fixture
 def account_id(sf):
@@ -42,17 +41,17 @@ def newest_migration() -> str:
     return ScriptDirectory.from_config(config).get_current_head()
 
 
-def test_migrations_create_every_table(engine, database_url):
+def test_migrations_create_every_table(db_engine, database_url):
     run_migrations(database_url)  # a second run is a no-op
-    names = set(inspect(engine).get_table_names())
+    names = set(inspect(db_engine).get_table_names())
     assert {"accounts", "api_keys", "uploads", "generations", "ledger_entries",
             "idempotency_records", "alembic_version"} <= names
-    with engine.connect() as conn:
+    with db_engine.connect() as conn:
         version = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
         # The database is at the newest migration, and that migration matches the ORM tables.
         assert version == newest_migration()
         assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
-    columns = {c["name"] for c in inspect(engine).get_columns("generations")}
+    columns = {c["name"] for c in inspect(db_engine).get_columns("generations")}
     assert {"request_hash", "lease_owner", "lease_expires_at", "output_keys", "slots"} <= columns
 
 
@@ -169,7 +168,7 @@ def test_credit_account_and_ledger(sf, account_id):
 def test_credit_summary_reports_balance_queue_and_budgets(sf, account_id):
     key, _ = new_key(sf, account_id, monthly_budget=500, total_budget=900, per_request_limit=300)
     body = {"tool": "generator", "input": {"prompt": "x"}}
-    jobs.create_generation(sf, key, parse_request(body), body)
+    jobs.create_job(sf, key, parse_request(body), body)
     with sf() as session:
         summary = credits.credit_summary(session, key)
     assert summary["balance"] == 890

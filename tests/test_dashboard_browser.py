@@ -14,9 +14,10 @@ import httpx
 import pytest
 import uvicorn
 
-from retouch.serving.app import build_app, build_services
+from retouch.serving.app import build_app
 from retouch.serving.core import accounts, jobs, members
 from retouch.serving.core.db import transaction
+from retouch.serving.services import build_services
 
 from api_fixtures import image_bytes, make_settings
 

@@ -12,7 +12,6 @@ from retouch.serving.core import keys, members
 from retouch.serving.core.db import transaction
 from retouch.serving.core.tables import ApiKey, Generation, Upload
 
-from api_fixtures import api  # noqa: F401 (a fixture)
 from api_fixtures import (GENERATOR_BODY, api_for, assert_error, finish_next_job, image_bytes,
                           make_settings)
 

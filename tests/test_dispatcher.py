@@ -15,7 +15,7 @@ from retouch.pipelines.errors import Cancelled
 from retouch.serving.core.errors import InvalidInput
 from retouch.serving.tasks import TASKS, parse_request
 from retouch.serving.core.db import make_engine, make_session_factory, run_migrations, transaction
-from retouch.serving.core.jobs import create_generation, expire_leases, lease_next_job
+from retouch.serving.core.jobs import create_job, expire_leases, lease_next_job
 from retouch.serving.core.storage import LocalStorage
 from retouch.serving.core.tables import Account, Generation, LedgerEntry
 from retouch.serving.dispatcher import Dispatcher, DispatcherConfig, ReplicaLost
@@ -62,7 +62,7 @@ def store(tmp_path):
 
 def new_job(store, body=BODY) -> str:
     session_factory, _, _, key = store
-    generation, _ = create_generation(session_factory, key, parse_request(body), body)
+    generation, _ = create_job(session_factory, key, parse_request(body), body)
     return generation.id
 
 

@@ -1,4 +1,4 @@
-"""Engine dispatch over every tool, mode and filter on the tiny profile (CPU)."""
+"""Runner dispatch over every tool, mode and filter on the tiny profile (CPU)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ URL = "https://example.com/image.png"
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_store):
+def runner(tiny_store):
     return TaskRunner(tiny_store)
 
 
@@ -60,35 +60,35 @@ def images_for(request, **overrides) -> dict[str, Image.Image]:
     return found
 
 
-def run(engine, request, seed=7, **overrides):
-    return engine.run(request, images_for(request, **overrides), RunContext(seed=seed))
+def run(runner, request, seed=7, **overrides):
+    return runner.run(request, images_for(request, **overrides), RunContext(seed=seed))
 
 
 # ---- generator --------------------------------------------------------------------------------
 @pytest.mark.parametrize("ratio", list(ASPECT_RATIOS))
-def test_generator_exact_size_for_every_aspect_ratio(engine, ratio):
+def test_generator_exact_size_for_every_aspect_ratio(runner, ratio):
     request = parse_request({"tool": "generator", "input": {"prompt": "a red chair"},
                                         "options": {"quality": "low", "aspect_ratio": ratio}})
-    (image,) = run(engine, request)
-    expected = ASPECT_RATIOS[ratio] or (engine.store.native_size,) * 2
+    (image,) = run(runner, request)
+    expected = ASPECT_RATIOS[ratio] or (runner.store.native_size,) * 2
     assert image.size == expected and image.mode == "RGB"
 
 
-def test_generator_same_seed_same_bytes_and_different_seed_differs(engine):
+def test_generator_same_seed_same_bytes_and_different_seed_differs(runner):
     request = parse_request({"tool": "generator", "input": {"prompt": "a lighthouse"},
                                         "options": {"quality": "low"}})
-    first = encode_image(run(engine, request, seed=11)[0], "png")
-    again = encode_image(run(engine, request, seed=11)[0], "png")
-    other = encode_image(run(engine, request, seed=12)[0], "png")
+    first = encode_image(run(runner, request, seed=11)[0], "png")
+    again = encode_image(run(runner, request, seed=11)[0], "png")
+    other = encode_image(run(runner, request, seed=12)[0], "png")
     assert first == again and first != other
 
 
-def test_generator_auto_background_cuts_out_the_subject(engine, tiny_store):
+def test_generator_auto_background_cuts_out_the_subject(runner, tiny_store):
     def generate(prompt, background, fmt):
         request = parse_request({
             "tool": "generator", "input": {"prompt": prompt},
             "options": {"quality": "low", "background": background, "output_format": fmt}})
-        return run(engine, request)[0]
+        return run(runner, request)[0]
 
     cut = generate("a sneaker, isolated on a transparent background", "auto", "png")
     assert cut.mode == "RGBA"
@@ -102,19 +102,19 @@ def test_generator_auto_background_cuts_out_the_subject(engine, tiny_store):
 
 
 # ---- editor -----------------------------------------------------------------------------------
-def test_editor_uses_first_image_size_and_references_change_the_result(engine):
+def test_editor_uses_first_image_size_and_references_change_the_result(runner):
     one = parse_request({"tool": "editor", "input": {"images": [URL], "prompt": "x"},
                                     "options": {"quality": "low"}})
     two = parse_request({"tool": "editor",
                                     "input": {"images": [URL, URL], "prompt": "x"},
                                     "options": {"quality": "low"}})
     main = photo(96, 80)
-    alone = run(engine, one, **{"input.images[0]": main})[0]
-    with_ref = run(engine, two, **{"input.images[0]": main,
+    alone = run(runner, one, **{"input.images[0]": main})[0]
+    with_ref = run(runner, two, **{"input.images[0]": main,
                                    "input.images[1]": Image.new("RGB", (64, 64), (0, 0, 255))})[0]
     assert alone.size == with_ref.size == (96, 80)
     assert not np.array_equal(np.asarray(alone), np.asarray(with_ref))
-    assert encode_image(run(engine, two)[0], "webp") == encode_image(run(engine, two)[0], "webp")
+    assert encode_image(run(runner, two)[0], "webp") == encode_image(run(runner, two)[0], "webp")
 
 
 # ---- photographer -----------------------------------------------------------------------------
@@ -131,10 +131,10 @@ MODE_INPUTS = {
 
 
 @pytest.mark.parametrize("mode", [m for m in TASKS.modes("photographer") if m != "carousel"])
-def test_every_photographer_mode(engine, mode):
+def test_every_photographer_mode(runner, mode):
     request = photographer(mode, **MODE_INPUTS[mode])
     seen: list[float] = []
-    outputs = engine.run(request, images_for(request), RunContext(seed=3, progress=seen.append))
+    outputs = runner.run(request, images_for(request), RunContext(seed=3, progress=seen.append))
     assert len(outputs) == TASKS.for_request(request).output_count(request) == 1
     assert all(image.size == (96, 80) and image.mode == "RGB" for image in outputs)
     assert seen == sorted(seen) and seen[-1] == 1.0 and seen[0] <= 0.2
@@ -142,16 +142,16 @@ def test_every_photographer_mode(engine, mode):
     assert not np.array_equal(np.asarray(outputs[0]), np.asarray(photo()))
 
 
-def test_named_aspect_ratio_gives_the_seed_size(engine):
-    (image,) = run(engine, photographer("time_change", aspect="4:5"))
+def test_named_aspect_ratio_gives_the_seed_size(runner):
+    (image,) = run(runner, photographer("time_change", aspect="4:5"))
     assert image.size == (1536, 1920)
 
 
-def test_erase_keeps_every_unmasked_pixel_bit_exact(engine):
+def test_erase_keeps_every_unmasked_pixel_bit_exact(runner):
     source, mask = photo(), mask_image(box=(20, 10, 50, 40))
     for text in ("", "a potted plant"):
         request = photographer("erase_edit", mask_image=URL, text_prompt=text)
-        (out,) = run(engine, request, **{"input.main_image": source, "input.mask_image": mask})
+        (out,) = run(runner, request, **{"input.main_image": source, "input.mask_image": mask})
         out_px, src_px = np.asarray(out), np.asarray(source)
         inside = np.asarray(mask) >= 128
         assert out.size == source.size
@@ -159,27 +159,27 @@ def test_erase_keeps_every_unmasked_pixel_bit_exact(engine):
         assert not np.array_equal(out_px[inside], src_px[inside])
 
 
-def test_erase_rejects_missing_and_empty_masks(engine):
+def test_erase_rejects_missing_and_empty_masks(runner):
     with pytest.raises(InvalidInput) as exc:
         photographer("erase_edit")
     assert exc.value.field == "input.mask_image"
     request = photographer("erase_edit", mask_image=URL)
     with pytest.raises(InvalidInput) as exc:
-        run(engine, request, **{"input.mask_image": Image.new("L", (96, 80), 0)})
+        run(runner, request, **{"input.mask_image": Image.new("L", (96, 80), 0)})
     assert exc.value.field == "input.mask_image"
 
 
-def test_object_placement_changes_only_its_box(engine):
+def test_object_placement_changes_only_its_box(runner):
     from retouch.pipelines.placement import box_mask, object_box
 
     request = photographer("object_placement", text_prompt="a lamp on the right")
-    (out,) = run(engine, request)
+    (out,) = run(runner, request)
     region = box_mask((96, 80), object_box("a lamp on the right"))
     assert region[:, 60:].any() and not region[:, :40].any()
     assert np.array_equal(np.asarray(out)[~region], np.asarray(photo())[~region])
 
 
-def test_angle_values_validated_and_front_view_is_the_source(engine):
+def test_angle_values_validated_and_front_view_is_the_source(runner):
     for angle in ANGLES:
         assert photographer("angle_change", angle=angle).input.angle == angle
     for bad in ("eye level, left", "Eye level, left side", "eye level,left side"):
@@ -189,9 +189,9 @@ def test_angle_values_validated_and_front_view_is_the_source(engine):
     with pytest.raises(InvalidInput) as exc:
         photographer("angle_change")
     assert exc.value.field == "input.angle"
-    (front,) = run(engine, photographer("angle_change", angle="eye level, front"))
+    (front,) = run(runner, photographer("angle_change", angle="eye level, front"))
     assert np.array_equal(np.asarray(front), np.asarray(photo()))
-    (rear,) = run(engine, photographer("angle_change", angle="worm's eye view, rear"))
+    (rear,) = run(runner, photographer("angle_change", angle="worm's eye view, rear"))
     assert rear.size == (96, 80) and not np.array_equal(np.asarray(rear), np.asarray(photo()))
 
 
@@ -204,10 +204,10 @@ def test_atmosphere_values_must_match_exactly(field, value):
     assert {"Bright Day", "Dusk"} <= set(TIMES) and "Winter" in SEASONS and "Snowy" in WEATHERS
 
 
-def test_carousel_frames_differ_and_record_their_plan(engine):
+def test_carousel_frames_differ_and_record_their_plan(runner):
     request = photographer("carousel", **MODE_INPUTS["carousel"])
     seen: list[float] = []
-    outputs = engine.run(request, images_for(request), RunContext(seed=3, progress=seen.append))
+    outputs = runner.run(request, images_for(request), RunContext(seed=3, progress=seen.append))
     spec = TASKS.for_request(request)
     assert len(outputs) == spec.output_count(request) == 10 and spec.slots == 2
     assert all(image.size == (96, 80) and image.mode == "RGB" for image in outputs)
@@ -230,11 +230,11 @@ def test_carousel_plan_mixes_planner_lines_and_fallback(tiny_store, monkeypatch)
 
 # ---- filters and upscaler -----------------------------------------------------------------------
 @pytest.mark.parametrize("filter_id", AI_FILTERS)
-def test_every_ai_filter(engine, filter_id):
+def test_every_ai_filter(runner, filter_id):
     request = parse_request({"tool": "ai_filter",
                                         "input": {"image": URL, "filter": filter_id},
                                         "options": {"quality": "low"}})
-    (out,) = run(engine, request)
+    (out,) = run(runner, request)
     pixels = np.asarray(out).astype(int)
     assert out.size == (96, 80) and out.mode == "RGB"
     is_grey = np.array_equal(pixels[..., 0], pixels[..., 1]) and \
@@ -244,37 +244,37 @@ def test_every_ai_filter(engine, filter_id):
         assert (pixels[-5:, :] == (246, 244, 238)).all() and (pixels[:, :2] == (246, 244, 238)).all()
 
 
-def test_upscaler_is_dispatched(engine):
+def test_upscaler_is_dispatched(runner):
     request = parse_request({"tool": "upscaler", "input": {"image": URL},
                                         "options": {"scale": 2}})
-    (out,) = run(engine, request, **{"input.image": photo(48, 40)})
+    (out,) = run(runner, request, **{"input.image": photo(48, 40)})
     assert out.size == (96, 80)
 
 
-# ---- engine contract --------------------------------------------------------------------------
-def test_missing_image_is_named(engine):
+# ---- runner contract --------------------------------------------------------------------------
+def test_missing_image_is_named(runner):
     request = photographer("time_change")
     with pytest.raises(InvalidInput) as exc:
-        engine.run(request, {}, RunContext(seed=1))
+        runner.run(request, {}, RunContext(seed=1))
     assert exc.value.field == "input.main_image"
 
 
-def test_cancel_stops_the_run(engine):
+def test_cancel_stops_the_run(runner):
     request = photographer("carousel")
     seen: list[float] = []
     ctx = RunContext(seed=1, progress=seen.append, is_cancelled=lambda: len(seen) >= 3)
     with pytest.raises(Cancelled):
-        engine.run(request, images_for(request), ctx)
+        runner.run(request, images_for(request), ctx)
     assert max(seen) < 0.5
 
 
-def test_erase_with_a_named_aspect_ratio_keeps_the_fitted_source(engine):
+def test_erase_with_a_named_aspect_ratio_keeps_the_fitted_source(runner):
     from retouch.pipelines.erase import mask_from_image
     from retouch.pipelines.sizes import fit_mask_to_size, fit_to_size
 
     source, mask = photo(), mask_image(box=(40, 20, 56, 60))
     request = photographer("erase_edit", mask_image=URL, aspect="1:1")
-    (out,) = run(engine, request, **{"input.main_image": source, "input.mask_image": mask})
+    (out,) = run(runner, request, **{"input.main_image": source, "input.mask_image": mask})
     assert out.size == (1536, 1536)
     inside = mask_from_image(fit_mask_to_size(mask, out.size))
     expected = np.asarray(fit_to_size(source, out.size))
@@ -282,27 +282,27 @@ def test_erase_with_a_named_aspect_ratio_keeps_the_fitted_source(engine):
 
 
 @pytest.mark.parametrize("mode", ["angle_change", "cloth_change"])
-def test_photographer_is_deterministic_per_seed(engine, mode):
+def test_photographer_is_deterministic_per_seed(runner, mode):
     request = photographer(mode, **MODE_INPUTS[mode])
-    first, again, other = (encode_image(run(engine, request, seed=s)[0], "png") for s in (5, 5, 6))
+    first, again, other = (encode_image(run(runner, request, seed=s)[0], "png") for s in (5, 5, 6))
     assert first == again and first != other
 
 
-def test_editor_named_aspect_ratio(engine):
+def test_editor_named_aspect_ratio(runner):
     request = parse_request({"tool": "editor", "input": {"images": [URL]},
                                         "options": {"quality": "low", "aspect_ratio": "9:16"}})
-    assert run(engine, request)[0].size == (1440, 2560)
+    assert run(runner, request)[0].size == (1440, 2560)
 
 
-def test_cancel_during_shot_planning(engine):
+def test_cancel_during_shot_planning(runner):
     request = photographer("carousel")
     calls = {"n": 0}
 
     def cancelled_after_a_few_checks() -> bool:
         calls["n"] += 1
-        return calls["n"] > 2  # engine + first planner step pass, then the flag turns true
+        return calls["n"] > 2  # runner + first planner step pass, then the flag turns true
 
     with pytest.raises(Cancelled):
-        engine.run(request, images_for(request),
+        runner.run(request, images_for(request),
                    RunContext(seed=1, is_cancelled=cancelled_after_a_few_checks))
     assert calls["n"] <= 5

@@ -8,8 +8,7 @@ import pytest
 from retouch.serving.core.errors import InvalidInput
 from retouch.serving.core.fetch import ImageFetcher, is_public_address
 
-from api_fixtures import (api_for, assert_error, image_bytes, make_settings,  # noqa: F401
-                          serve_routes)
+from api_fixtures import api_for, assert_error, image_bytes, make_settings, serve_routes
 
 FIELD = "input.images[0]"
 PUBLIC_IP = "93.184.216.34"

@@ -11,7 +11,6 @@ from retouch.serving.core.errors import Unauthorized
 from retouch.serving.core import members
 from retouch.serving.core.db import transaction
 
-from cli_fixtures import cli  # noqa: F401 (a fixture)
 
 
 def test_members_cli_sign_in_and_password_reset(cli):

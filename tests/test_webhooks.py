@@ -14,10 +14,10 @@ from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from retouch.serving.core.errors import InvalidInput
-from retouch.serving.app import build_services
-from retouch.serving.core import accounts, keys, webhooks
+from retouch.serving.core import accounts, keys, webhook_outbox, webhook_signing
 from retouch.serving.core.db import transaction, utcnow
 from retouch.serving.core.tables import WebhookDelivery
+from retouch.serving.services import build_services
 
 from api_fixtures import api_for, assert_error, make_settings
 from db_fixtures import BACKENDS, postgres_schema
@@ -57,19 +57,19 @@ def new_account(services) -> str:
 
 def enqueue(services, account_id: str, url: str, data=PICTURE) -> WebhookDelivery:
     with transaction(services.session_factory) as session:
-        return webhooks.enqueue_event(session, account_id, "picture.completed", data, url)
+        return webhook_outbox.enqueue_event(session, account_id, "picture.completed", data, url)
 
 
 def secret_of(services, account_id: str) -> str:
     with transaction(services.session_factory) as session:
-        return webhooks.account_secret(session, account_id).secret
+        return webhook_signing.account_secret(session, account_id).secret
 
 
 def test_a_delivery_is_signed_and_shaped_like_the_seed_example(services):
     account_id = new_account(services)
     with webhook_receiver() as receiver:
         delivery = enqueue(services, account_id, receiver.url)
-        assert webhooks.deliver_due(services) == 1
+        assert webhook_outbox.deliver_due(services) == 1
         [post] = receiver.received
     secret = secret_of(services, account_id)
     assert secret.startswith("whsec_")
@@ -85,20 +85,21 @@ def test_a_delivery_is_signed_and_shaped_like_the_seed_example(services):
     with pytest.raises(WebhookVerificationError):
         Webhook(secret).verify(tampered, post.headers)
     with pytest.raises(WebhookVerificationError):
-        Webhook(webhooks.new_secret()).verify(post.body, post.headers)
+        Webhook(webhook_signing.new_secret()).verify(post.body, post.headers)
 
 
 def test_the_outbox_row_belongs_to_the_callers_transaction(services):
     account_id = new_account(services)
     with pytest.raises(RuntimeError):
         with transaction(services.session_factory) as session:
-            webhooks.enqueue_event(session, account_id, "picture.failed", PICTURE,
+            webhook_outbox.enqueue_event(session, account_id, "picture.failed", PICTURE,
                                    "http://127.0.0.1:9/x")
             raise RuntimeError("the settlement failed")
     with services.session_factory() as session:
         assert session.scalar(select(func.count()).select_from(WebhookDelivery)) == 0
     with transaction(services.session_factory) as session:  # no URL: nothing to deliver
-        assert webhooks.enqueue_event(session, account_id, "picture.failed", PICTURE, None) is None
+        assert webhook_outbox.enqueue_event(session, account_id, "picture.failed", PICTURE,
+                                            None) is None
 
 
 def test_failed_attempts_are_retried_on_the_schedule_and_logged(services):
@@ -106,18 +107,19 @@ def test_failed_attempts_are_retried_on_the_schedule_and_logged(services):
     with webhook_receiver([500, 200]) as receiver:
         delivery = enqueue(services, account_id, receiver.url)
         start = utcnow()
-        assert webhooks.deliver_due(services, now=start) == 1
+        assert webhook_outbox.deliver_due(services, now=start) == 1
         with services.session_factory() as session:
             row = session.get_one(WebhookDelivery, delivery.id)
             assert row.status == "pending" and row.last_status_code == 500
             assert row.next_attempt_at == start + timedelta(seconds=5)  # the spec's 2nd step
-        assert webhooks.deliver_due(services, now=start + timedelta(seconds=4)) == 0
-        assert webhooks.deliver_due(services, now=start + timedelta(seconds=5)) == 1
+        assert webhook_outbox.deliver_due(services, now=start + timedelta(seconds=4)) == 0
+        assert webhook_outbox.deliver_due(services, now=start + timedelta(seconds=5)) == 1
         first, second = receiver.received
     assert first.headers["webhook-id"] == second.headers["webhook-id"]  # same message
     assert first.body == second.body
     with services.session_factory() as session:
-        shown = webhooks.delivery_object(session, session.get_one(WebhookDelivery, delivery.id))
+        row = session.get_one(WebhookDelivery, delivery.id)
+        shown = webhook_outbox.delivery_object(session, row)
     assert shown["status"] == "delivered" and shown["attempt_count"] == 2
     assert [a["status_code"] for a in shown["attempts"]] == [500, 200]
     assert shown["attempts"][0]["error"] == "the receiver answered HTTP 500"
@@ -131,14 +133,14 @@ def test_a_receiver_that_keeps_failing_gets_the_whole_schedule_then_fails(servic
     with webhook_receiver([503]) as receiver:
         delivery = enqueue(services, account_id, receiver.url)
         now, gaps = utcnow(), []
-        for _ in webhooks.RETRY_SCHEDULE_S:
-            assert webhooks.deliver_due(services, now=now, retry_scale=scale) == 1
+        for _ in webhook_outbox.RETRY_SCHEDULE_S:
+            assert webhook_outbox.deliver_due(services, now=now, retry_scale=scale) == 1
             with services.session_factory() as session:
                 row = session.get_one(WebhookDelivery, delivery.id)
             if row.next_attempt_at is not None:
                 gaps.append((row.next_attempt_at - now).total_seconds())
                 now = row.next_attempt_at
-        assert len(receiver.received) == len(webhooks.RETRY_SCHEDULE_S) == 8
+        assert len(receiver.received) == len(webhook_outbox.RETRY_SCHEDULE_S) == 8
     assert row.status == "failed" and row.attempt_count == 8
     assert gaps == pytest.approx([s * scale for s in (5, 300, 1800, 7200, 18000, 36000, 36000)])
 
@@ -151,7 +153,7 @@ def test_slow_receivers_are_sent_to_in_parallel(services):
         for _ in range(4):
             enqueue(services, account_id, receiver.url)
         started = time.monotonic()
-        assert webhooks.deliver_due(services) == 4
+        assert webhook_outbox.deliver_due(services) == 4
         elapsed = time.monotonic() - started
     assert len(receiver.received) == 4
     assert elapsed < 4 * 0.6 * 0.75, elapsed  # one after another would take 2.4 s
@@ -165,17 +167,17 @@ def test_private_webhook_urls_are_refused_without_allow_private_urls(tmp_path):
         for url in ("http://127.0.0.1:8080/hook", "https://127.0.0.1/hook",
                     "https://10.1.2.3/hook", "https://[::1]/hook"):
             with pytest.raises(InvalidInput) as error:
-                webhooks.check_webhook_url(services.fetcher, url)
+                webhook_outbox.check_webhook_url(services.fetcher, url)
             assert error.value.field == "webhook_url"
         account_id = new_account(services)
         with webhook_receiver() as receiver:
             # Enqueued anyway (e.g. the rules changed): the delivery re-checks and gives up.
             delivery = enqueue(services, account_id, receiver.url.replace("http:", "https:"))
-            assert webhooks.deliver_due(services) == 1
+            assert webhook_outbox.deliver_due(services) == 1
             assert receiver.received == []
         with services.session_factory() as session:
             row = session.get_one(WebhookDelivery, delivery.id)
-            shown = webhooks.delivery_object(session, row)
+            shown = webhook_outbox.delivery_object(session, row)
         assert row.status == "failed" and row.attempt_count == 1
         assert "private" in shown["attempts"][0]["error"]
     finally:

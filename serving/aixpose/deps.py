@@ -1,5 +1,7 @@
 """AIXpose auth and shared dependencies: `Authorization: Bearer aix_live_...` keys (surface
-`aixpose`) through the same auth sequence as Wixma (active key, paid plan, rate limit, scope)."""
+`aixpose`) through the shared auth sequence of `serving.deps` (active key, paid plan, rate limit,
+scope). AIXpose keys carry the same scopes as Wixma: reads, writes (projects, enhancements),
+uploads, credits."""
 
 from __future__ import annotations
 
@@ -10,11 +12,8 @@ from fastapi import Header
 from fastapi.security import HTTPBearer
 
 from retouch.serving.core.tables import ApiKey
-from retouch.serving.wixma.deps import surface_key
-
-# AIXpose keys carry the surface's scopes: reads, writes (projects, enhancements), uploads, credits.
-READ, WRITE, UPLOAD, CREDITS = ("generations:read", "generations:create", "uploads:create",
-                                "credits:read")
+from retouch.serving.core.webhook_outbox import check_webhook_url as vet_webhook_url
+from retouch.serving.deps import surface_key
 
 bearer_scheme = HTTPBearer(auto_error=False, scheme_name="AIXposeApiKey",
                            bearerFormat="aix_live_...",
@@ -41,6 +40,4 @@ def model_revision(settings) -> str:
 def check_webhook_url(url: str | None, services, field: str = "webhook_url") -> str | None:
     """A webhook URL under the image URL rules (SSRF-safe: public https hosts; loopback only with
     private URLs allowed), or None."""
-    from retouch.serving.core.webhooks import check_webhook_url as vet_webhook_url
-
     return vet_webhook_url(services.fetcher, url, field)

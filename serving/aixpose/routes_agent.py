@@ -11,9 +11,9 @@ from retouch.serving.core import projects
 from retouch.serving.core.db import transaction, utcnow
 from retouch.serving.core.idempotency import create_idempotently
 from retouch.serving.core.tables import ApiKey, QuickAction
-from retouch.serving.wixma.deps import ServicesDep
+from retouch.serving.deps import READ, WRITE, ServicesDep
 
-from .deps import READ, WRITE, IdempotencyKey, aixpose_key
+from .deps import IdempotencyKey, aixpose_key
 from .schemas import AgentPatch, QuickActionCreate, list_payload
 
 router = APIRouter(tags=["aixpose agent"])

@@ -9,9 +9,9 @@ from fastapi import APIRouter, Depends
 from retouch.pipelines import actions
 from retouch.pipelines.vocabulary import ASPECT_RATIO_LABELS, ASPECT_RATIOS
 from retouch.serving.core.tables import ApiKey
-from retouch.serving.wixma.deps import ServicesDep
+from retouch.serving.deps import READ, ServicesDep
 
-from .deps import READ, aixpose_key
+from .deps import aixpose_key
 from .schemas import list_payload
 
 router = APIRouter(tags=["aixpose catalog"])

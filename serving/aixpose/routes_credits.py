@@ -10,10 +10,10 @@ from sqlalchemy import select
 
 from retouch.serving.core import credits
 from retouch.serving.core.tables import ApiKey, Picture, Video
-from retouch.serving.wixma.deps import ServicesDep
-from retouch.serving.wixma.schemas import format_timestamp
+from retouch.serving.core.timestamps import format_timestamp
+from retouch.serving.deps import CREDITS, ServicesDep
 
-from .deps import CREDITS, aixpose_key
+from .deps import aixpose_key
 from .schemas import list_payload
 
 router = APIRouter(tags=["aixpose credits"])

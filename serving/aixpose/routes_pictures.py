@@ -16,17 +16,18 @@ from starlette.datastructures import UploadFile
 
 from retouch.pipelines.actions import check_instruction
 from retouch.serving.core.errors import InvalidInput, RetouchError
-from retouch.pipelines.vocabulary import MAX_IMAGE_BYTES
 from retouch.serving.core import projects
+from retouch.serving.core.public_objects import picture_payload
 from retouch.serving.core.db import transaction, utcnow
 from retouch.serving.core.idempotency import (check_idempotency_key, create_idempotently,
                                               find_resource_replay, request_hash)
-from retouch.serving.core.image_refs import store_upload, validate_image_bytes
+from retouch.serving.core.image_refs import (check_base64_size, read_upload, store_upload,
+                                             validate_image_bytes)
+from retouch.serving.core.pagination import MAX_PAGE_SIZE
 from retouch.serving.core.tables import ApiKey
-from retouch.serving.wixma.deps import ServicesDep
+from retouch.serving.deps import READ, UPLOAD, WRITE, ServicesDep
 
-from .deps import READ, UPLOAD, WRITE, IdempotencyKey, aixpose_key, check_webhook_url, \
-    model_revision
+from .deps import IdempotencyKey, aixpose_key, check_webhook_url, model_revision
 from .schemas import (Base64Source, EnhancementCreate, FeedbackCreate, PictureCreate, PictureForm,
                       inline_schema, list_payload, parse_model)
 
@@ -37,7 +38,7 @@ router = APIRouter(tags=["aixpose pictures"])
 def payload(services, picture_id: str, account_id: str) -> dict[str, Any]:
     with services.session_factory() as session:
         picture = projects.get_picture(session, account_id, picture_id)
-        return projects.picture_payload(session, picture, services.storage.url)
+        return picture_payload(session, picture, services.storage.url)
 
 
 # ---- uploads ----------------------------------------------------------------------------------
@@ -48,9 +49,7 @@ async def _read_picture_request(request: Request) -> tuple[Any, bytes | None]:
         file = form.get("file")
         if not isinstance(file, UploadFile):
             raise InvalidInput("file", "is required (a PNG, JPEG or WEBP file)")
-        data = await file.read(MAX_IMAGE_BYTES + 1)
-        if len(data) > MAX_IMAGE_BYTES:
-            raise InvalidInput("file", f"is larger than {MAX_IMAGE_BYTES} bytes")
+        data = await run_in_threadpool(read_upload, file.file, "file")
         fields = {k: v for k, v in form.items() if k != "file" and isinstance(v, str)}
         return parse_model(PictureForm, fields), data
     try:
@@ -61,8 +60,7 @@ async def _read_picture_request(request: Request) -> tuple[Any, bytes | None]:
 
 
 def _base64_image(source: Base64Source):
-    if len(source.data) > MAX_IMAGE_BYTES * 4 // 3 + 4:
-        raise InvalidInput("source.data", f"is larger than {MAX_IMAGE_BYTES} bytes")
+    check_base64_size(source.data, "source.data")
     try:
         data = base64.b64decode(source.data, validate=True)
     except (binascii.Error, ValueError):
@@ -163,12 +161,12 @@ async def create_picture(project_id: str, request: Request, response: Response,
 @router.get("/projects/{project_id}/pictures")
 def list_pictures(project_id: str, services: ServicesDep,
                   key: Annotated[ApiKey, Depends(aixpose_key(READ))],
-                  limit: Annotated[int, Query(ge=1, le=100)] = 20,
+                  limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 20,
                   cursor: str | None = None) -> dict:
     with services.session_factory() as session:
         project = projects.get_project(session, key.account_id, project_id)
         items, next_cursor = projects.list_pictures(session, project, limit=limit, cursor=cursor)
-        return list_payload([projects.picture_payload(session, p, services.storage.url)
+        return list_payload([picture_payload(session, p, services.storage.url)
                              for p in items], next_cursor)
 
 
@@ -207,7 +205,7 @@ def create_enhancement(picture_id: str, body: EnhancementCreate, response: Respo
     if replayed:
         response.status_code = 200
     with services.session_factory() as session:
-        return list_payload([projects.picture_payload(session, p, services.storage.url)
+        return list_payload([picture_payload(session, p, services.storage.url)
                              for p in pictures])
 
 

@@ -9,10 +9,11 @@ from fastapi import APIRouter, Depends, Query, Response
 from retouch.serving.core import projects
 from retouch.serving.core.db import transaction
 from retouch.serving.core.idempotency import create_idempotently
+from retouch.serving.core.pagination import MAX_PAGE_SIZE
 from retouch.serving.core.tables import ApiKey
-from retouch.serving.wixma.deps import ServicesDep
+from retouch.serving.deps import READ, WRITE, ServicesDep
 
-from .deps import READ, WRITE, IdempotencyKey, aixpose_key
+from .deps import IdempotencyKey, aixpose_key
 from .schemas import ProjectCreate, list_payload, project_payload
 
 router = APIRouter(tags=["aixpose projects"])
@@ -43,7 +44,7 @@ def get_project(project_id: str, services: ServicesDep,
 
 @router.get("/projects")
 def list_projects(services: ServicesDep, key: Annotated[ApiKey, Depends(aixpose_key(READ))],
-                  limit: Annotated[int, Query(ge=1, le=100)] = 20,
+                  limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 20,
                   cursor: str | None = None) -> dict:
     """Newest first; pass `next_cursor` back as `cursor`."""
     with services.session_factory() as session:

@@ -10,11 +10,13 @@ from pydantic import Field
 from retouch.pipelines.reel import ASPECT_RATIOS, MAX_DURATION_S, MAX_PICTURES, MIN_DURATION_S
 from retouch.pipelines.reel import RESOLUTIONS as VIDEO_RESOLUTIONS
 from retouch.serving.core import videos
+from retouch.serving.core.pagination import MAX_PAGE_SIZE
+from retouch.serving.core.public_objects import video_object
 from retouch.serving.core.tables import ApiKey
-from retouch.serving.core.webhooks import check_webhook_url
-from retouch.serving.wixma.deps import ServicesDep
+from retouch.serving.core.webhook_outbox import check_webhook_url
+from retouch.serving.deps import READ, WRITE, ServicesDep
 
-from .deps import READ, WRITE, IdempotencyKey, aixpose_key
+from .deps import IdempotencyKey, aixpose_key
 from .schemas import _Strict, list_payload
 
 router = APIRouter(tags=["aixpose videos"])
@@ -53,7 +55,7 @@ def create_video(body: Annotated[VideoCreate, Body()], response: Response, servi
     if replayed:
         response.status_code = 200
     with services.session_factory() as session:
-        return videos.video_object(session, services.storage, video)
+        return video_object(session, services.storage, video)
 
 
 @router.get("/videos/{video_id}")
@@ -62,17 +64,17 @@ def get_video(video_id: str, services: ServicesDep,
     """Status, progress and, once completed, the MP4's `public_url`."""
     with services.session_factory() as session:
         video = videos.get_video(session, key.account_id, video_id)
-        return videos.video_object(session, services.storage, video)
+        return video_object(session, services.storage, video)
 
 
 @router.get("/videos")
 def list_videos(services: ServicesDep, key: Annotated[ApiKey, Depends(aixpose_key(READ))],
                 project_id: str | None = None,
-                limit: Annotated[int, Query(ge=1, le=videos.MAX_VIDEO_PAGE)] = 20,
+                limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 20,
                 cursor: str | None = None) -> dict:
     """Newest first, optionally of one project; pass `next_cursor` back as `cursor`."""
     with services.session_factory() as session:
         items, next_cursor = videos.list_videos(session, key.account_id, project_id=project_id,
                                                 limit=limit, cursor=cursor)
-        return list_payload([videos.video_object(session, services.storage, v) for v in items],
+        return list_payload([video_object(session, services.storage, v) for v in items],
                             next_cursor)

@@ -12,8 +12,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from retouch.pipelines.actions import SCENE_LOCATIONS, SCENE_TYPES
+from retouch.pipelines.vocabulary import IMAGE_MEDIA_TYPES
 from retouch.serving.requests import AspectRatio
-from retouch.serving.wixma.schemas import format_timestamp
+from retouch.serving.core.timestamps import format_timestamp
 
 SceneType = Literal[SCENE_TYPES]  # type: ignore[valid-type]
 SceneLocation = Literal[SCENE_LOCATIONS]  # type: ignore[valid-type]
@@ -38,7 +39,7 @@ class UrlSource(_Strict):
 
 class Base64Source(_Strict):
     type: Literal["base64"]
-    media_type: Literal["image/jpeg", "image/png", "image/webp"]
+    media_type: Literal[tuple(sorted(IMAGE_MEDIA_TYPES.values()))]  # type: ignore[valid-type]
     data: str = Field(min_length=1)
 
 

@@ -13,6 +13,7 @@ from retouch.serving.core.errors import InvalidInput
 from .accounts import get_account, plan_slot_limit
 from .db import utcnow
 from .jobs import budget_period
+from .pagination import check_limit
 from .tables import ApiKey, LedgerEntry
 
 MAX_LEDGER_PAGE = 200
@@ -48,8 +49,7 @@ def list_ledger(session: Session, account_id: str, *, limit: int = 50,
 
     Entry ids only grow, so the cursor is the last id seen; None on the last page.
     """
-    if not 1 <= limit <= MAX_LEDGER_PAGE:
-        raise InvalidInput("limit", f"must be between 1 and {MAX_LEDGER_PAGE}")
+    check_limit(limit, MAX_LEDGER_PAGE)
     query = select(LedgerEntry).where(LedgerEntry.account_id == account_id)
     if cursor is not None:
         if not cursor.isdigit():

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import httpx
 
 from retouch.serving.core.errors import InvalidInput
-from retouch.pipelines.vocabulary import MAX_IMAGE_BYTES
+from retouch.pipelines.vocabulary import IMAGE_MEDIA_TYPES, MAX_IMAGE_BYTES
 
 from .image_refs import ValidatedImage, validate_image_bytes
 
@@ -63,7 +63,7 @@ class ImageFetcher:
         return FetchedImage(validate_image_bytes(data, field), final_url)
 
     def fetch_bytes(self, url: str, field: str,
-                    accept: str = "image/png,image/jpeg,image/webp") -> tuple[bytes, str]:
+                    accept: str = ",".join(IMAGE_MEDIA_TYPES.values())) -> tuple[bytes, str]:
         """The body behind `url` (capped, redirects vetted hop by hop) and the final URL; the
         caller validates what it is (images above, music tracks for videos)."""
         deadline = time.monotonic() + self.timeout_s

@@ -1,7 +1,7 @@
 """Idempotency-Key records: same key + same body replays the job, a different body conflicts.
 
 Records are scoped per API key and kept `ttl_hours`; an older record no longer counts and is
-replaced. `jobs.create_generation` uses these inside its one creation transaction.
+replaced. `jobs.create_job` uses these inside its one creation transaction.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """Image bytes validation and image-reference resolution for the HTTP surfaces.
 
+`read_upload(stream, field)` reads an uploaded file up to the one size cap (`MAX_IMAGE_BYTES`);
 `validate_image_bytes(data, field)` checks real PNG/JPEG/WEBP bytes (≤ 50 MB) and their
 dimensions. `resolve_image_refs(...)` turns every `ImageRef` of a typed request into a stored
 object (storage key + URL) before a job is created, so bad references fail fast naming the field
@@ -11,13 +12,12 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
-from retouch.pipelines.images import decode_image, sniff_format
+from retouch.pipelines.images import decode_image, media_type, sniff_format
+from retouch.pipelines.vocabulary import MAX_IMAGE_BYTES
 
 from .errors import InvalidInput, pipeline_input_errors
-
-_MEDIA_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 
 
 @dataclass(frozen=True)
@@ -32,12 +32,26 @@ class ValidatedImage:
         return self.media_type.split("/", 1)[1]
 
 
+def read_upload(stream: BinaryIO, field: str) -> bytes:
+    """An uploaded file's bytes; `InvalidInput(field)` when it holds more than `MAX_IMAGE_BYTES`."""
+    data = stream.read(MAX_IMAGE_BYTES + 1)
+    if len(data) > MAX_IMAGE_BYTES:
+        raise InvalidInput(field, f"is larger than {MAX_IMAGE_BYTES} bytes")
+    return data
+
+
+def check_base64_size(encoded: str, field: str) -> None:
+    """`InvalidInput(field)` when base64 text is too long to decode to at most `MAX_IMAGE_BYTES`."""
+    if len(encoded) > MAX_IMAGE_BYTES * 4 // 3 + 4:
+        raise InvalidInput(field, f"is larger than {MAX_IMAGE_BYTES} bytes")
+
+
 def validate_image_bytes(data: bytes, field: str) -> ValidatedImage:
     """Real PNG/JPEG/WEBP bytes of at most 50 MB that decode fully, with their dimensions."""
     with pipeline_input_errors():  # magic bytes, size cap, dimensions, full decode
         image = decode_image(data, field)
-    media_type = _MEDIA_TYPES[sniff_format(bytes(data[:16]))]
-    return ValidatedImage(bytes(data), media_type, image.width, image.height)
+    return ValidatedImage(bytes(data), media_type(sniff_format(bytes(data[:16]))), image.width,
+                          image.height)
 
 
 # ---- resolving references ---------------------------------------------------------------------

@@ -5,13 +5,12 @@ Money and slots move only through conditional UPDATEs (`... WHERE active_slots +
 concurrent creates can never over-spend; there is no read-then-write in Python. A create reserves
 slots, key budgets and credits and writes the `reserve` ledger entry in one transaction. A terminal
 transition (complete or fail) frees the slots, refunds on failure, appends to the ledger and
-enqueues events in one transaction, guarded by `WHERE status='processing' AND lease_owner=...`, so
-it happens exactly once.
+enqueues the job's events (`job_events.enqueue_job_events`) in one transaction, guarded by
+`WHERE status='processing' AND lease_owner=...`, so it happens exactly once.
 """
 
 from __future__ import annotations
 
-import base64
 import secrets
 from collections.abc import Callable, Collection
 from datetime import datetime, timedelta
@@ -28,11 +27,12 @@ from retouch.serving.core.errors import (InsufficientCredits, InvalidInput, Mont
 from . import idempotency
 from .accounts import plan_slot_limit, require_paid_plan
 from .db import is_sqlite, transaction, utcnow
+from .job_events import enqueue_job_events
+from .pagination import check_limit, newest_first_page
 from .tables import JOB_STATUSES, Account, ApiKey, Generation, LedgerEntry
 from ..tasks import TASKS, TaskSpec, request_seed
 
 DEFAULT_IDEMPOTENCY_TTL_HOURS = 24
-MAX_LIST_LIMIT = 100
 LEASE_LOST_ERROR = "service_unavailable"
 
 SessionFactory = sessionmaker[Session]
@@ -45,12 +45,12 @@ def budget_period(now: datetime) -> str:
 
 
 # ---- creation -----------------------------------------------------------------------------------
-def create_generation(session_factory: SessionFactory, key: ApiKey, request, body: dict[str, Any],
-                      *, idempotency_key: str | None = None, input_image: str | None = None,
-                      surface: str = "wixma",
-                      idempotency_ttl_hours: float = DEFAULT_IDEMPOTENCY_TTL_HOURS,
-                      on_created: Callable[[Session, Generation], None] | None = None,
-                      ) -> tuple[Generation, bool]:
+def create_job(session_factory: SessionFactory, key: ApiKey, request, body: dict[str, Any],
+               *, idempotency_key: str | None = None, input_image: str | None = None,
+               surface: str = "wixma",
+               idempotency_ttl_hours: float = DEFAULT_IDEMPOTENCY_TTL_HOURS,
+               on_created: Callable[[Session, Generation], None] | None = None,
+               ) -> tuple[Generation, bool]:
     """Create a `pending` job for a typed request; returns `(generation, replayed)`.
 
     One transaction: idempotency check (same key + same body → the existing job, `replayed=True`,
@@ -264,7 +264,7 @@ def complete_job(session_factory: SessionFactory, job_id: str, worker_id: str,
             return False
         job = session.get_one(Generation, job_id, populate_existing=True)
         _release_slots(session, job)
-        enqueue_terminal_events(session, job)
+        enqueue_job_events(session, job)  # in the settling transaction
         return True
 
 
@@ -280,7 +280,7 @@ def fail_job(session_factory: SessionFactory, job_id: str, worker_id: str, error
             return False
         job = session.get_one(Generation, job_id, populate_existing=True)
         _refund_and_release(session, job, now=now)
-        enqueue_terminal_events(session, job)
+        enqueue_job_events(session, job)  # in the settling transaction
         return True
 
 
@@ -317,7 +317,7 @@ def expire_leases(session_factory: SessionFactory, max_attempts: int) -> int:
             if result.rowcount == 1:
                 session.refresh(job)
                 _refund_and_release(session, job, now=now)
-                enqueue_terminal_events(session, job)
+                enqueue_job_events(session, job)  # in the settling transaction
                 moved += 1
     return moved
 
@@ -349,14 +349,6 @@ def _refund_and_release(session: Session, job: Generation, *, now: datetime) -> 
     session.flush()
 
 
-def enqueue_terminal_events(session: Session, job: Generation) -> None:
-    """The place where webhook/outbox events for a finished job are enqueued, inside the same
-    transaction that settles it (so an event exists if and only if the job settled)."""
-    from .webhooks import enqueue_job_events
-
-    enqueue_job_events(session, job)
-
-
 # ---- reads --------------------------------------------------------------------------------------
 def get_generation(session: Session, account_id: str, generation_id: str, *,
                    field: str = "id") -> Generation:
@@ -370,13 +362,9 @@ def get_generation(session: Session, account_id: str, generation_id: str, *,
 def list_generations(session: Session, account_id: str, *, surface: str | None = "wixma",
                      status: str | None = None, tool: str | None = None, limit: int = 20,
                      cursor: str | None = None) -> tuple[list[Generation], str | None]:
-    """The account's generations, newest first; returns `(items, next_cursor)`.
-
-    The opaque cursor encodes the last item's `(created_at, id)`, so pages are stable while new
-    jobs arrive. `next_cursor` is None on the last page.
-    """
-    if not 1 <= limit <= MAX_LIST_LIMIT:
-        raise InvalidInput("limit", f"must be between 1 and {MAX_LIST_LIMIT}")
+    """The account's generations, newest first; returns `(items, next_cursor)` (the keyset
+    cursor of `pagination`; `next_cursor` is None on the last page)."""
+    check_limit(limit)
     if status is not None and status not in JOB_STATUSES:
         raise InvalidInput("status", f"must be one of {', '.join(JOB_STATUSES)}")
     tools = TASKS.tools(surface)
@@ -389,33 +377,4 @@ def list_generations(session: Session, account_id: str, *, surface: str | None =
         query = query.where(Generation.status == status)
     if tool is not None:
         query = query.where(Generation.tool == tool)
-    if cursor:
-        after_time, after_id = decode_cursor(cursor)
-        query = query.where(or_(Generation.created_at < after_time,
-                                and_(Generation.created_at == after_time,
-                                     Generation.id < after_id)))
-    query = query.order_by(Generation.created_at.desc(), Generation.id.desc()).limit(limit + 1)
-    items = list(session.scalars(query))
-    if len(items) <= limit:
-        return items, None
-    items = items[:limit]
-    return items, encode_cursor(items[-1])
-
-
-def encode_cursor(job: Generation) -> str:
-    """Opaque pagination cursor for the position just after `job`."""
-    raw = f"{job.created_at.isoformat()}|{job.id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    """Inverse of `encode_cursor`; `InvalidInput("cursor")` when it was not made by us."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        when, job_id = raw.split("|", 1)
-        moment = datetime.fromisoformat(when)
-        if moment.tzinfo is None or not job_id:
-            raise ValueError(raw)
-        return moment, job_id
-    except ValueError:
-        raise InvalidInput("cursor", "is not a cursor returned by this API") from None
+    return newest_first_page(session, query, Generation, limit, cursor)

@@ -14,22 +14,27 @@ subversions (max + 1, + 2, ...).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from retouch.pipelines.actions import ACTIONS_BY_ID, BUILTIN_QUICK_ACTIONS, GROUPS_BY_ID
-from retouch.serving.core.errors import InvalidInput, NotFound
+from retouch.pipelines.actions import (ACTIONS_BY_ID, BUILTIN_QUICK_ACTIONS, GROUPS_BY_ID,
+                                       SCENE_TYPES)
 
+from ..tasks import parse_request
 from . import jobs
-from .db import is_sqlite, utcnow
+from .db import is_sqlite, transaction, utcnow
+from .errors import InvalidInput, NotFound
+from .image_refs import validate_image_bytes
+from .pagination import check_limit, newest_first_page
+from .public_objects import StorageUrl, picture_state
 from .tables import AgentSettings, Generation, Picture, Project, QuickAction, Upload, Video
+from .timestamps import format_timestamp
+from .webhook_outbox import enqueue_event
 
 APPROVAL_WEIGHT = 2.0  # an approval counts like a 5-star rating
 MAX_PREFERRED_ACTIONS = 3
-StorageUrl = Callable[[str], str]
 
 
 # ---- projects ---------------------------------------------------------------------------------
@@ -53,18 +58,8 @@ def get_project(session: Session, account_id: str, project_id: str,
 
 
 def _page(session: Session, query, model, limit: int, cursor: str | None):
-    if not 1 <= limit <= jobs.MAX_LIST_LIMIT:
-        raise InvalidInput("limit", f"must be between 1 and {jobs.MAX_LIST_LIMIT}")
-    if cursor:
-        after_time, after_id = jobs.decode_cursor(cursor)
-        query = query.where(or_(model.created_at < after_time,
-                                and_(model.created_at == after_time, model.id < after_id)))
-    items = list(session.scalars(query.order_by(model.created_at.desc(), model.id.desc())
-                                 .limit(limit + 1)))
-    if len(items) <= limit:
-        return items, None
-    items = items[:limit]
-    return items, jobs.encode_cursor(items[-1])
+    check_limit(limit)
+    return newest_first_page(session, query, model, limit, cursor)
 
 
 def list_projects(session: Session, account_id: str, *, limit: int = 20,
@@ -108,50 +103,9 @@ def pictures_for_job(session: Session, generation_id: str) -> list[Picture]:
                                 .order_by(Picture.output_index)))
 
 
-def picture_state(session: Session, picture: Picture) -> dict[str, Any]:
-    """status, progress, the output's storage key (None until there is one) and error code."""
-    if picture.generation_id is None:
-        upload = session.get_one(Upload, picture.upload_id)
-        return {"status": "completed", "progress": 1.0, "storage_key": upload.storage_key,
-                "error_code": None, "width": upload.width, "height": upload.height}
-    job = session.get_one(Generation, picture.generation_id)
-    key = None
-    if job.status == "completed" and picture.output_index < len(job.output_keys):
-        key = job.output_keys[picture.output_index]
-    return {"status": job.status, "progress": job.progress, "storage_key": key,
-            "error_code": job.error_code, "width": None, "height": None}
-
-
-def picture_payload(session: Session, picture: Picture, url_for: StorageUrl) -> dict[str, Any]:
-    """The public picture object (API responses and `picture.*` webhook `data`)."""
-    state = picture_state(session, picture)
-    return {
-        "id": picture.id, "object": "picture", "project_id": picture.project_id,
-        "status": state["status"], "progress": state["progress"],
-        "public_url": url_for(state["storage_key"]) if state["storage_key"] else None,
-        "version": picture.version, "subversion": picture.subversion,
-        "scene_type": picture.scene_type, "scene_location": picture.scene_location,
-        "source_instruction": picture.source_instruction, "parent_id": picture.parent_id,
-        "approved": picture.approved_at is not None,
-        "feedback": ({"rating": picture.feedback_rating, "comment": picture.feedback_comment}
-                     if picture.feedback_rating is not None else None),
-        "error_code": state["error_code"],
-        "created_at": timestamp(picture.created_at),
-    }
-
-
-def timestamp(value) -> str:
-    """The API's timestamp form (`2026-05-06T05:56:00.000Z`), shared with the Wixma surface."""
-    from retouch.serving.wixma.schemas import format_timestamp
-
-    return format_timestamp(value)
-
-
 def source_upload(session: Session, storage, picture: Picture) -> Upload:
     """The stored image an enhancement of `picture` reads, as an upload row (a generated
     picture's output gets one the first time it is enhanced; it points at the same object)."""
-    from .image_refs import validate_image_bytes
-
     if picture.upload_id is not None:
         return session.get_one(Upload, picture.upload_id)
     state = picture_state(session, picture)
@@ -218,13 +172,9 @@ def create_enhancement(session_factory, storage, key, picture_id: str, *, action
                        ) -> tuple[list[Picture], bool]:
     """Start one enhancement job of `variants` outputs and its pictures; `(pictures, replayed)`.
 
-    Charged, reserved and idempotent through `jobs.create_generation`; the pictures are written
+    Charged, reserved and idempotent through `jobs.create_job`; the pictures are written
     in the job's creation transaction. Aspect ratio and resolution default to the project's.
     """
-    from ..tasks import parse_request
-
-    from .db import transaction
-
     with transaction(session_factory) as session:
         picture = get_picture(session, key.account_id, picture_id)
         project = session.get_one(Project, picture.project_id)
@@ -245,7 +195,7 @@ def create_enhancement(session_factory, storage, key, picture_id: str, *, action
         add_enhancement_pictures(session, job, source, instruction=instruction,
                                  webhook_url=webhook_url, model_revision=model_revision)
 
-    job, replayed = jobs.create_generation(
+    job, replayed = jobs.create_job(
         session_factory, key, request, body, idempotency_key=idempotency_key,
         input_image=input_url, surface="aixpose", idempotency_ttl_hours=idempotency_ttl_hours,
         on_created=add_pictures)
@@ -329,13 +279,11 @@ def preferred_actions(agent: AgentSettings, scene_type: str) -> list[str]:
 
 
 def agent_payload(agent: AgentSettings) -> dict[str, Any]:
-    from retouch.pipelines.actions import SCENE_TYPES
-
     return {"object": "agent", "enabled": agent.enabled,
             "preferences": {"explicit": agent.explicit or {}, "learned": agent.learned or {},
                             "preferred_actions": {scene: preferred_actions(agent, scene)
                                                   for scene in SCENE_TYPES}},
-            "updated_at": timestamp(agent.updated_at)}
+            "updated_at": format_timestamp(agent.updated_at)}
 
 
 # ---- quick actions ------------------------------------------------------------------------------
@@ -389,16 +337,11 @@ def publish(session: Session, project: Project, url_for: StorageUrl) -> Project:
     session.flush()
     emit_event(session, project.account_id, "project.published",
                {"id": project.id, "name": project.name, "media": media,
-                "published_at": timestamp(project.published_at)})
+                "published_at": format_timestamp(project.published_at)})
     return project
 
 
 def emit_event(session: Session, account_id: str, event_type: str, data: dict[str, Any],
                webhook_url: str | None = None) -> None:
-    """Enqueue a webhook event in the caller's transaction through the webhooks outbox
-    (`core.webhooks.enqueue_event`), when that module is installed."""
-    try:
-        from . import webhooks
-    except ImportError:
-        return
-    webhooks.enqueue_event(session, account_id, event_type, data, webhook_url=webhook_url)
+    """Enqueue a webhook event in the caller's transaction (the webhooks outbox)."""
+    enqueue_event(session, account_id, event_type, data, webhook_url=webhook_url)

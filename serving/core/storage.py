@@ -11,9 +11,12 @@ import json
 from pathlib import Path
 from typing import Protocol
 
-from retouch.serving.core.errors import InvalidInput, ServiceUnavailable
+from retouch.pipelines.vocabulary import IMAGE_MEDIA_TYPES
 
-MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp", "mp4": "video/mp4"}
+from .errors import InvalidInput, ServiceUnavailable
+
+# Stored objects by extension: the images and the reels (MP4).
+MEDIA_TYPES = {**IMAGE_MEDIA_TYPES, "mp4": "video/mp4"}
 EXTENSIONS = {v: k for k, v in MEDIA_TYPES.items()}
 
 

@@ -23,7 +23,7 @@ def submit_generation(services, key, request, *, idempotency_key: str | None = N
     services.require_executor()
     resolved = resolve_image_refs(services.session_factory, services.storage, services.fetcher,
                                   key, request)
-    return jobs.create_generation(
+    return jobs.create_job(
         services.session_factory, key, request, job_body(request, resolved),
         idempotency_key=idempotency_key, input_image=primary_input_url(resolved),
         surface=surface, idempotency_ttl_hours=services.settings.idempotency_ttl_hours)

@@ -2,7 +2,7 @@
 
 `create_video(...)` resolves the pictures (the given ids, or every approved picture of the
 project) to their stored images, fetches a user-supplied music track once (SSRF-safe, stored
-content-addressed), and creates the job through `jobs.create_generation` (credits, slots and
+content-addressed), and creates the job through `jobs.create_job` (credits, slots and
 `Idempotency-Key` as for every job) with the `Video` row written in that same transaction. The
 job's `VideoRequest` carries storage keys only, so the worker never reads the internet; the task
 registry's `video` spec loads them and `pipelines.reel.reel` renders the MP4. A video's status,
@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from retouch.pipelines.reel import FPS, decode_music, frame_size, music_format
@@ -23,10 +22,12 @@ from retouch.pipelines.reel import FPS, decode_music, frame_size, music_format
 from ..requests import ReelDirection, ReelInput, ReelOptions, ReelPicture, VideoRequest
 from . import jobs
 from .errors import InvalidInput, NotFound, pipeline_input_errors
+from .pagination import check_limit, newest_first_page
+from .projects import get_picture, get_project
+from .public_objects import picture_state
 from .tables import Generation, Picture, Video
 
 VIDEO_TOOL = "video"
-MAX_VIDEO_PAGE = 100
 MUSIC_ACCEPT = "audio/wav,audio/x-wav,audio/mpeg,audio/*;q=0.5"
 MUSIC_MEDIA_TYPES = {"wav": "audio/wav", "mp3": "audio/mpeg"}
 
@@ -51,8 +52,6 @@ class VideoSettings:
 def video_pictures(session: Session, account_id: str, project_id: str,
                    picture_ids: list[str] | None) -> list[tuple[Picture, str]]:
     """`(picture, storage key)` in reel order; every picture must be completed."""
-    from .projects import get_picture, get_project, picture_state
-
     project = get_project(session, account_id, project_id)
     if picture_ids is None:
         pictures = list(session.scalars(
@@ -137,7 +136,7 @@ def create_video(services, key, settings: VideoSettings, *,
         session.add(video)
         session.flush()
 
-    job, replayed = jobs.create_generation(
+    job, replayed = jobs.create_job(
         services.session_factory, key, request, request.model_dump(mode="json"),
         idempotency_key=idempotency_key,
         surface="aixpose", idempotency_ttl_hours=services.settings.idempotency_ttl_hours,
@@ -159,45 +158,9 @@ def get_video(session: Session, account_id: str | None, video_id: str) -> Video:
 def list_videos(session: Session, account_id: str, *, project_id: str | None = None,
                 limit: int = 20, cursor: str | None = None) -> tuple[list[Video], str | None]:
     """The account's videos (optionally of one project), newest first; `(items, next_cursor)`."""
-    if not 1 <= limit <= MAX_VIDEO_PAGE:
-        raise InvalidInput("limit", f"must be between 1 and {MAX_VIDEO_PAGE}")
+    check_limit(limit)
     query = select(Video).where(Video.account_id == account_id)
     if project_id is not None:
-        from .projects import get_project
-
         get_project(session, account_id, project_id)
         query = query.where(Video.project_id == project_id)
-    if cursor:
-        after_time, after_id = jobs.decode_cursor(cursor)
-        query = query.where(or_(Video.created_at < after_time,
-                                and_(Video.created_at == after_time, Video.id < after_id)))
-    query = query.order_by(Video.created_at.desc(), Video.id.desc()).limit(limit + 1)
-    items = list(session.scalars(query))
-    if len(items) <= limit:
-        return items, None
-    return items[:limit], jobs.encode_cursor(items[limit - 1])
-
-
-def video_object(session: Session, storage, video: Video) -> dict[str, Any]:
-    """The public video object (API responses and `video.*` webhook `data`)."""
-    from retouch.serving.wixma.schemas import format_timestamp
-
-    job = session.get_one(Generation, video.generation_id)
-    public_url = None
-    if job.status == "completed" and job.output_keys:
-        public_url = storage.url(job.output_keys[0])
-    return {
-        "id": video.id, "object": "video", "project_id": video.project_id,
-        "status": job.status, "progress": job.progress, "public_url": public_url,
-        "picture_ids": list(video.picture_ids), "scene_context": video.scene_context,
-        "audio": {"voice": video.voice, "background_music": video.background_music,
-                  "music_url": video.music_url, "music_track": video.music_key is not None},
-        "duration": video.duration_seconds, "fps": video.fps,
-        "frame_count": video.duration_seconds * video.fps,
-        "aspect_ratio": video.aspect_ratio, "resolution": video.resolution,
-        "width": video.width, "height": video.height, "media_type": "video/mp4",
-        "cost_credits": job.cost_credits, "error_code": job.error_code,
-        "webhook_url": video.webhook_url,
-        "created_at": format_timestamp(video.created_at),
-        "completed_at": format_timestamp(job.finished_at) if job.finished_at else None,
-    }
+    return newest_first_page(session, query, Video, limit, cursor)

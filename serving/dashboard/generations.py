@@ -14,14 +14,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
-from retouch.serving.core.errors import InvalidInput, RetouchError
+from retouch.serving.core.errors import RetouchError
 from retouch.serving.tasks import TASKS, parse_request
-from retouch.pipelines.vocabulary import (ANGLES, ASPECT_RATIOS, MAX_IMAGE_BYTES,
-                                          QUALITIES, SEASONS, TIMES,
+from retouch.pipelines.vocabulary import (ANGLES, ASPECT_RATIOS, QUALITIES, SEASONS, TIMES,
                                           UPSCALE_SCALES, WEATHERS)
 from retouch.serving.core import jobs, keys
 from retouch.serving.core.db import transaction
-from retouch.serving.core.image_refs import store_upload, validate_image_bytes
+from retouch.serving.core.image_refs import read_upload, store_upload, validate_image_bytes
 from retouch.serving.core.members import SignedInMember
 from retouch.serving.core.submissions import submit_generation
 from retouch.serving.core.tables import Generation
@@ -67,11 +66,9 @@ def _read_image(file: UploadFile | None, field: str):
     """A validated image from an optional file input (None when no file was chosen)."""
     if file is None or not file.filename:
         return None
-    data = file.file.read(MAX_IMAGE_BYTES + 1)
+    data = read_upload(file.file, field)
     if not data:
         return None
-    if len(data) > MAX_IMAGE_BYTES:
-        raise InvalidInput(field, f"is larger than {MAX_IMAGE_BYTES} bytes")
     return validate_image_bytes(data, field)
 
 

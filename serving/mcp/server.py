@@ -33,6 +33,7 @@ from retouch.serving.requests import (Angle, FilterId, OutputFormat, SeasonValue
                                       WeatherValue)
 from retouch.serving.tasks import TASKS, parse_request
 from retouch.serving.core.db import transaction
+from retouch.serving.core.pagination import MAX_PAGE_SIZE
 from retouch.serving.core.submissions import import_image_url, submit_generation
 from retouch.serving.core.tables import Account, ApiKey
 from retouch.serving.wixma.schemas import generation_object, upload_object
@@ -391,7 +392,7 @@ def build_mcp_server(services) -> MCPServer:
         ctx: Context,
         status: JobStatus | None = None,
         tool: str | None = None,
-        limit: Annotated[int, Field(ge=1, le=jobs.MAX_LIST_LIMIT)] = 20,
+        limit: Annotated[int, Field(ge=1, le=MAX_PAGE_SIZE)] = 20,
         cursor: Annotated[str | None, Field(description="next_cursor of the previous page")]
         = None,
     ) -> CallToolResult:

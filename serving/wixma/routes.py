@@ -7,18 +7,18 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Body, Depends, File, Header, Query, Response, UploadFile
 from pydantic import TypeAdapter
 
-from retouch.pipelines.vocabulary import MAX_IMAGE_BYTES
-from retouch.serving.core.errors import InvalidInput
 from retouch.serving.requests import WixmaRequest
 from retouch.serving.tasks import TASKS, parse_request
 from retouch.serving.core import credits, jobs
 from retouch.serving.core.db import transaction
-from retouch.serving.core.image_refs import store_upload, validate_image_bytes
+from retouch.serving.core.image_refs import read_upload, store_upload, validate_image_bytes
+from retouch.serving.core.pagination import MAX_PAGE_SIZE
 from retouch.serving.core.submissions import submit_generation
 from retouch.serving.core.tables import ApiKey
+from retouch.serving.deps import CREDITS, READ, UPLOAD, WRITE, ServicesDep
 from retouch.serving.errors import request_id_of
 
-from .deps import ServicesDep, api_key
+from .deps import api_key
 from .schemas import (CreditsObject, CreditsResponse, GenerationList, GenerationResponse,
                       UploadResponse, error_responses, generation_object, upload_object)
 
@@ -32,14 +32,11 @@ ToolName = Literal[TASKS.tools("wixma")]  # type: ignore[valid-type]
 @router.post("/uploads", status_code=201, response_model=UploadResponse,
              responses=error_responses(400, *AUTH_ERRORS))
 def create_upload(services: ServicesDep,
-                  key: Annotated[ApiKey, Depends(api_key("uploads:create"))],
+                  key: Annotated[ApiKey, Depends(api_key(UPLOAD))],
                   file: Annotated[UploadFile, File(description="PNG, JPEG or WEBP, at most 50 MB")],
                   request_id: Annotated[str, Depends(request_id_of)]) -> UploadResponse:
     """Upload an image; returns `upload.id` (reusable by this API key) and a fetchable URL."""
-    data = file.file.read(MAX_IMAGE_BYTES + 1)
-    if len(data) > MAX_IMAGE_BYTES:
-        raise InvalidInput("file", f"is larger than {MAX_IMAGE_BYTES} bytes")
-    image = validate_image_bytes(data, "file")
+    image = validate_image_bytes(read_upload(file.file, "file"), "file")
     with transaction(services.session_factory) as session:
         upload = store_upload(session, services.storage, key, image)
     return UploadResponse(request_id=request_id,
@@ -53,7 +50,7 @@ def create_upload(services: ServicesDep,
              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
                  "schema": {"$ref": "#/components/schemas/GenerationRequest"}}}}})
 def create_generation(body: Annotated[Any, Body()], response: Response, services: ServicesDep,
-                      key: Annotated[ApiKey, Depends(api_key("generations:create"))],
+                      key: Annotated[ApiKey, Depends(api_key(WRITE))],
                       request_id: Annotated[str, Depends(request_id_of)],
                       idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")]
                       = None) -> GenerationResponse:
@@ -74,7 +71,7 @@ def create_generation(body: Annotated[Any, Body()], response: Response, services
 @router.get("/generations/{generation_id}", response_model=GenerationResponse,
             responses=error_responses(404, *AUTH_ERRORS))
 def get_generation(generation_id: str, services: ServicesDep,
-                   key: Annotated[ApiKey, Depends(api_key("generations:read"))],
+                   key: Annotated[ApiKey, Depends(api_key(READ))],
                    request_id: Annotated[str, Depends(request_id_of)]) -> GenerationResponse:
     """One job of this account: status, progress, output URL(s), cost and error."""
     with services.session_factory() as session:
@@ -86,10 +83,10 @@ def get_generation(generation_id: str, services: ServicesDep,
 @router.get("/generations", response_model=GenerationList,
             responses=error_responses(400, *AUTH_ERRORS))
 def list_generations(services: ServicesDep,
-                     key: Annotated[ApiKey, Depends(api_key("generations:read"))],
+                     key: Annotated[ApiKey, Depends(api_key(READ))],
                      request_id: Annotated[str, Depends(request_id_of)],
                      status: JobStatus | None = None, tool: ToolName | None = None,
-                     limit: Annotated[int, Query(ge=1, le=jobs.MAX_LIST_LIMIT)] = 20,
+                     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 20,
                      cursor: str | None = None) -> GenerationList:
     """API-created jobs of this account, newest first; pass `next_cursor` back as `cursor`."""
     with services.session_factory() as session:
@@ -102,7 +99,7 @@ def list_generations(services: ServicesDep,
 
 
 @router.get("/credits", response_model=CreditsResponse, responses=error_responses(*AUTH_ERRORS))
-def get_credits(services: ServicesDep, key: Annotated[ApiKey, Depends(api_key("credits:read"))],
+def get_credits(services: ServicesDep, key: Annotated[ApiKey, Depends(api_key(CREDITS))],
                 request_id: Annotated[str, Depends(request_id_of)]) -> CreditsResponse:
     """Credit balance, queue capacity (active slots, limit, plan) and this key's budget usage."""
     with services.session_factory() as session:

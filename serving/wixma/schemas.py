@@ -6,21 +6,13 @@ Request bodies are the typed models of `retouch.serving.requests` (one discrimin
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 from retouch.serving.core.errors import ERROR_STATUS
+from retouch.serving.core.timestamps import format_timestamp
 from retouch.serving.tasks import TASKS
-
-
-def format_timestamp(value: datetime) -> str:
-    """`2026-06-07T10:00:00.000Z`: UTC, millisecond precision, `Z` suffix."""
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    value = value.astimezone(timezone.utc)
-    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
 
 
 # ---- errors -----------------------------------------------------------------------------------

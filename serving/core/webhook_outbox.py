@@ -1,46 +1,39 @@
-"""Signed webhooks (Standard Webhooks): per-account `whsec_` secrets, a durable outbox, delivery
-with retries, an attempt log and manual redelivery.
+"""The webhooks outbox and its delivery worker.
 
 - `enqueue_event(session, account_id, event_type, data, webhook_url)` inserts one outbox row in
-  the CALLER's transaction, so an event exists if and only if what caused it committed.
-  `enqueue_job_events(session, job)` is what `jobs.enqueue_terminal_events` calls when a job
-  settles: AIXpose picture and video jobs whose resource has a `webhook_url` get their
-  `picture.*` / `video.*` event, whose body is rendered on the first attempt (public URLs need
-  storage) and then frozen, so every retry sends the same bytes.
+  the CALLER's transaction, so an event exists if and only if what caused it committed (a
+  settled job's events come through `job_events.enqueue_job_events`).
 - `deliver_due(services)` sends what is due: the URL is vetted again with the image URL rules
   (`ImageFetcher.vet_url`: https only and public addresses, unless `allow_private_urls`), the
-  body is signed (`webhook-id` = the event id, `webhook-timestamp`, `webhook-signature`), any
+  body is rendered on the first attempt (`webhook_payloads`) and signed (`webhook_signing`), any
   2xx is success, anything else (including redirects) is retried on the spec's schedule:
   immediately, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h — times `retry_scale` (tests shrink it).
   Each attempt is logged with its status code, error and duration. A URL that is not allowed
-  fails the delivery at once (it will not become allowed by waiting).
+  fails the delivery at once (it will not become allowed by waiting). `redeliver` restarts it.
 - `WebhookWorker` runs `deliver_due` in a background thread for the app.
 """
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
-import os
-import secrets
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
 from sqlalchemy import or_, select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from retouch.serving.core.errors import InvalidInput, NotFound
-
 from .db import transaction, utcnow
-from .tables import (WEBHOOK_EVENT_TYPES, Generation, Picture, Video, WebhookAttempt,
-                     WebhookDelivery, WebhookSecret)
+from .errors import InvalidInput, NotFound
+from .pagination import check_limit, newest_first_page
+from .tables import WEBHOOK_EVENT_TYPES, Picture, Video, WebhookAttempt, WebhookDelivery
+from .timestamps import event_time
+from .webhook_payloads import event_payload, new_event_id, render_event_data, serialise
+from .webhook_signing import account_secret, signed_headers, signing_secrets
 
 log = logging.getLogger(__name__)
 
@@ -49,76 +42,8 @@ RETRY_SCHEDULE_S: tuple[float, ...] = (0, 5, 5 * 60, 30 * 60, 2 * 3600, 5 * 3600
 ATTEMPT_TIMEOUT_S = 15.0
 DELIVERY_CONCURRENCY = 4  # receivers sent to at once by one sweep
 CLAIM_SECONDS = 120.0  # a claimed delivery is left alone this long by other workers
-ROTATION_GRACE = timedelta(hours=24)  # the previous secret keeps signing this long
 MAX_LOGGED_ERROR = 500
-MAX_DELIVERY_PAGE = 100
-SECRET_PREFIX = "whsec_"
-_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _NO_SYNC = {"synchronize_session": False}
-
-
-# ---- ids, times, secrets ------------------------------------------------------------------------
-def new_event_id(now: datetime | None = None) -> str:
-    """`evt_` + a ULID (48-bit millisecond time + 80 random bits, Crockford base32)."""
-    millis = int((now or utcnow()).timestamp() * 1000)
-    value = (millis << 80) | int.from_bytes(os.urandom(10), "big")
-    chars = [_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5)]
-    return "evt_" + "".join(chars)
-
-
-def event_time(moment: datetime) -> str:
-    """`2026-05-06T05:56:00Z`: UTC, whole seconds (the seed's `created_at`)."""
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def new_secret() -> str:
-    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
-
-
-def account_secret(session: Session, account_id: str) -> WebhookSecret:
-    """The account's signing secret, created on first use."""
-    row = session.get(WebhookSecret, account_id)
-    if row is not None:
-        return row
-    row = WebhookSecret(account_id=account_id, secret=new_secret(), created_at=utcnow())
-    try:
-        with session.begin_nested():
-            session.add(row)
-    except IntegrityError:  # a concurrent first use won the insert
-        row = session.get_one(WebhookSecret, account_id, populate_existing=True)
-    return row
-
-
-def rotate_secret(session: Session, account_id: str) -> WebhookSecret:
-    """A new secret; the old one keeps signing alongside it for `ROTATION_GRACE`."""
-    row = account_secret(session, account_id)
-    now = utcnow()
-    row.previous_secret, row.previous_valid_until = row.secret, now + ROTATION_GRACE
-    row.secret, row.rotated_at = new_secret(), now
-    session.flush()
-    return row
-
-
-def signing_secrets(row: WebhookSecret, now: datetime) -> list[str]:
-    keys = [row.secret]
-    if row.previous_secret and row.previous_valid_until and row.previous_valid_until > now:
-        keys.append(row.previous_secret)
-    return keys
-
-
-def signed_headers(keys: list[str], event_id: str, body: str, now: datetime) -> dict[str, str]:
-    """Standard Webhooks headers: one `v1,<base64 HMAC-SHA256>` signature per secret."""
-    from standardwebhooks import Webhook
-
-    moment = now.astimezone(timezone.utc)
-    signatures = " ".join(Webhook(key).sign(event_id, moment, body) for key in keys)
-    return {"webhook-id": event_id, "webhook-timestamp": str(int(moment.timestamp())),
-            "webhook-signature": signatures, "content-type": "application/json",
-            "user-agent": "retouch-webhooks/1"}
-
-
-def serialise(payload: dict[str, Any]) -> str:
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
 
 
 # ---- enqueueing ---------------------------------------------------------------------------------
@@ -153,8 +78,7 @@ def enqueue_event(session: Session, account_id: str, event_type: str,
     event_id = new_event_id(now)
     payload = None
     if data is not None:
-        payload = {"id": event_id, "type": event_type, "created_at": event_time(now),
-                   "data": data}
+        payload = event_payload(event_id, event_type, now, data)
     delivery = WebhookDelivery(account_id=account_id, event_id=event_id, event_type=event_type,
                                url=webhook_url, payload=payload, subject_id=subject_id,
                                status="pending", attempt_count=0, schedule_step=0,
@@ -174,32 +98,6 @@ def project_webhook_urls(session: Session, project_id: str) -> list[str]:
                                    .order_by(model.created_at, model.id)):
             urls.setdefault(url)
     return list(urls)
-
-
-def enqueue_job_events(session: Session, job: Generation) -> None:
-    """The terminal events of a settled AIXpose job (called from `jobs.enqueue_terminal_events`
-    inside the settlement transaction)."""
-    if job.surface != "aixpose" or job.status not in ("completed", "failed"):
-        return
-    outcome = "completed" if job.status == "completed" else "failed"
-    for video in session.scalars(select(Video).where(Video.generation_id == job.id)):
-        enqueue_event(session, job.account_id, f"video.{outcome}", None, video.webhook_url,
-                      subject_id=video.id)
-    for picture in session.scalars(select(Picture).where(Picture.generation_id == job.id)):
-        enqueue_event(session, job.account_id, f"picture.{outcome}", None, picture.webhook_url,
-                      subject_id=picture.id)
-
-
-def render_event_data(session: Session, storage, event_type: str,
-                      subject_id: str) -> dict[str, Any]:
-    """The `data` object of a job event, from the resource as it is now."""
-    if event_type.startswith("video."):
-        from .videos import get_video, video_object
-
-        video = get_video(session, None, subject_id)
-        return video_object(session, storage, video)
-    from .projects import picture_payload
-    return picture_payload(session, session.get_one(Picture, subject_id), storage.url)
 
 
 # ---- delivery -----------------------------------------------------------------------------------
@@ -296,8 +194,8 @@ def _prepare(services, delivery_id: str) -> tuple[str, str, dict[str, Any], list
         if delivery.payload is None:
             data = render_event_data(session, services.storage, delivery.event_type,
                                      delivery.subject_id)
-            delivery.payload = {"id": delivery.event_id, "type": delivery.event_type,
-                                "created_at": event_time(delivery.created_at), "data": data}
+            delivery.payload = event_payload(delivery.event_id, delivery.event_type,
+                                             delivery.created_at, data)
         keys = signing_secrets(account_secret(session, delivery.account_id), utcnow())
         return delivery.url, delivery.event_id, dict(delivery.payload), keys
 
@@ -352,25 +250,11 @@ def list_deliveries(session: Session, account_id: str, *, limit: int = 20,
                     cursor: str | None = None, status: str | None = None,
                     ) -> tuple[list[WebhookDelivery], str | None]:
     """The account's deliveries, newest first; `(items, next_cursor)`."""
-    from .jobs import decode_cursor
-
-    if not 1 <= limit <= MAX_DELIVERY_PAGE:
-        raise InvalidInput("limit", f"must be between 1 and {MAX_DELIVERY_PAGE}")
+    check_limit(limit)
     query = select(WebhookDelivery).where(WebhookDelivery.account_id == account_id)
     if status is not None:
         query = query.where(WebhookDelivery.status == status)
-    if cursor:
-        after_time, after_id = decode_cursor(cursor)
-        query = query.where(or_(WebhookDelivery.created_at < after_time,
-                                (WebhookDelivery.created_at == after_time)
-                                & (WebhookDelivery.id < after_id)))
-    query = query.order_by(WebhookDelivery.created_at.desc(), WebhookDelivery.id.desc())
-    items = list(session.scalars(query.limit(limit + 1)))
-    if len(items) <= limit:
-        return items, None
-    from .jobs import encode_cursor
-
-    return items[:limit], encode_cursor(items[limit - 1])
+    return newest_first_page(session, query, WebhookDelivery, limit, cursor)
 
 
 def attempts_of(session: Session, delivery_id: str) -> list[WebhookAttempt]:

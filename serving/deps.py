@@ -1,0 +1,60 @@
+"""What every API surface's routes depend on: the services, the auth sequence and the scopes.
+
+`surface_key(bearer, surface, scope, name)` builds a dependency that gives the route the
+authenticated `ApiKey` (active key of a paid account, for that surface, with that scope, rate
+limited), or raises `unauthorized` / `forbidden` / `subscription_required` /
+`rate_limit_exceeded`. The rate-limit headers (`RateLimit-Limit`, `RateLimit-Remaining`,
+`RateLimit-Reset`) go on the response. Each surface names its own bearer scheme (`wixma.deps`,
+`aixpose.deps`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated
+
+from fastapi import Depends, Request, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from .core import accounts, keys
+from .core.db import transaction
+from .core.tables import Account, ApiKey
+from .services import Services
+
+# The scopes an API key can carry (both surfaces; `core.keys` grants them).
+READ, WRITE, UPLOAD, CREDITS = ("generations:read", "generations:create", "uploads:create",
+                                "credits:read")
+
+
+def get_services(request: Request) -> Services:
+    return request.app.state.services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def authenticate_request(services: Services, secret: str | None, surface: str,
+                         scope: str, response: Response) -> ApiKey:
+    """The shared auth sequence of every API route."""
+    with transaction(services.session_factory) as session:
+        key = keys.authenticate(session, secret, surface)
+        accounts.require_paid_plan(session.get(Account, key.account_id))
+    status = services.rate_limiter.hit(key.id, key.rate_limit_per_minute)
+    if status is not None:
+        response.headers.update(status.headers())
+    keys.require_scope(key, scope)
+    return key
+
+
+def surface_key(bearer: HTTPBearer, surface: str, scope: str,
+                name: str) -> Callable[..., ApiKey]:
+    """A dependency that reads the bearer key with `bearer`, authenticates it for `surface` and
+    requires `scope`; `name` prefixes the dependency's name (one per scope)."""
+
+    def dependency(response: Response, services: ServicesDep,
+                   credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> ApiKey:
+        secret = credentials.credentials if credentials is not None else None
+        return authenticate_request(services, secret, surface, scope, response)
+
+    dependency.__name__ = f"{name}_{scope.replace(':', '_')}"
+    return dependency
