@@ -1,7 +1,7 @@
 """The FastAPI app: `build_app(settings)` wires services, error mapping and the API surfaces.
 
-`Services` (`serving.services`: settings, database, storage, fetcher, rate limiter, executor)
-lives on `app.state.services`; dependencies reach it through `serving.deps.ServicesDep`.
+`Services` (`serving.services`: settings, database, storage, fetcher, rate limiter, executor,
+metrics) lives on `app.state.services`; dependencies reach it through `serving.deps.ServicesDep`.
 Surfaces are routers added in `build_app`: Wixma under `/api/v1`; others mount beside it.
 """
 
@@ -20,6 +20,7 @@ from retouch.pipelines.vocabulary import IMAGE_MEDIA_TYPES
 from .core.errors import InvalidInput
 from .core.webhook_outbox import WebhookWorker
 from .errors import install_error_handlers
+from .metrics import Metrics
 from .services import Services, build_services
 from .settings import Settings
 
