@@ -17,6 +17,8 @@ from PIL import Image
 
 from .errors import Cancelled
 from .sizes import working_size
+# Long-prompt helpers live in text_embeddings; re-exported for this module's callers.
+from .text_embeddings import CHUNK_TOKENS, encode_long_prompt, prompt_chunks  # noqa: F401
 
 
 def _ignore_progress(_: float) -> None:
@@ -134,65 +136,3 @@ def depth_control_image(inverse_depth: Any) -> Image.Image:
     scaled = (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
     grey = np.rint(scaled * 255.0).astype(np.uint8)
     return Image.fromarray(grey, "L").convert("RGB")
-
-
-# ---- long prompts -------------------------------------------------------------------------------
-# CLIP reads 77 tokens. Backend prompts plus the seed's atmosphere strings and the client's
-# instruction are often longer, and plain truncation would drop exactly the client's part. So a
-# long prompt is split at commas into chunks of at most CHUNK_TOKENS, each chunk is encoded
-# separately and the embeddings are concatenated along the sequence axis (cross-attention takes
-# any length); the pooled embedding comes from the first chunk.
-CHUNK_TOKENS = 75
-
-
-def prompt_chunks(tokenizer: Any, text: str, limit: int = CHUNK_TOKENS) -> list[str]:
-    def count(piece: str) -> int:
-        return len(tokenizer(piece, add_special_tokens=False)["input_ids"])
-
-    pieces: list[str] = []
-    for phrase in (p.strip() for p in text.replace(". ", ", ").split(",")):
-        if not phrase:
-            continue
-        if count(phrase) <= limit:
-            pieces.append(phrase)
-            continue
-        words, current = phrase.split(), ""
-        for word in words:  # a single over-long phrase: split by words
-            candidate = f"{current} {word}".strip()
-            if current and count(candidate) > limit:
-                pieces.append(current)
-                candidate = word
-            current = candidate
-        if current:
-            pieces.append(current)
-    chunks, current = [], ""
-    for piece in pieces:
-        candidate = f"{current}, {piece}" if current else piece
-        if current and count(candidate) > limit:
-            chunks.append(current)
-            candidate = piece
-        current = candidate
-    if current or not chunks:
-        chunks.append(current)
-    return chunks
-
-
-@torch.inference_mode()
-def encode_long_prompt(pipe: Any, prompt: str, negative_prompt: str) -> dict[str, Any] | None:
-    """Chunked SDXL prompt embeddings, or None when both prompts fit in one CLIP window."""
-    tokenizer = getattr(pipe, "tokenizer", None) or getattr(pipe, "tokenizer_2", None)
-    if tokenizer is None or not hasattr(pipe, "encode_prompt"):
-        return None
-    positive = prompt_chunks(tokenizer, prompt)
-    negative = prompt_chunks(tokenizer, negative_prompt)
-    if len(positive) == 1 and len(negative) == 1:
-        return None
-    count = max(len(positive), len(negative))
-    positive += [""] * (count - len(positive))
-    negative += [""] * (count - len(negative))
-    parts = [pipe.encode_prompt(prompt=pos, negative_prompt=neg, device=pipe.device,
-                                do_classifier_free_guidance=True)
-             for pos, neg in zip(positive, negative)]
-    return {"prompt_embeds": torch.cat([p[0] for p in parts], dim=1),
-            "negative_prompt_embeds": torch.cat([p[1] for p in parts], dim=1),
-            "pooled_prompt_embeds": parts[0][2], "negative_pooled_prompt_embeds": parts[0][3]}
