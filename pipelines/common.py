@@ -15,6 +15,8 @@ from typing import Any, Callable
 import torch
 from PIL import Image
 
+from retouch.models.accel import prepare_vae_for_size
+
 from .errors import Cancelled
 from .sizes import working_size
 # Long-prompt helpers live in text_embeddings; re-exported for this module's callers.
@@ -120,11 +122,22 @@ def run_diffusion(pipe: Any, progress: "StageProgress", ctx: RunContext, *, seed
             kwargs.pop("prompt")
             kwargs.pop("negative_prompt", None)
             kwargs.update(embeddings)
+    size = _image_size(kwargs)
+    if size is not None:
+        prepare_vae_for_size(pipe, *size)  # tiles a CUDA pipeline's VAE for 4k and larger
     result = pipe(generator=ctx.generator(seed_offset), output_type="pil",
                   callback_on_step_end=progress.step_callback(steps), **kwargs)
     ctx.check_cancelled()
     progress.report(1.0)
     return result.images[0].convert("RGB")
+
+
+def _image_size(kwargs: dict[str, Any]) -> tuple[int, int] | None:
+    """The size a pipeline call decodes: its width/height, else its init image's size."""
+    if kwargs.get("width") and kwargs.get("height"):
+        return int(kwargs["width"]), int(kwargs["height"])
+    image = kwargs.get("image")
+    return image.size if isinstance(image, Image.Image) else None
 
 
 def depth_control_image(inverse_depth: Any) -> Image.Image:

@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from retouch.models.accel import module_device
+
 CHUNK_TOKENS = 75
 EMBEDDING_CACHE_SIZE = 16
 
@@ -94,8 +96,8 @@ def _encoders(pipe: Any) -> tuple[Any, Any]:
 
 
 def embedding_device(pipe: Any) -> torch.device:
-    """Where the UNet runs, from its first parameter (`pipe.device` walks every module)."""
-    return next(pipe.unet.parameters()).device
+    """Where the UNet runs (`pipe.device` would walk every module of the pipeline)."""
+    return module_device(pipe.unet)
 
 
 def _encode(pipe: Any, chunks: list[str], device: torch.device) -> EncodedChunks:
