@@ -18,7 +18,8 @@ tests) keep diffusers' defaults bit for bit. `apply_defaults` does the same work
   that share them share the compiled code); `warm_up` runs one short generation so the first
   job does not pay for compilation.
 
-Settings come from the environment (`AccelSettings.from_env`): `RETOUCH_CUDA_CHANNELS_LAST`,
+Settings come from the environment (`AccelSettings.from_env`): `RETOUCH_CUDA_ENABLED` (0 turns
+all of this off), `RETOUCH_CUDA_CHANNELS_LAST`,
 `RETOUCH_CUDA_FUSE_QKV`, `RETOUCH_CUDA_COMPILE`, `RETOUCH_CUDA_COMPILE_MODE`,
 `RETOUCH_CUDA_VAE_TILING_PIXELS`, `RETOUCH_CUDA_UPSCALER_DTYPE`, `RETOUCH_CUDA_UPSCALER_TILE`,
 `RETOUCH_CUDA_UPSCALER_BATCH`.
@@ -40,6 +41,7 @@ UHD_4K_PIXELS = 3840 * 2160
 
 @dataclass(frozen=True)
 class AccelSettings:
+    enabled: bool = True  # False: diffusers defaults on CUDA too; the upscaler as on CPU
     channels_last: bool = True
     fuse_qkv: bool = True
     compile: bool = False
@@ -84,9 +86,11 @@ def is_cuda_pipeline(pipe: Any) -> bool:
 
 
 def apply_cuda_defaults(pipe: Any, settings: AccelSettings | None = None) -> Any:
-    """`apply_defaults` for a pipeline on CUDA; a CPU pipeline is returned untouched."""
-    if is_cuda_pipeline(pipe):
-        apply_defaults(pipe, settings or AccelSettings())
+    """`apply_defaults` for a pipeline on CUDA; a CPU pipeline (or `enabled=False`) is returned
+    untouched."""
+    settings = settings or AccelSettings()
+    if settings.enabled and is_cuda_pipeline(pipe):
+        apply_defaults(pipe, settings)
     return pipe
 
 
@@ -166,6 +170,7 @@ def warm_up(pipe: Any, width: int, height: int, steps: int = 2) -> None:
 def upscaler_dtype(device: torch.device | str, settings: AccelSettings | None = None
                    ) -> torch.dtype:
     """Real-ESRGAN's compute dtype: float32 off CUDA, the settings' half type on CUDA."""
-    if torch.device(device).type != "cuda":
+    settings = settings or AccelSettings()
+    if torch.device(device).type != "cuda" or not settings.enabled:
         return torch.float32
-    return getattr(torch, (settings or AccelSettings()).upscaler_dtype)
+    return getattr(torch, settings.upscaler_dtype)

@@ -109,7 +109,7 @@ def upscale(store: Any, image: Image.Image, scale: int | str = 2,
     plan = check_inputs(image, scale, noise_scale)
     device = torch.device(store.device)
     settings = getattr(store, "accel", None) or AccelSettings()
-    on_cuda = device.type == "cuda"
+    on_cuda = device.type == "cuda" and settings.enabled
     if tile_size is None:
         tile_size = settings.upscaler_tile if on_cuda else DEFAULT_TILE_SIZE
     if tile_batch is None:

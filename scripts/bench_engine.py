@@ -8,14 +8,12 @@ Side by side in one run, on the same weights and parameters:
 - `Engine.run(generator request)`: our pipeline (prompt templates, working size, step callback,
   progress, resize to the output size);
 - a plain `diffusers.StableDiffusionXLPipeline` loaded from the same model folder, doing the same
-  work: the same working size, steps and seed, and the same prompt embeddings. Where the prompt
-  or the negative prompt is longer than CLIP's 77 tokens (on the tiny profile both are: its
-  vocabulary is small), our pipeline encodes every chunk of it (see
-  `pipelines.text_embeddings`) while plain diffusers would truncate; so plain diffusers is
-  handed the same chunks and encodes them with its own `encode_prompt` inside every timed call
-  (one batched call for the prompt's chunks, one for the negative's, as we do on a cold cache),
-  and the two images are compared pixel by pixel. The plain call with the text prompt
-  (truncated: less work) is timed too, for reference;
+  work: the same working size, steps and seed, and the same prompt embeddings. On the tiny
+  profile both the prompt and the negative prompt are longer than CLIP's 77 tokens (its
+  vocabulary is small): our pipeline encodes every chunk while plain diffusers would truncate,
+  so plain diffusers is handed the same chunks and encodes them with its own `encode_prompt`
+  in every timed call (`bench_common.PlainConditioning`); the two images are compared pixel by
+  pixel. The plain call with the text prompt (truncated: less work) is timed for reference;
 - the ratio of the two, and the time per denoising step of each;
 - the upscaler's throughput in output megapixels per second (`scale` 4 by default).
 
@@ -26,8 +24,6 @@ overrides); `tiny` builds the tiny twins. Reported numbers are medians over `--r
 from __future__ import annotations
 
 import argparse
-import contextlib
-import logging
 import os
 import statistics
 import time
@@ -38,10 +34,9 @@ PROMPT = "A premium studio product photo of a red sneaker"
 
 
 def _sync(device: str) -> None:
-    import torch
+    from retouch.scripts.bench_common import sync
 
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+    sync(device)
 
 
 def _optimise(pipe, channels_last: bool, compile_unet: bool) -> None:
@@ -69,18 +64,6 @@ class StepTimer:
     def per_step(self) -> float:
         gaps = [b - a for a, b in zip(self.marks, self.marks[1:])]
         return statistics.median(gaps) if gaps else float("nan")
-
-
-@contextlib.contextmanager
-def _quiet_truncation_warnings():
-    """diffusers warns on every call that truncates a prompt (the reference call does)."""
-    logger = logging.getLogger("diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 def _timed(fn, device: str, repeats: int) -> list[float]:
@@ -126,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     from retouch.serving.runner import TaskRunner
     from retouch.serving.tasks import parse_request
     from retouch.pipelines.sizes import output_size, working_size
-    from retouch.pipelines.text_embeddings import prompt_chunks
+    from retouch.scripts.bench_common import PlainConditioning, quiet_truncation_warnings
 
     torch.manual_seed(0)
     store = ModelStore(profile=args.profile, device=args.device, cache_dir=args.model_cache,
@@ -156,29 +139,7 @@ def main(argv: list[str] | None = None) -> None:
 
     plain_timer = StepTimer(args.device)
     prompt, negative = prompts.generator_prompt(PROMPT), prompts.NEGATIVE_PROMPT
-    positive_chunks = prompt_chunks(plain.tokenizer, prompt)
-    negative_chunks = prompt_chunks(plain.tokenizer, negative)
-    chunked = len(positive_chunks) > 1 or len(negative_chunks) > 1
-    count = max(len(positive_chunks), len(negative_chunks))
-
-    def plain_embeddings() -> dict:
-        """The chunked embeddings, encoded by plain diffusers' `encode_prompt`."""
-        device = torch.device(args.device)
-        encoded = [plain.encode_prompt(prompt=chunks, device=device,
-                                       do_classifier_free_guidance=False)
-                   for chunks in (positive_chunks, negative_chunks)]
-        (positive, _, pooled, _), (negative_embeds, _, negative_pooled, _) = encoded
-        if len(negative_chunks) < count or len(positive_chunks) < count:
-            empty, _, empty_pooled, _ = plain.encode_prompt(
-                prompt=[""], device=device, do_classifier_free_guidance=False)
-            positive = torch.cat([positive, empty.expand(count - len(positive_chunks), -1, -1)])
-            negative_embeds = torch.cat(
-                [negative_embeds, empty.expand(count - len(negative_chunks), -1, -1)])
-        width = positive.shape[-1]
-        return {"prompt_embeds": positive.reshape(1, -1, width),
-                "negative_prompt_embeds": negative_embeds.reshape(1, -1, width),
-                "pooled_prompt_embeds": pooled[:1],
-                "negative_pooled_prompt_embeds": negative_pooled[:1]}
+    conditioning = PlainConditioning(plain, prompt, negative, args.device)
 
     def call_plain(**conditioning):
         plain_timer.marks.clear()
@@ -187,9 +148,7 @@ def main(argv: list[str] | None = None) -> None:
                      callback_on_step_end=plain_timer, **conditioning)
 
     def run_plain():  # equal work
-        if chunked:
-            return call_plain(**plain_embeddings())
-        return call_plain(prompt=prompt, negative_prompt=negative)
+        return call_plain(**conditioning.kwargs())
 
     def run_plain_truncated():
         return call_plain(prompt=prompt, negative_prompt=negative)
@@ -202,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
                                                      ours_marks.append(time.perf_counter())))
         return engine.run(request, {}, ctx)
 
-    with torch.inference_mode(), _quiet_truncation_warnings():
+    with torch.inference_mode(), quiet_truncation_warnings():
         ours_image = run_ours()[0]  # warm-up (and compilation)
         plain_image = run_plain().images[0]
         run_plain_truncated()
@@ -244,11 +203,7 @@ def main(argv: list[str] | None = None) -> None:
           f"{plain_timer.per_step() * 1000:8.2f}ms")
     print(f"  {'plain, text truncated at 77':28s} {truncated * 1000:8.1f}ms "
           f"{min(truncated_times) * 1000:8.1f}ms")
-    if chunked:
-        work_note = (f"the prompt's {len(positive_chunks)} and the negative prompt's "
-                     f"{len(negative_chunks)} chunks, the same embeddings for both")
-    else:
-        work_note = "both prompts fit in 77 tokens"
+    work_note = conditioning.describe()
     print(f"  ratio retouch / plain = {ours / base:.2f}x median, "
           f"{min(ours_times) / min(plain_times):.2f}x best")
     print(f"  equal work: {work_note}; the images differ by at most {int(difference.max())} "

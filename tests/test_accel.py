@@ -61,6 +61,8 @@ def test_cpu_pipelines_keep_diffusers_defaults(fresh_store):
     assert not pipe.vae.use_tiling
     assert upscaler_dtype("cpu") == torch.float32
     assert upscaler_dtype("cuda", AccelSettings(upscaler_dtype="bfloat16")) == torch.bfloat16
+    assert upscaler_dtype("cuda", AccelSettings(enabled=False)) == torch.float32
+    assert not AccelSettings.from_env({"RETOUCH_CUDA_ENABLED": "0"}).enabled
 
 
 def test_fused_qkv_and_channels_last_keep_the_image(fresh_store):
