@@ -5,7 +5,7 @@
         [--quality low] [--aspect-ratio original] [--upscale-size 128] [--threads 1]
 
 Side by side in one run, on the same weights and parameters:
-- `Engine.run(generator request)`: our pipeline (prompt templates, working size, step callback,
+- `TaskRunner.run(generator request)`: our pipeline (prompt templates, working size, step callback,
   progress, resize to the output size);
 - a plain `diffusers.StableDiffusionXLPipeline` loaded from the same model folder, doing the same
   work: the same working size, steps and seed, and the same prompt embeddings. On the tiny

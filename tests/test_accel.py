@@ -11,8 +11,8 @@ from PIL import Image
 from retouch.models.accel import (AccelSettings, apply_cuda_defaults, apply_defaults,
                                   prepare_vae_for_size, upscaler_dtype, warm_up)
 from retouch.pipelines.common import RunContext
-from retouch.pipelines.engine import Engine
-from retouch.pipelines.requests import parse_generation_request
+from retouch.serving.runner import TaskRunner
+from retouch.serving.tasks import parse_request
 
 URL = "https://example.com/image.png"
 
@@ -119,13 +119,13 @@ def test_reference_conditioning_works_on_fused_attention(fresh_store, tiny_store
     """The IP-Adapter swaps the UNet's attention processors; on fused projections it still
     conditions the editor, with the same result as on diffusers' defaults."""
     apply_defaults(fresh_store.img2img(), AccelSettings())
-    request = parse_generation_request({"tool": "editor",
+    request = parse_request({"tool": "editor",
                                         "input": {"images": [URL, URL], "prompt": "x"},
                                         "options": {"quality": "low"}})
     main = Image.new("RGB", (64, 64), (120, 90, 60))
     reference = Image.new("RGB", (64, 64), (0, 0, 255))
     images = {"input.images[0]": main, "input.images[1]": reference}
-    fused = Engine(fresh_store).run(request, images, RunContext(seed=5))[0]
-    default = Engine(tiny_store).run(request, images, RunContext(seed=5))[0]
+    fused = TaskRunner(fresh_store).run(request, images, RunContext(seed=5))[0]
+    default = TaskRunner(tiny_store).run(request, images, RunContext(seed=5))[0]
     difference = np.abs(np.asarray(fused, dtype=int) - np.asarray(default, dtype=int))
     assert difference.max() <= 2
