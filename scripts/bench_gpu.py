@@ -9,7 +9,8 @@ Measured, on the same weights and the same device:
   (`common.run_diffusion`: chunked prompt embeddings with the negative cached, the CUDA defaults
   of `models.accel`), batch 1, CFG on (guidance 5), both given the same prompt embeddings
   (`bench_common.PlainConditioning`);
-- our pipeline at batch 1 / 4 / 8 (one call, `num_images_per_prompt`, a generator per image);
+- our pipeline at batch 4 / 8: the dynamic-batching path (`batch.run_diffusion_batch`: that
+  many jobs, each with its own seed, embeddings and progress, in one denoising call);
 - FLOPs per image counted with `torch.utils.flop_counter.FlopCounterMode` on a one-step call
   (text encoders + one UNet step with CFG + VAE decode; the UNet's share, counted per module,
   is added for each further step), and MFU = FLOPs per image × images/s ÷ `--peak-tflops`;
@@ -108,7 +109,7 @@ def psnr(first: Any, second: Any) -> float | str:
     return "inf" if mse == 0 else round(10 * np.log10(255.0 ** 2 / mse), 2)
 
 
-def test_photo(width: int, height: int, seed: int = 0):
+def sample_photo(width: int, height: int, seed: int = 0):
     """Gradients, a hard-edged block and grain: something for inpaint and upscaler to work on."""
     import numpy as np
     from PIL import Image
@@ -153,13 +154,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    from retouch.models.accel import AccelSettings, prepare_vae_for_size
+    from retouch.models.accel import AccelSettings
     from retouch.models.store import ModelStore
     from retouch.pipelines import erase, prompts
+    from retouch.pipelines.batch import run_diffusion_batch
     from retouch.pipelines.common import RunContext, run_diffusion
     from retouch.pipelines.erase import inpaint_region
     from retouch.pipelines.sizes import resize_to
-    from retouch.pipelines.text_embeddings import encode_long_prompt
     from retouch.pipelines.upscale import (X4_MODEL, inference_network, run_tiled,
                                            upscale as upscale_image)
     from retouch.scripts.bench_common import PlainConditioning, quiet_truncation_warnings
@@ -235,24 +236,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     def ours_batch(batch: int) -> Callable[[], None]:
         def body() -> None:
-            pipe = state["ours"]
-
-            def call() -> None:
-                embeddings = encode_long_prompt(pipe, prompt, negative) or {
-                    "prompt": prompt, "negative_prompt": negative}
-                prepare_vae_for_size(pipe, *size)
-                images = pipe(width=size[0], height=size[1], num_inference_steps=steps,
-                              num_images_per_prompt=batch, output_type="np",
-                              generator=[torch.Generator().manual_seed(i) for i in range(batch)],
-                              **embeddings).images
-                state[f"nonfinite_b{batch}"] = int((~np.isfinite(images)).any(axis=(1, 2, 3))
-                                                   .sum())
-                pipe.numpy_to_pil(np.nan_to_num(images))
+            def call() -> None:  # the dynamic-batching path: one denoising call for `batch` jobs
+                contexts = [RunContext(seed=i) for i in range(batch)]
+                images = run_diffusion_batch(
+                    state["ours"], contexts, [prompt] * batch, [negative] * batch,
+                    width=size[0], height=size[1], num_inference_steps=steps)
+                state[f"black_b{batch}"] = sum(  # NaN latents decode to black
+                    int(not np.asarray(image).any()) for image in images)
 
             call()  # warm-up at this batch size
-            seconds = statistics.median(timed(call, device, 1 if batch > 1 else args.repeats))
+            seconds = statistics.median(timed(call, device, 1))
             result[f"ours_img_s_b{batch}"] = round(batch / seconds, 3)
-            result[f"nonfinite_images_b{batch}"] = state[f"nonfinite_b{batch}"]
+            result[f"black_images_b{batch}"] = state[f"black_b{batch}"]
         return body
 
     def flops() -> None:
@@ -270,7 +265,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     def inpaint() -> None:
         store = state["store"]
-        base = test_photo(*size)
+        base = sample_photo(*size)
         mask = np.zeros((size[1], size[0]), dtype=bool)
         mask[size[1] // 4: 3 * size[1] // 4, size[0] // 4: 3 * size[0] // 4] = True
         text, negative_text = prompts.erase_prompt("")
@@ -286,7 +281,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     def upscaler() -> None:
         store = state["store"]
-        source = test_photo(args.upscale_size, args.upscale_size, seed=3)
+        source = sample_photo(args.upscale_size, args.upscale_size, seed=3)
         for _ in range(2):
             output = upscale_image(store, source, 4, 0.1)
         times = timed(lambda: upscale_image(store, source, 4, 0.1), device, args.upscale_repeats)

@@ -41,7 +41,7 @@ def test_cpu_mode_reports_every_figure(tiny_cache_dir, tmp_path):
     assert result["size"] == 128 and result["steps"] == 2 and result["upscale_out"] == 256
     assert 0 < result["tflop_per_unet_step_cfg"] < result["tflop_per_image"]
     assert result["ours_img_s_b1"] > 0 and result["ours_img_s_b2"] > 0
-    assert result["nonfinite_images_b2"] == 0
+    assert result["black_images_b2"] == 0
     # Same weights, same seed, same embeddings: on CPU the two images are identical.
     assert result["ours_vs_plain_psnr_db"] == "inf"
     assert set(result["targets"]) == {"speedup_b1", "ours_img_s_b1", "ours_img_s_b8",
