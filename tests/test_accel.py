@@ -92,16 +92,16 @@ def test_vae_tiles_from_the_configured_size(fresh_store):
     assert not pipe.vae.use_tiling
 
 
-def test_vae_upcast_follows_the_dtype(fresh_store):
-    pipe = fresh_store.text2img()
-    pipe.vae.register_to_config(force_upcast=True)
-    apply_defaults(pipe, AccelSettings(fuse_qkv=False))
-    assert pipe.vae.config.force_upcast  # float32 (and float16) keep diffusers' upcast
-    other = fresh_store.inpaint()
-    other.vae.to(torch.bfloat16)
-    other.vae.register_to_config(force_upcast=True)
-    apply_defaults(other, AccelSettings(fuse_qkv=False))
-    assert not other.vae.config.force_upcast  # bfloat16 cannot overflow: no per-call upcast
+def test_vae_upcast_follows_the_dtype(tiny_cache_dir):
+    from retouch.models.store import ModelStore
+
+    for dtype, upcast in ((torch.float32, True), (torch.bfloat16, False)):
+        pipe = ModelStore(profile="tiny", device="cpu", cache_dir=tiny_cache_dir).text2img()
+        pipe.vae.to(dtype)
+        pipe.vae.register_to_config(force_upcast=True)
+        apply_defaults(pipe, AccelSettings(fuse_qkv=False))
+        # float32 (and float16) keep diffusers' upcast; bfloat16 cannot overflow: no upcast.
+        assert pipe.vae.config.force_upcast == upcast
 
 
 def test_compile_setting_compiles_unet_and_vae_decoder_and_warms_up(fresh_store):
