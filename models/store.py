@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from retouch.models.accel import AccelSettings, apply_cuda_defaults
 from retouch.models.registry import TINY_PREFIX, ModelSpec, Profile, resolve_profile
 from retouch.models.revisions import content_revision, hub_revision, random_revision
 
@@ -113,14 +114,17 @@ class ModelStore:
     `dtype` (a name such as "bfloat16" or a `torch.dtype`) is the dtype of the diffusion and
     transformers models; models whose spec pins one (the depth estimator, the segmenter, the
     upscalers: float32) keep theirs. Unset, it is float32 on CPU and the profile's dtype
-    elsewhere. `seed` replaces a random-weight profile's seed.
+    elsewhere. `seed` replaces a random-weight profile's seed. `accel` holds the CUDA speed
+    settings applied to every diffusion pipeline on CUDA (`models.accel`; from the environment
+    when unset); on CPU pipelines keep diffusers' defaults.
     """
 
     def __init__(self, profile: str = "tiny", device: str | torch.device = "cpu",
                  cache_dir: Path | str | None = None, overrides: dict[str, str] | None = None,
                  dtype: str | torch.dtype | None = None, local_files_only: bool = True,
-                 seed: int | None = None):
+                 seed: int | None = None, accel: AccelSettings | None = None):
         self.profile: Profile = resolve_profile(profile, overrides)
+        self.accel = accel or AccelSettings.from_env()
         self.device = torch.device(device)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.local_files_only = local_files_only
@@ -234,7 +238,7 @@ class ModelStore:
         pipe.to(self.device)
         pipe.set_progress_bar_config(disable=True)
         self._loaded_from(spec_name)
-        return pipe
+        return apply_cuda_defaults(pipe, self.accel)
 
     def _diffusers_model(self, cls: Any, spec: ModelSpec, subfolder: str | None = None) -> Any:
         """One diffusers model of `spec` (its `subfolder` component), eval mode, on the device."""
@@ -271,7 +275,7 @@ class ModelStore:
         with _quiet_logger("diffusers.models.modeling_utils"):
             pipe = cls.from_pipe(parent, scheduler=scheduler, dtype=parent.dtype, **components)
         pipe.set_progress_bar_config(disable=True)
-        return pipe
+        return apply_cuda_defaults(pipe, self.accel)  # the shared modules are set up once
 
     def text2img(self) -> Any:
         from diffusers import StableDiffusionXLPipeline

@@ -18,7 +18,10 @@ from typing import Any
 import torch
 from PIL import Image
 
+from retouch.models.accel import prepare_vae_for_size
+
 from .common import RunContext, encode_long_prompt
+from .text_embeddings import embedding_device
 from .errors import Cancelled
 
 EMBEDDING_KEYS = ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds",
@@ -32,7 +35,7 @@ def prompt_embeddings(pipe: Any, prompt: str, negative_prompt: str) -> dict[str,
     if chunked is not None:
         return chunked
     parts = pipe.encode_prompt(prompt=prompt, negative_prompt=negative_prompt,
-                               device=pipe.device, do_classifier_free_guidance=True)
+                               device=embedding_device(pipe), do_classifier_free_guidance=True)
     return dict(zip(EMBEDDING_KEYS, parts))
 
 
@@ -62,6 +65,8 @@ def run_diffusion_batch(pipe: Any, contexts: list[RunContext], prompts: list[str
     for i, found in enumerate(embeddings):
         groups.setdefault(tuple(found["prompt_embeds"].shape), []).append(i)
     steps = int(kwargs.get("num_inference_steps", 1))
+    if kwargs.get("width") and kwargs.get("height"):
+        prepare_vae_for_size(pipe, int(kwargs["width"]), int(kwargs["height"]))
     for members in groups.values():
         batch_contexts = [contexts[i] for i in members]
         joined = {key: torch.cat([embeddings[i][key] for i in members])

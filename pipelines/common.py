@@ -15,8 +15,12 @@ from typing import Any, Callable
 import torch
 from PIL import Image
 
+from retouch.models.accel import prepare_vae_for_size
+
 from .errors import Cancelled
 from .sizes import working_size
+# Long-prompt helpers live in text_embeddings; re-exported for this module's callers.
+from .text_embeddings import CHUNK_TOKENS, encode_long_prompt, prompt_chunks  # noqa: F401
 
 
 def _ignore_progress(_: float) -> None:
@@ -118,11 +122,22 @@ def run_diffusion(pipe: Any, progress: "StageProgress", ctx: RunContext, *, seed
             kwargs.pop("prompt")
             kwargs.pop("negative_prompt", None)
             kwargs.update(embeddings)
+    size = _image_size(kwargs)
+    if size is not None:
+        prepare_vae_for_size(pipe, *size)  # tiles a CUDA pipeline's VAE for 4k and larger
     result = pipe(generator=ctx.generator(seed_offset), output_type="pil",
                   callback_on_step_end=progress.step_callback(steps), **kwargs)
     ctx.check_cancelled()
     progress.report(1.0)
     return result.images[0].convert("RGB")
+
+
+def _image_size(kwargs: dict[str, Any]) -> tuple[int, int] | None:
+    """The size a pipeline call decodes: its width/height, else its init image's size."""
+    if kwargs.get("width") and kwargs.get("height"):
+        return int(kwargs["width"]), int(kwargs["height"])
+    image = kwargs.get("image")
+    return image.size if isinstance(image, Image.Image) else None
 
 
 def depth_control_image(inverse_depth: Any) -> Image.Image:
@@ -134,65 +149,3 @@ def depth_control_image(inverse_depth: Any) -> Image.Image:
     scaled = (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
     grey = np.rint(scaled * 255.0).astype(np.uint8)
     return Image.fromarray(grey, "L").convert("RGB")
-
-
-# ---- long prompts -------------------------------------------------------------------------------
-# CLIP reads 77 tokens. Backend prompts plus the seed's atmosphere strings and the client's
-# instruction are often longer, and plain truncation would drop exactly the client's part. So a
-# long prompt is split at commas into chunks of at most CHUNK_TOKENS, each chunk is encoded
-# separately and the embeddings are concatenated along the sequence axis (cross-attention takes
-# any length); the pooled embedding comes from the first chunk.
-CHUNK_TOKENS = 75
-
-
-def prompt_chunks(tokenizer: Any, text: str, limit: int = CHUNK_TOKENS) -> list[str]:
-    def count(piece: str) -> int:
-        return len(tokenizer(piece, add_special_tokens=False)["input_ids"])
-
-    pieces: list[str] = []
-    for phrase in (p.strip() for p in text.replace(". ", ", ").split(",")):
-        if not phrase:
-            continue
-        if count(phrase) <= limit:
-            pieces.append(phrase)
-            continue
-        words, current = phrase.split(), ""
-        for word in words:  # a single over-long phrase: split by words
-            candidate = f"{current} {word}".strip()
-            if current and count(candidate) > limit:
-                pieces.append(current)
-                candidate = word
-            current = candidate
-        if current:
-            pieces.append(current)
-    chunks, current = [], ""
-    for piece in pieces:
-        candidate = f"{current}, {piece}" if current else piece
-        if current and count(candidate) > limit:
-            chunks.append(current)
-            candidate = piece
-        current = candidate
-    if current or not chunks:
-        chunks.append(current)
-    return chunks
-
-
-@torch.inference_mode()
-def encode_long_prompt(pipe: Any, prompt: str, negative_prompt: str) -> dict[str, Any] | None:
-    """Chunked SDXL prompt embeddings, or None when both prompts fit in one CLIP window."""
-    tokenizer = getattr(pipe, "tokenizer", None) or getattr(pipe, "tokenizer_2", None)
-    if tokenizer is None or not hasattr(pipe, "encode_prompt"):
-        return None
-    positive = prompt_chunks(tokenizer, prompt)
-    negative = prompt_chunks(tokenizer, negative_prompt)
-    if len(positive) == 1 and len(negative) == 1:
-        return None
-    count = max(len(positive), len(negative))
-    positive += [""] * (count - len(positive))
-    negative += [""] * (count - len(negative))
-    parts = [pipe.encode_prompt(prompt=pos, negative_prompt=neg, device=pipe.device,
-                                do_classifier_free_guidance=True)
-             for pos, neg in zip(positive, negative)]
-    return {"prompt_embeds": torch.cat([p[0] for p in parts], dim=1),
-            "negative_prompt_embeds": torch.cat([p[1] for p in parts], dim=1),
-            "pooled_prompt_embeds": parts[0][2], "negative_pooled_prompt_embeds": parts[0][3]}
