@@ -35,10 +35,14 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 
 def authenticate_request(services: Services, secret: str | None, surface: str,
                          scope: str, response: Response) -> ApiKey:
-    """The shared auth sequence of every API route."""
-    with transaction(services.session_factory) as session:
-        key = keys.authenticate(session, secret, surface)
+    """The shared auth sequence of every API route: a read (no write lock), plus a write once a
+    minute per key to record `last_used_at`."""
+    with services.session_factory() as session:
+        key = keys.authenticate(session, secret, surface, touch=False)
         accounts.require_paid_plan(session.get(Account, key.account_id))
+    if keys.touch_due(key):
+        with transaction(services.session_factory) as session:
+            keys.ensure_key_usable(session, session.get_one(ApiKey, key.id))
     status = services.rate_limiter.hit(key.id, key.rate_limit_per_minute)
     if status is not None:
         response.headers.update(status.headers())

@@ -127,6 +127,8 @@ def resolve_image_refs(session_factory, storage, fetcher, key, request) -> dict[
     from .db import transaction
 
     fields = request.image_fields()
+    if not fields:
+        return {}  # nothing to resolve: no transaction
     fetched = {field: fetcher.fetch(ref.value, field).image
                for field, ref in fields.items() if ref.kind == "url"}
     resolved: dict[str, ResolvedImage] = {}

@@ -25,11 +25,11 @@ from retouch.serving.core.errors import (InsufficientCredits, InvalidInput, Mont
                                       TotalBudgetExceeded)
 
 from . import idempotency
-from .accounts import plan_slot_limit, require_paid_plan
+from .accounts import PAID_PLANS, PLAN_SLOTS, plan_slot_limit, require_paid_plan
 from .db import is_sqlite, transaction, utcnow
 from .job_events import enqueue_job_events
 from .pagination import check_limit, newest_first_page
-from .tables import JOB_STATUSES, Account, ApiKey, Generation, LedgerEntry
+from .tables import JOB_STATUSES, Account, ApiKey, Generation, LedgerEntry, new_uuid
 from ..tasks import TASKS, TaskSpec, request_seed
 
 DEFAULT_IDEMPOTENCY_TTL_HOURS = 24
@@ -95,28 +95,24 @@ def _create_in_transaction(session: Session, key: ApiKey, request, spec: TaskSpe
         if replay_id is not None:
             return session.get_one(Generation, replay_id), True
 
-    account = session.get_one(Account, key.account_id)
-    require_paid_plan(account)
     if key.per_request_limit is not None and cost > key.per_request_limit:
+        require_paid_plan(session.get_one(Account, key.account_id))  # that refusal comes first
         raise PerRequestLimitExceeded(
             f"This job costs {cost} credits; this API key allows at most "
             f"{key.per_request_limit} credits per request.",
             details={"cost": cost, "limit": key.per_request_limit})
-    reserve_slots(session, account.id, account.plan, spec.slots)
     period = budget_period(now)
-    charge_key_budgets(session, key.id, cost, period)
-    balance = reserve_credits(session, account.id, cost)
+    balance = reserve(session, key, cost, spec.slots, period)
 
     generation = Generation(
-        account_id=account.id, api_key_id=key.id, surface=surface, tool=request.tool,
+        id=new_uuid(), account_id=key.account_id, api_key_id=key.id, surface=surface, tool=request.tool,
         mode=spec.job_mode(request), request=body, request_hash=body_hash,
         seed=_seed_of(request), status="pending", progress=0.0, cost_credits=cost,
         slots=spec.slots, budget_period=period, input_image=input_image, output_keys=[],
         attempts=0, created_at=now)
-    session.add(generation)
-    session.flush()
-    session.add(LedgerEntry(account_id=account.id, generation_id=generation.id, kind="reserve",
-                            amount=-cost, balance_after=balance, created_at=now,
+    session.add(generation)  # flushed together with the ledger entry (one unit of work)
+    session.add(LedgerEntry(account_id=key.account_id, generation_id=generation.id,
+                            kind="reserve", amount=-cost, balance_after=balance, created_at=now,
                             memo=f"{request.tool} generation"))
     if idempotency_key is not None:
         idempotency.remember(session, key.id, idempotency_key, body_hash, generation.id, now=now)
@@ -132,72 +128,74 @@ def _seed_of(request) -> int:
     return seed if seed is not None else secrets.randbelow(2**32)
 
 
-def reserve_slots(session: Session, account_id: str, plan: str, slots: int) -> None:
-    """Take `slots` generation slots with one conditional UPDATE, or raise `QueueLimitExceeded`."""
+def reserve(session: Session, key: ApiKey, cost: int, slots: int, period: str) -> int:
+    """Reserve `slots` generation slots, `cost` against the key's monthly (rolling the period) and
+    total budgets, and `cost` credits: two conditional UPDATEs (the key's budgets, then the
+    account's paid plan, slots and balance). Returns the new balance. When either refuses, the
+    first limit that refuses — paid plan, slots, monthly budget, total budget, credits, in that
+    order — is raised; the caller's transaction rolls back whatever was charged."""
+    used_this_period = case((ApiKey.monthly_period == period, ApiKey.monthly_used), else_=0)
+    budgets = session.execute(
+        update(ApiKey).where(ApiKey.id == key.id,
+                             or_(ApiKey.monthly_budget.is_(None),
+                                 used_this_period + cost <= ApiKey.monthly_budget),
+                             or_(ApiKey.total_budget.is_(None),
+                                 ApiKey.total_used + cost <= ApiKey.total_budget))
+        .values(monthly_used=used_this_period + cost, monthly_period=period,
+                total_used=ApiKey.total_used + cost).execution_options(**_NO_SYNC))
+    if budgets.rowcount == 1:
+        slot_limit = case(PLAN_SLOTS, value=Account.plan, else_=0)
+        row = session.execute(
+            update(Account).where(Account.id == key.account_id, Account.plan.in_(PAID_PLANS),
+                                  Account.active_slots + slots <= slot_limit,
+                                  Account.credit_balance >= cost)
+            .values(active_slots=Account.active_slots + slots,
+                    credit_balance=Account.credit_balance - cost)
+            .returning(Account.credit_balance).execution_options(**_NO_SYNC)).first()
+        if row is not None:
+            return int(row[0])
+    _raise_refusal(session, key, cost, slots, period, budgets_charged=budgets.rowcount == 1)
+    raise AssertionError("unreachable")
+
+
+def _raise_refusal(session: Session, key: ApiKey, cost: int, slots: int, period: str, *,
+                   budgets_charged: bool) -> None:
+    """Raise the first limit that refused a reservation (read in the same transaction)."""
+    plan, active, balance = session.execute(
+        select(Account.plan, Account.active_slots, Account.credit_balance)
+        .where(Account.id == key.account_id)).one()
+    account = Account(plan=plan)
+    require_paid_plan(account)
     limit = plan_slot_limit(plan)
-    result = session.execute(
-        update(Account).where(Account.id == account_id, Account.active_slots + slots <= limit)
-        .values(active_slots=Account.active_slots + slots).execution_options(**_NO_SYNC))
-    if result.rowcount == 1:
-        return
-    active = session.scalar(select(Account.active_slots).where(Account.id == account_id))
-    raise QueueLimitExceeded(
-        f"Your {plan} plan allows {limit} active generation {_plural(limit, 'slot')} at once. "
-        f"This request needs {slots} {_plural(slots, 'slot')}.",
-        details={"active": active, "limit": limit, "plan": plan, "requiredSlots": slots})
+    if active + slots > limit:
+        raise QueueLimitExceeded(
+            f"Your {plan} plan allows {limit} active generation {_plural(limit, 'slot')} at "
+            f"once. This request needs {slots} {_plural(slots, 'slot')}.",
+            details={"active": active, "limit": limit, "plan": plan, "requiredSlots": slots})
+    if not budgets_charged:
+        _raise_budget_refusal(session, key.id, cost, period)
+    raise InsufficientCredits(
+        f"The account has {balance} credits; this job costs {cost}. Add credits or use a "
+        f"lower-cost quality/scale.", details={"balance": balance, "cost": cost})
 
 
 def _plural(n: int, word: str) -> str:
     return word if n == 1 else word + "s"
 
 
-def charge_key_budgets(session: Session, key_id: str, cost: int, period: str) -> None:
-    """Count `cost` against the key's monthly (rolling the period) and total budgets.
-
-    Two conditional UPDATEs; raises `MonthlyBudgetExceeded` or `TotalBudgetExceeded`.
-    """
-    used_this_period = case((ApiKey.monthly_period == period, ApiKey.monthly_used), else_=0)
-    monthly = session.execute(
-        update(ApiKey).where(ApiKey.id == key_id,
-                             or_(ApiKey.monthly_budget.is_(None),
-                                 used_this_period + cost <= ApiKey.monthly_budget))
-        .values(monthly_used=used_this_period + cost, monthly_period=period)
-        .execution_options(**_NO_SYNC))
-    if monthly.rowcount != 1:
-        budget, used, key_period = session.execute(
-            select(ApiKey.monthly_budget, ApiKey.monthly_used, ApiKey.monthly_period)
-            .where(ApiKey.id == key_id)).one()
-        used = used if key_period == period else 0
+def _raise_budget_refusal(session: Session, key_id: str, cost: int, period: str) -> None:
+    monthly, monthly_used, key_period, total, total_used = session.execute(
+        select(ApiKey.monthly_budget, ApiKey.monthly_used, ApiKey.monthly_period,
+               ApiKey.total_budget, ApiKey.total_used).where(ApiKey.id == key_id)).one()
+    used = monthly_used if key_period == period else 0
+    if monthly is not None and used + cost > monthly:
         raise MonthlyBudgetExceeded(
-            f"This API key's monthly budget is {budget} credits; {used} are used in {period} "
+            f"This API key's monthly budget is {monthly} credits; {used} are used in {period} "
             f"and this job costs {cost}.",
-            details={"budget": budget, "used": used, "cost": cost, "period": period})
-    total = session.execute(
-        update(ApiKey).where(ApiKey.id == key_id,
-                             or_(ApiKey.total_budget.is_(None),
-                                 ApiKey.total_used + cost <= ApiKey.total_budget))
-        .values(total_used=ApiKey.total_used + cost).execution_options(**_NO_SYNC))
-    if total.rowcount != 1:
-        budget, used = session.execute(select(ApiKey.total_budget, ApiKey.total_used)
-                                       .where(ApiKey.id == key_id)).one()
-        raise TotalBudgetExceeded(
-            f"This API key's total budget is {budget} credits; {used} are used and this job "
-            f"costs {cost}.", details={"budget": budget, "used": used, "cost": cost})
-
-
-def reserve_credits(session: Session, account_id: str, cost: int) -> int:
-    """Debit `cost` credits with one conditional UPDATE; returns the new balance or raises
-    `InsufficientCredits`."""
-    row = session.execute(
-        update(Account).where(Account.id == account_id, Account.credit_balance >= cost)
-        .values(credit_balance=Account.credit_balance - cost)
-        .returning(Account.credit_balance).execution_options(**_NO_SYNC)).first()
-    if row is not None:
-        return int(row[0])
-    balance = session.scalar(select(Account.credit_balance).where(Account.id == account_id))
-    raise InsufficientCredits(
-        f"The account has {balance} credits; this job costs {cost}. Add credits or use a "
-        f"lower-cost quality/scale.", details={"balance": balance, "cost": cost})
+            details={"budget": monthly, "used": used, "cost": cost, "period": period})
+    raise TotalBudgetExceeded(
+        f"This API key's total budget is {total} credits; {total_used} are used and this job "
+        f"costs {cost}.", details={"budget": total, "used": total_used, "cost": cost})
 
 
 # ---- lifecycle ----------------------------------------------------------------------------------

@@ -92,12 +92,14 @@ def create_key(session: Session, account_id: str, *, surface: str = "wixma",
     return key, secret
 
 
-def authenticate(session: Session, secret: str | None, surface: str = "wixma") -> ApiKey:
+def authenticate(session: Session, secret: str | None, surface: str = "wixma", *,
+                 touch: bool = True) -> ApiKey:
     """The active key for a bearer secret.
 
     Raises `Unauthorized` for a missing, malformed or unknown secret (or one of another surface)
-    and `Forbidden` for a paused, revoked or expired key. Touches `last_used_at` (at most once a
-    minute) in the caller's session; the caller commits.
+    and `Forbidden` for a paused, revoked or expired key. With `touch`, updates `last_used_at`
+    (at most once a minute) in the caller's session; the caller commits. Without, it only reads
+    (`touch_due` says when a touch is owed).
     """
     prefix = SECRET_PREFIXES.get(surface, "")
     if not secret or not prefix or not secret.startswith(prefix) or len(secret) > 200:
@@ -106,10 +108,15 @@ def authenticate(session: Session, secret: str | None, surface: str = "wixma") -
     key = session.scalars(select(ApiKey).where(ApiKey.secret_hash == hash_secret(secret))).first()
     if key is None or key.surface != surface:
         raise Unauthorized("Invalid API key.")
-    return ensure_key_usable(session, key)
+    return ensure_key_usable(session, key, touch=touch)
 
 
-def ensure_key_usable(session: Session, key: ApiKey) -> ApiKey:
+def touch_due(key: ApiKey) -> bool:
+    """Whether `last_used_at` is older than its resolution (a minute)."""
+    return key.last_used_at is None or utcnow() - key.last_used_at >= LAST_USED_RESOLUTION
+
+
+def ensure_key_usable(session: Session, key: ApiKey, *, touch: bool = True) -> ApiKey:
     """`Forbidden` for a paused, revoked or expired key; else touches `last_used_at` (at most once
     a minute, in the caller's session) and returns the key. Shared by bearer keys and MCP grants."""
     now = utcnow()
@@ -122,7 +129,7 @@ def ensure_key_usable(session: Session, key: ApiKey) -> ApiKey:
     if key.expires_at is not None and key.expires_at <= now:
         raise Forbidden("This API key has expired. Create a new key.",
                         details={"reason": "expired"})
-    if key.last_used_at is None or now - key.last_used_at >= LAST_USED_RESOLUTION:
+    if touch and touch_due(key):
         session.execute(update(ApiKey).where(ApiKey.id == key.id).values(last_used_at=now))
         key.last_used_at = now
     return key
