@@ -21,6 +21,7 @@ from .core.errors import InvalidInput
 from .core.webhook_outbox import WebhookWorker
 from .errors import install_error_handlers
 from .metrics import Metrics
+from .request_guards import install_request_guards
 from .services import Services, build_services
 from .settings import Settings
 
@@ -69,6 +70,7 @@ def build_app(settings: Settings, *, services: Services | None = None) -> FastAP
                               "request_id}`.")
     app.state.services = services
     app.state.surface_lifespans = []  # async context factories that surfaces register
+    install_request_guards(app, settings)  # inside the request-id middleware added next
     install_error_handlers(app)
 
     include_surfaces(app)

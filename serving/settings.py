@@ -36,6 +36,10 @@ class Settings(BaseSettings):
     serve_config: Path | None = None  # Ray Serve deployment options (num_gpus, replicas)
 
     allow_private_urls: bool = False
+    fetch_timeout_seconds: float = 15.0  # one deadline per image/music URL, redirects included
+    # Request bodies above this are refused (413) before they are read; the upload routes allow
+    # their documented file size instead.
+    max_body_bytes: int = 1024 * 1024
     lease_seconds: float = 30.0
     max_attempts: int = 2
     dispatcher_concurrency: int = 4  # jobs in flight at once (≥ max_batch_size to fill batches)
