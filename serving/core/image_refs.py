@@ -121,16 +121,16 @@ def _resolve_generation(session, storage, key, field: str, generation_id: str) -
 def resolve_image_refs(session_factory, storage, fetcher, key, request) -> dict[str, ResolvedImage]:
     """Resolve every image reference of `request` for `key`, fetching URLs into uploads.
 
-    Raises `InvalidInput` naming the first bad field. URL images are downloaded once here
-    (through the SSRF-safe fetcher), validated and stored as uploads of `key`.
+    Raises `InvalidInput` naming the first bad field. URL images are downloaded once here, all
+    at once under the fetcher's deadline (SSRF-safe), validated and stored as uploads of `key`.
     """
     from .db import transaction
 
     fields = request.image_fields()
     if not fields:
         return {}  # nothing to resolve: no transaction
-    fetched = {field: fetcher.fetch(ref.value, field).image
-               for field, ref in fields.items() if ref.kind == "url"}
+    fetched = {field: result.image for field, result in fetcher.fetch_images(
+        {field: ref.value for field, ref in fields.items() if ref.kind == "url"}).items()}
     resolved: dict[str, ResolvedImage] = {}
     with transaction(session_factory) as session:
         for field, ref in fields.items():
