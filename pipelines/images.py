@@ -77,7 +77,7 @@ def decode_image(data: bytes, field: str) -> Image.Image:
     try:
         image = _IMAGE_CLASSES[fmt](io.BytesIO(data))  # the header only
     except _DECODE_ERRORS:
-        raise PipelineInputError(field, f"could not read the {fmt} header: the file is "
+        raise PipelineInputError(field, f"could not decode the {fmt} header: the file is "
                                         "corrupt") from None
     check_dimensions(image.width, image.height, field)
     if getattr(image, "n_frames", 1) > 1:
