@@ -91,12 +91,20 @@ def check_inputs(image: Any, scale: Any, noise_scale: Any) -> UpscalePlan:
         raise PipelineInputError("options.noise_scale", f"must be a number from {low} to {high}")
     if not isinstance(image, Image.Image) or image.width < 1 or image.height < 1:
         raise PipelineInputError("input.image", "must be a non-empty image")
-    plan = plan_upscale(image.size, scale)
+    return check_upscale_output(image.width, image.height, scale)
+
+
+def check_upscale_output(width: int, height: int, scale: int | str) -> UpscalePlan:
+    """The plan for a `width`x`height` source, or `PipelineInputError("input.image")` when the
+    network's output or the final image would pass `MAX_OUTPUT_PIXELS`. Needs only the size,
+    so the API runs it when a job is created, before anything is reserved."""
+    plan = plan_upscale((width, height), scale)
     for size in (plan.model_size, plan.output_size):
         if size[0] * size[1] > MAX_OUTPUT_PIXELS:
             raise PipelineInputError(
-                "input.image", f"too large to upscale by {scale}: the result would be "
-                f"{size[0]}x{size[1]} pixels, more than {MAX_OUTPUT_PIXELS} in total")
+                "input.image", f"is {width}x{height}: too large to upscale by {scale}, the "
+                f"result would be {size[0]}x{size[1]} pixels, more than {MAX_OUTPUT_PIXELS} "
+                "in total")
     return plan
 
 

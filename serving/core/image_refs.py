@@ -10,6 +10,7 @@ and the job never fetches the internet itself.
 from __future__ import annotations
 
 import hashlib
+import io
 import re
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -63,6 +64,17 @@ class ResolvedImage:
     ref: dict[str, str]  # the wire form stored in the job: {"upload_id": ...} or {"generation_id": ...}
     storage_key: str
     url: str
+    size: tuple[int, int] | None = None  # (width, height) when known without reading the object
+
+
+def stored_image_size(storage, image: ResolvedImage) -> tuple[int, int]:
+    """(width, height) of a resolved image: from its upload row, else the stored file's header."""
+    if image.size is not None:
+        return image.size
+    from PIL import Image
+
+    with Image.open(io.BytesIO(storage.get(image.storage_key))) as opened:
+        return opened.size
 
 
 def store_upload(session, storage, key, image: ValidatedImage, *, reuse: bool = False):
@@ -101,7 +113,7 @@ def _resolve_upload(session, storage, key, field: str, upload_id: str) -> Resolv
     if upload is None or upload.api_key_id != key.id:
         raise InvalidInput(field, f"upload {upload_id!r} does not exist for this API key")
     return ResolvedImage(field, {"upload_id": upload.id}, upload.storage_key,
-                         storage.url(upload.storage_key))
+                         storage.url(upload.storage_key), (upload.width, upload.height))
 
 
 def _resolve_generation(session, storage, key, field: str, generation_id: str) -> ResolvedImage:
@@ -142,7 +154,8 @@ def resolve_image_refs(session_factory, storage, fetcher, key, request) -> dict[
                 upload = store_upload(session, storage, key, fetched[field], reuse=True)
                 resolved[field] = ResolvedImage(field, {"upload_id": upload.id},
                                                 upload.storage_key,
-                                                storage.url(upload.storage_key))
+                                                storage.url(upload.storage_key),
+                                                (upload.width, upload.height))
             else:
                 raise InvalidInput(field, "local paths are not accepted over HTTP")
     return resolved

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from . import jobs, keys
 from .db import transaction
-from .image_refs import job_body, primary_input_url, resolve_image_refs, store_upload
+from .errors import pipeline_input_errors
+from .image_refs import (job_body, primary_input_url, resolve_image_refs, store_upload,
+                         stored_image_size)
 
 
 def submit_generation(services, key, request, *, idempotency_key: str | None = None,
@@ -17,16 +19,29 @@ def submit_generation(services, key, request, *, idempotency_key: str | None = N
 
     Checks the key's allowed tools and that the executor is up, then resolves every image
     reference (URLs fetched and validated, stored as uploads) before the job exists, so a bad
-    image fails naming its field; then reserves slots, budgets and credits in one transaction.
+    image fails naming its field, and an output the pipeline could not make (an upscale past
+    its pixel cap) fails too; then reserves slots, budgets and credits in one transaction.
     """
     keys.require_tool(key, request.tool)
     services.require_executor()
     resolved = resolve_image_refs(services.session_factory, services.storage, services.fetcher,
                                   key, request)
+    check_output_limits(services.storage, request, resolved)
     return jobs.create_job(
         services.session_factory, key, request, job_body(request, resolved),
         idempotency_key=idempotency_key, input_image=primary_input_url(resolved),
         surface=surface, idempotency_ttl_hours=services.settings.idempotency_ttl_hours)
+
+
+def check_output_limits(storage, request, resolved) -> None:
+    """Refuse, before anything is reserved, a job whose output the pipeline could not make: an
+    upscale past the output pixel cap (`InvalidInput` naming `input.image`)."""
+    if request.tool == "upscaler":
+        from retouch.pipelines.upscale import check_upscale_output
+
+        width, height = stored_image_size(storage, resolved["input.image"])
+        with pipeline_input_errors():
+            check_upscale_output(width, height, request.options.scale)
 
 
 def import_image_url(services, key, url: str, field: str = "url"):
