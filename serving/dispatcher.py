@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import socket
 import threading
 import time
@@ -180,7 +181,17 @@ class DispatcherConfig:
         return self.deadlines_s.get(tool, self.deadlines_s.get("*"))
 
 
+def unique_worker_prefix(label: str | None = None) -> str:
+    """`[label-]host-pid-random`: leases name their worker, so two processes on one database
+    (or one process restarted with the same pid) must never share a worker id."""
+    parts = [label] if label else []
+    return "-".join([*parts, socket.gethostname(), str(os.getpid()), secrets.token_hex(4)])
+
+
 class Dispatcher:
+    """`worker_prefix` names this dispatcher's workers (`<prefix>-0`, ...); the default is
+    unique per process and per dispatcher."""
+
     def __init__(self, session_factory, storage, backend: ExecutionBackend,
                  config: DispatcherConfig, worker_prefix: str | None = None, metrics=None):
         self.session_factory = session_factory
@@ -188,7 +199,7 @@ class Dispatcher:
         self.backend = backend
         self.config = config
         self.metrics = metrics
-        self.worker_prefix = worker_prefix or f"{socket.gethostname()}-{os.getpid()}"
+        self.worker_prefix = worker_prefix or unique_worker_prefix()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._trackers: set[JobTracker] = set()

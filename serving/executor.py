@@ -37,7 +37,7 @@ class InProcessExecutor:
         self.dispatcher = None
 
     def start(self) -> None:
-        from .dispatcher import Dispatcher, DispatcherConfig, InProcessBackend
+        from .dispatcher import Dispatcher, DispatcherConfig, InProcessBackend, unique_worker_prefix
 
         settings = self.services.settings
         config = DispatcherConfig(lease_seconds=settings.lease_seconds,
@@ -49,7 +49,9 @@ class InProcessExecutor:
                                    max_batch_size=settings.max_batch_size,
                                    batch_wait_timeout_s=settings.batch_wait_timeout_s)
         self.dispatcher = Dispatcher(self.services.session_factory, self.services.storage,
-                                     backend, config, worker_prefix="inprocess", metrics=metrics)
+                                     backend, config,
+                                     worker_prefix=unique_worker_prefix("inprocess"),
+                                     metrics=metrics)
         self.dispatcher.start()
 
     def stop(self) -> None:
