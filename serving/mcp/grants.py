@@ -294,16 +294,18 @@ class Caller:
 
 def caller_for_bearer(session: Session, credential: str) -> Caller | None:
     """Identify an MCP bearer credential: a Wixma API key (`wx_live_...`) or an OAuth access
-    token. None for unknown, expired or revoked credentials (the client gets 401). Paused and
-    expired keys are identified; the per-call key checks then answer `forbidden`."""
+    token. None for unknown credentials and for expired or revoked OAuth tokens (the client gets
+    401 and signs in again). A known `wx_live_` key is identified whatever its status: a paused,
+    expired or revoked key is answered `forbidden` (with `details.reason`) per call, exactly as
+    over HTTP."""
     if not credential or len(credential) > 200:
         return None
     if credential.startswith(keys.SECRET_PREFIXES["wixma"]):
         key = session.scalars(select(ApiKey).where(
             ApiKey.secret_hash == keys.hash_secret(credential))).first()
-        if key is None or key.surface != "wixma" or key.status == "revoked":
+        if key is None or key.surface != "wixma":
             return None
-        # No expiry here: an expired key is answered `forbidden` per call, as over HTTP.
+        # No status or expiry here: the per-call checks answer `forbidden`, as over HTTP.
         return Caller(api_key_id=key.id, client_id=f"api-key:{key.id}",
                       scopes=list(key.scopes or []), expires_at=None)
     if not credential.startswith(ACCESS_TOKEN_PREFIX):

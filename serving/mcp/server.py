@@ -38,10 +38,11 @@ from retouch.serving.core.submissions import import_image_url, submit_generation
 from retouch.serving.core.tables import Account, ApiKey
 from retouch.serving.wixma.schemas import generation_object, upload_object
 
+from .previews import inline_images
+
 log = logging.getLogger(__name__)
 
 SERVER_NAME = "wixma"
-MAX_INLINE_IMAGE_BYTES = 20 * 1024 * 1024  # outputs inlined by wixma_get_generation, in total
 INSTRUCTIONS = (
     "Wixma generates, edits, photographs, filters and upscales images as async jobs. Pass input "
     "images as public HTTPS URLs, {upload_id} (from wixma_upload_image) or {generation_id} (a "
@@ -220,16 +221,11 @@ class WixmaTools:
         return self.run(ctx, "generations:read", action)
 
     def _inline_outputs(self, storage_keys: list[str]) -> list[ImageContent]:
-        """The outputs as MCP image content (base64), up to `MAX_INLINE_IMAGE_BYTES` in all."""
-        storage, images, total = self.services.storage, [], 0
-        for storage_key in storage_keys:
-            data = storage.get(storage_key)
-            total += len(data)
-            if total > MAX_INLINE_IMAGE_BYTES:
-                break  # the rest stay reachable through output_url(s)
-            images.append(ImageContent(type="image", data=base64.b64encode(data).decode("ascii"),
-                                       mime_type=storage.media_type(storage_key)))
-        return images
+        """The outputs as MCP image content (base64): as stored when small, else a downscaled
+        WEBP preview, so the whole result stays well under the SDKs' 1 MiB event limit."""
+        return [ImageContent(type="image", data=base64.b64encode(data).decode("ascii"),
+                             mime_type=media_type)
+                for data, media_type in inline_images(self.services.storage, storage_keys)]
 
     def list_generations(self, ctx: Context, status: str | None, tool: str | None, limit: int,
                          cursor: str | None) -> CallToolResult:
@@ -383,7 +379,7 @@ def build_mcp_server(services) -> MCPServer:
         ctx: Context,
     ) -> CallToolResult:
         """One generation's status, progress, cost and error. When completed, the output URL(s)
-        and the image(s) inline."""
+        (full resolution) and the image(s) inline (a downscaled preview when large)."""
         return tools.get_generation(ctx, generation_id)
 
     @server.tool(annotations=reads)
