@@ -41,8 +41,12 @@ def _normalise_url(url: str) -> str:
 
 
 def make_engine(url: str, **kwargs) -> Engine:
-    """Create an engine: SQLite gets WAL, a busy timeout and cross-thread use; Postgres uses psycopg."""
+    """Create an engine: SQLite gets WAL, a busy timeout and cross-thread use; Postgres uses psycopg.
+
+    Statement parameters never appear in SQL logs or error messages (`hide_parameters`): they
+    include webhook signing secrets, and errors end up in logs."""
     url = _normalise_url(url)
+    kwargs.setdefault("hide_parameters", True)
     if not is_sqlite(url):
         kwargs.setdefault("pool_pre_ping", True)
         return create_engine(url, **kwargs)

@@ -28,7 +28,8 @@ from .rendering import PACKAGE_DIR, error_status, render, services_of
 from .session import HOME_PATH, Member
 
 router = APIRouter(prefix="/dashboard", include_in_schema=False)
-STATIC_FILES = {"dashboard.css": "text/css", "dashboard.js": "text/javascript"}
+STATIC_FILES = {"dashboard.css": "text/css", "dashboard.js": "text/javascript",
+                "signin.css": "text/css"}  # the last for `serving.mcp.pages`
 
 
 # ---- static files -----------------------------------------------------------------------------
@@ -37,7 +38,8 @@ def static_file(name: str) -> Response:
     if name not in STATIC_FILES:
         raise InvalidInput("name", f"no file {name!r}", http_status=404)
     return FileResponse(PACKAGE_DIR / "static" / name, media_type=STATIC_FILES[name],
-                        headers={"Cache-Control": "public, max-age=3600"})
+                        headers={"Cache-Control": "public, max-age=3600",
+                                 "X-Content-Type-Options": "nosniff"})
 
 
 # ---- pages -----------------------------------------------------------------------------------
