@@ -26,9 +26,9 @@ from starlette.requests import cookie_parser
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from retouch.pipelines.errors import InvalidInput
 from retouch.pipelines.vocabulary import MAX_IMAGE_BYTES
 
+from .core.errors import InvalidInput
 from .errors import error_body, new_request_id
 
 FRAMING_BYTES = 1024 * 1024  # multipart headers and boundaries, the other JSON fields

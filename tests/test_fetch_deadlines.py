@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from retouch.pipelines.errors import InvalidInput
+from retouch.serving.core.errors import InvalidInput
 from retouch.serving.core.fetch import ImageFetcher
 
 from api_fixtures import api_for, assert_error, image_bytes, make_settings

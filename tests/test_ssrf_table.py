@@ -11,7 +11,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from retouch.pipelines.errors import InvalidInput
+from retouch.serving.core.errors import InvalidInput
 from retouch.serving.core.fetch import ImageFetcher, is_public_address
 from retouch.serving.executor import InProcessExecutor
 

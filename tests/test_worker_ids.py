@@ -14,7 +14,6 @@ from PIL import Image
 from sqlalchemy import select, update
 
 from retouch.pipelines.errors import Cancelled
-from retouch.pipelines.requests import parse_generation_request
 from retouch.serving.core import accounts, keys
 from retouch.serving.core.db import transaction, utcnow
 from retouch.serving.core.jobs import create_generation, expire_leases, lease_next_job
@@ -22,6 +21,8 @@ from retouch.serving.core.storage import LocalStorage
 from retouch.serving.core.tables import Account, Generation, LedgerEntry
 from retouch.serving.dispatcher import Dispatcher, DispatcherConfig, unique_worker_prefix
 from retouch.serving.executor import InProcessExecutor
+from retouch.serving.replica_io import Outcome
+from retouch.serving.tasks import parse_request
 
 from db_fixtures import database_url, engine, sf  # noqa: F401 (fixtures)
 
@@ -50,7 +51,7 @@ class StallingBackend:
                 self.saw_cancel.set()
                 raise Cancelled("stopped")
             time.sleep(0.02)
-        return [png()]
+        return Outcome(outputs=[png()])
 
 
 class WatchingBackend:
@@ -62,19 +63,19 @@ class WatchingBackend:
 
     def run(self, job_id, body, images, seed, progress, is_cancelled):
         self.other_stopped_first = self.other.saw_cancel.wait(5)
-        return [png()]
+        return Outcome(outputs=[png()])
 
 
 def test_in_process_executors_get_distinct_worker_ids(tmp_path):
-    class FakeServices:
-        class settings:  # noqa: N801 (mirrors Settings)
-            lease_seconds, max_attempts = 30.0, 2
-        session_factory = None
-        storage = None
+    from types import SimpleNamespace
 
+    from retouch.serving.settings import Settings
+
+    services = SimpleNamespace(settings=Settings(home=tmp_path), metrics=None,
+                               session_factory=None, storage=None)
     prefixes = set()
     for _ in range(2):
-        executor = InProcessExecutor(FakeServices, lambda: None, concurrency=0, poll_seconds=60)
+        executor = InProcessExecutor(services, lambda: None, concurrency=0, poll_seconds=60)
         executor.start()
         prefixes.add(executor.dispatcher.worker_prefix)
         executor.stop()
@@ -86,7 +87,7 @@ def test_a_re_leased_job_s_old_worker_stops_and_cannot_settle(sf, tmp_path):
     with transaction(sf) as session:
         account = accounts.create_account(session, "two servers", plan="pro", credits=START)
         key, _ = keys.create_key(session, account.id)
-    job, _ = create_generation(sf, key, parse_generation_request(BODY), BODY)
+    job, _ = create_generation(sf, key, parse_request(BODY), BODY)
     storage = LocalStorage(tmp_path / "files", "http://test")
     config = DispatcherConfig(lease_seconds=3.0, max_attempts=2, concurrency=1)
     first = StallingBackend()
