@@ -27,7 +27,8 @@ def flat_png(width: int, height: int) -> bytes:
 @pytest.mark.parametrize("size,scale,allowed", [
     ((9400, 9400), 4, False), ((9400, 9400), 2, False), ((4097, 4096), 2, False),
     ((4096, 4096), 2, True), ((2048, 2048), 4, True), ((2049, 2048), 4, False),
-    ((9400, 9400), "4k", False), ((8000, 8000), "4k", True), ((1000, 9000), "4k", False), ((512, 512), "4k", True)])
+    ((9400, 9400), "4k", False), ((8000, 8000), "4k", True), ((1000, 9000), "4k", False),
+    ((512, 512), "4k", True)])
 def test_check_upscale_output(size, scale, allowed):
     if allowed:
         plan = check_upscale_output(*size, scale)
