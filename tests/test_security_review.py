@@ -25,7 +25,6 @@ from retouch.serving.core import jobs, keys, members
 from retouch.serving.core.db import make_engine, transaction
 from retouch.serving.mcp.signin import LOGIN_ATTEMPTS_PER_MINUTE
 
-from api_fixtures import api  # noqa: F401 (a fixture)
 from api_fixtures import GENERATOR_BODY, api_for, image_bytes, make_settings
 from db_fixtures import BACKENDS, postgres_schema
 from test_dashboard_pages import PASSWORD, Dashboard, csrf_token_of

@@ -16,7 +16,7 @@ from sqlalchemy import select, update
 from retouch.pipelines.errors import Cancelled
 from retouch.serving.core import accounts, keys
 from retouch.serving.core.db import transaction, utcnow
-from retouch.serving.core.jobs import create_generation, expire_leases, lease_next_job
+from retouch.serving.core.jobs import create_job, expire_leases, lease_next_job
 from retouch.serving.core.storage import LocalStorage
 from retouch.serving.core.tables import Account, Generation, LedgerEntry
 from retouch.serving.dispatcher import Dispatcher, DispatcherConfig, unique_worker_prefix
@@ -24,7 +24,6 @@ from retouch.serving.executor import InProcessExecutor
 from retouch.serving.replica_io import Outcome
 from retouch.serving.tasks import parse_request
 
-from db_fixtures import database_url, engine, sf  # noqa: F401 (fixtures)
 
 START = 10_000
 BODY = {"tool": "generator", "input": {"prompt": "a lamp"}, "options": {"quality": "low"}}
@@ -87,7 +86,7 @@ def test_a_re_leased_job_s_old_worker_stops_and_cannot_settle(sf, tmp_path):
     with transaction(sf) as session:
         account = accounts.create_account(session, "two servers", plan="pro", credits=START)
         key, _ = keys.create_key(session, account.id)
-    job, _ = create_generation(sf, key, parse_request(BODY), BODY)
+    job, _ = create_job(sf, key, parse_request(BODY), BODY)
     storage = LocalStorage(tmp_path / "files", "http://test")
     config = DispatcherConfig(lease_seconds=3.0, max_attempts=2, concurrency=1)
     first = StallingBackend()
