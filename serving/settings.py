@@ -19,12 +19,19 @@ class Settings(BaseSettings):
     public_base_url: str | None = None
 
     database_url: str | None = None  # default: sqlite:///<home>/retouch.db
+    # `retouch serve` migrates the database first; off where `retouch db upgrade` runs once
+    # before N API pods start (a Kubernetes init Job), so pods never race on migrations.
+    migrate_on_start: bool = True
 
     storage: Literal["local", "s3"] = "local"
     s3_endpoint_url: str | None = None
     s3_bucket: str = "retouch"
     s3_region: str = "us-east-1"
     s3_public_base_url: str | None = None  # serve S3 objects from here instead of presigned URLs
+    s3_presign_seconds: int = 7 * 24 * 3600  # lifetime of presigned GET URLs (S3's maximum)
+    # Keys under `accounts/<account_id>/` (uploads, outputs, music): per-tenant lifecycle rules,
+    # deletion and IAM policies by prefix. Off: the flat `uploads/`, `outputs/` layout.
+    storage_account_prefixes: bool = False
 
     profile: str = "tiny"
     device: str = "cpu"
@@ -33,7 +40,11 @@ class Settings(BaseSettings):
 
     executor: Literal["ray", "inprocess"] = "ray"
     ray_address: str | None = None  # None: start a local Ray for the embedded default
-    serve_config: Path | None = None  # Ray Serve deployment options (num_gpus, replicas)
+    # A Ray Serve config file (Ray's schema: one application per model family); None: one CPU
+    # replica per family. `retouch serve` deploys it unless `deploy_serve_apps` is off, as where
+    # a KubeRay RayService deploys the same file; the dispatcher reads application names from it.
+    serve_config: Path | None = None
+    deploy_serve_apps: bool = True
 
     allow_private_urls: bool = False
     lease_seconds: float = 30.0
