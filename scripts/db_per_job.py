@@ -68,14 +68,20 @@ class StatementCounter:
 
 def measure(database_url: str | None, jobs: int, home: Path) -> dict[str, Counter]:
     from fastapi.testclient import TestClient
+    from sqlalchemy import func, select
 
     from retouch.serving.app import build_app, build_services
     from retouch.serving.core import accounts, jobs as job_store, keys
     from retouch.serving.core.db import transaction
+    from retouch.serving.core.tables import Generation
     from retouch.serving.settings import Settings
 
     settings = Settings(home=home, database_url=database_url, executor="inprocess")
     services = build_services(settings)
+    with services.session_factory() as session:  # the lease must find this script's jobs
+        if session.scalar(select(func.count()).select_from(Generation)
+                          .where(Generation.status == "pending")):
+            raise SystemExit("the database has pending jobs: give an empty one")
     with transaction(services.session_factory) as session:
         account = accounts.create_account(session, "db-per-job", plan="pro", credits=10**9)
         _, secret = keys.create_key(session, account.id)
