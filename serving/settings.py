@@ -49,7 +49,9 @@ class Settings(BaseSettings):
     allow_private_urls: bool = False
     lease_seconds: float = 30.0
     max_attempts: int = 2
-    dispatcher_concurrency: int = 4  # jobs in flight at once (≥ max_batch_size to fill batches)
+    # Jobs in flight at once (≥ max_batch_size to fill batches). Unset on Ray: the Serve config's
+    # in-flight capacity (most replicas × max_ongoing_requests), if larger.
+    dispatcher_concurrency: int = 4
     max_batch_size: int = 4  # compatible jobs denoised together (1: no batching)
     batch_wait_timeout_s: float = 0.02  # how long a batch waits for company
     # Per-tool run deadline in seconds (e.g. {"photographer": 600}); a job past it is stopped,

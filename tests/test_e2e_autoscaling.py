@@ -32,7 +32,10 @@ def serve_config(cache_dir):
                 "args": {"profile": "tiny", "device": "cpu", "cache_dir": str(cache_dir)},
                 "deployments": [{"name": deployment, "ray_actor_options": {"num_cpus": 0},
                                  "graceful_shutdown_timeout_s": 5,
-                                 "graceful_shutdown_wait_loop_s": 0.5, **options}]}
+                                 "graceful_shutdown_wait_loop_s": 0.5,
+                                 # A loaded 2-core machine can stall a busy replica's event
+                                 # loop for long: no restarts for a slow health check here.
+                                 "health_check_timeout_s": 120, **options}]}
 
     return checked_serve_config(ServeDeploySchema.model_validate({
         "proxy_location": "Disabled",
@@ -71,6 +74,7 @@ def test_a_family_scales_to_two_replicas_under_load_and_back_to_one(tmp_path, ti
     start_ray(settings)
     stop = threading.Event()
     finished: list[int] = []
+    failures: list[BaseException] = []
     try:
         backend = RayBackend(deploy_families(config), poll_seconds=0.1)
         assert running_replicas() == 1
@@ -80,10 +84,13 @@ def test_a_family_scales_to_two_replicas_under_load_and_back_to_one(tmp_path, ti
         def keep_busy(client: int) -> None:  # one dispatcher worker: a job after another
             n = 0
             while not stop.is_set():
-                backend.run(f"load-{client}-{n}", request, {}, n, lambda f: None,
-                            lambda: False)
+                try:
+                    backend.run(f"load-{client}-{n}", request, {}, n, lambda f: None,
+                                lambda: False)
+                    finished.append(client)
+                except Exception as exc:  # noqa: BLE001 (reported by the assertion below)
+                    failures.append(exc)
                 n += 1
-                finished.append(client)
 
         # The diffusion family's share of the in-flight capacity (the upscaler's is idle).
         clients = [threading.Thread(target=keep_busy, args=(i,), daemon=True)
@@ -95,7 +102,7 @@ def test_a_family_scales_to_two_replicas_under_load_and_back_to_one(tmp_path, ti
         for thread in clients:
             thread.join(120)
         assert not any(thread.is_alive() for thread in clients)
-        assert finished, "jobs ran while the family scaled up"
+        assert finished and not failures, f"{len(finished)} jobs ran; failures: {failures[:3]}"
         down = wait_for(lambda: running_replicas() == 1, 90, "back to one replica")
         print(f"scaled up after {up:.1f} s of load, down {down:.1f} s after it stopped; "
               f"{len(finished)} jobs")
