@@ -171,3 +171,23 @@ def test_the_dispatcher_keeps_the_replicas_capacity_in_flight(monkeypatch, tmp_p
                                (Settings(home=tmp_path, dispatcher_concurrency=2), 2)):
         runtime.RayExecutor(SimpleNamespace(settings=settings, metrics=None)).start()
         assert made.pop().concurrency == expected  # an explicit setting is kept
+
+
+def test_serve_build_describes_both_families_in_a_config_retouch_loads(tmp_path):
+    import subprocess
+    import sys
+
+    built = subprocess.run(
+        [sys.executable, "-m", "ray.serve.scripts", "build", "-o", str(tmp_path / "built.yaml"),
+         "retouch.serving.serve_apps:diffusion", "retouch.serving.serve_apps:upscaler"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert built.returncode == 0, built.stderr[-2000:]
+    raw = yaml.safe_load((tmp_path / "built.yaml").read_text())
+    assert [[d["name"] for d in app["deployments"]] for app in raw["applications"]] == [
+        ["DiffusionDeployment"], ["UpscalerDeployment"]]
+    for app, family in zip(raw["applications"], ("diffusion", "upscaler")):
+        app["import_path"] = f"retouch.serving.deployments:build_{family}_app"
+        app["args"] = {"profile": "tiny"}
+    (tmp_path / "serve.yaml").write_text(yaml.safe_dump(raw))
+    config = load_serve_config(tmp_path / "serve.yaml")
+    assert application_names(config) == {"diffusion": "app1", "upscaler": "app2"}
