@@ -25,13 +25,22 @@ def serve(
         None, "--allow-private-urls/--no-allow-private-urls",
         help="let image URLs point at private/loopback hosts (RETOUCH_ALLOW_PRIVATE_URLS=1)"),
     executor: str = typer.Option(None, help="ray | inprocess"),
+    serve_config: Path = typer.Option(
+        None, "--serve-config", exists=True, dir_okay=False,
+        help="Ray Serve config file (Ray's schema; RETOUCH_SERVE_CONFIG); default: one CPU "
+             "replica per model family"),
+    migrate: bool = typer.Option(
+        None, "--migrate/--no-migrate",
+        help="migrate the database before serving (default); --no-migrate where "
+             "`retouch db upgrade` runs once for all API pods (RETOUCH_MIGRATE_ON_START=0)"),
 ) -> None:
     """Run the worker: models, Ray Serve deployments, the dispatcher and the HTTP API."""
     from retouch.serving.server import serve_forever
     from retouch.serving.settings import Settings
 
     given = {"host": host, "port": port, "home": home, "profile": profile, "device": device,
-             "allow_private_urls": allow_private_urls, "executor": executor}
+             "allow_private_urls": allow_private_urls, "executor": executor,
+             "serve_config": serve_config, "migrate_on_start": migrate}
     settings = Settings(**{k: v for k, v in given.items() if v is not None})
     raise typer.Exit(serve_forever(settings))
 
@@ -94,6 +103,44 @@ def fetch_models_command(
             describe(item)
         return
     fetch_models(resolved, cache_dir, on_item=describe)
+
+
+db_app = typer.Typer(help="Database schema: migrations, run apart from serving.",
+                     no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    home: Path = typer.Option(None, help="data folder holding the SQLite database (RETOUCH_HOME)"),
+    revision: str = typer.Option("head", help="the Alembic revision to upgrade to"),
+) -> None:
+    """Migrate the database (RETOUCH_DATABASE_URL) to the newest schema, then exit.
+
+    Run it once per release (a Kubernetes Job) before API pods that serve with --no-migrate.
+    Concurrent runs on PostgreSQL wait for each other on an advisory lock."""
+    from retouch.serving.core.db import current_revision, run_migrations
+    from retouch.serving.settings import Settings
+
+    settings = Settings(home=home) if home is not None else Settings()
+    url = settings.resolved_database_url
+    before = current_revision(url)
+    run_migrations(url, revision)
+    typer.echo(f"database at revision {current_revision(url)} (was {before or 'empty'})")
+
+
+@db_app.command("current")
+def db_current(
+    home: Path = typer.Option(None, help="data folder holding the SQLite database (RETOUCH_HOME)"),
+) -> None:
+    """Print the database's schema revision and whether it is the newest."""
+    from retouch.serving.core.db import current_revision, head_revision
+    from retouch.serving.settings import Settings
+
+    settings = Settings(home=home) if home is not None else Settings()
+    current, head = current_revision(settings.resolved_database_url), head_revision()
+    typer.echo(f"{current or 'empty'} ({'up to date' if current == head else f'head is {head}'})")
+    raise typer.Exit(0 if current == head else 1)
 
 
 def main() -> None:

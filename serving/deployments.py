@@ -1,8 +1,10 @@
-"""Ray Serve deployments: one per model family, each hosting a `TaskRunner`.
+"""Ray Serve deployments: one application per model family, each replica hosting a `TaskRunner`.
 
 Which tasks a family runs is the registry's (`TaskSpec.family`): `DiffusionDeployment` the
 `diffusion` family (generator, editor, photographer, ai_filter, AIXpose `enhance` and `video`),
-`UpscalerDeployment` the `upscaler` family.
+`UpscalerDeployment` the `upscaler` family. `build_diffusion_app` / `build_upscaler_app` are the
+families' application builders (a Serve config's `import_path`; `args` validate into
+`EngineConfig`); `serving.serve_config` reads the config that deploys them.
 
 Both expose `run_job(job_id, request, images, seed)`: the typed request (pickled by Ray), the
 input images as stored bytes keyed by field (`input.main_image`, ...); the reply carries the
@@ -17,24 +19,29 @@ Ray is imported inside functions only, so the in-process executor never needs it
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
 
 BOARD_NAME = "retouch-progress-board"
 RAY_NAMESPACE = "retouch"
 
 
-@dataclass
-class EngineConfig:
-    """What a replica needs to build its `ModelStore` and `TaskRunner`."""
+class EngineConfig(BaseModel):
+    """What a replica needs to build its `ModelStore` and `TaskRunner`: the typed `args` of a
+    family's application in the Serve config (Ray validates them into this model)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     profile: str = "tiny"
     device: str = "cpu"
-    cache_dir: str = ""
-    overrides: dict[str, str] = field(default_factory=dict)
-    max_batch_size: int = 1  # compatible jobs denoised together (`@serve.batch` on a replica)
-    batch_wait_timeout_s: float = 0.0
+    dtype: str | None = None  # e.g. "bfloat16"; unset: float32 on CPU, the profile's elsewhere
+    cache_dir: str | None = None  # unset: the model store's default cache
+    overrides: dict[str, str] = Field(default_factory=dict)
+    max_batch_size: int = Field(1, ge=1)  # compatible jobs denoised together (`@serve.batch`)
+    batch_wait_timeout_s: float = Field(0.0, ge=0.0)
     fault_oom_calls: tuple[int, ...] = ()  # fault injection: these pipeline calls run out of memory
 
     def build_runner(self):
@@ -45,42 +52,10 @@ class EngineConfig:
         from .runner import TaskRunner
 
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        store = ModelStore(profile=self.profile, device=self.device,
-                           cache_dir=Path(self.cache_dir), overrides=self.overrides or None)
+        store = ModelStore(profile=self.profile, device=self.device, dtype=self.dtype,
+                           cache_dir=Path(self.cache_dir) if self.cache_dir else None,
+                           overrides=self.overrides or None)
         return TaskRunner(store, fault_oom_calls=tuple(self.fault_oom_calls))
-
-
-@dataclass
-class FamilyOptions:
-    """Ray Serve options of one deployment family (from the serve config file)."""
-
-    num_replicas: int = 1
-    num_gpus: float = 0.0
-    num_cpus: float = 0.0
-    max_ongoing_requests: int = 4  # ≥ the replica's max_batch_size, so batches can fill
-
-
-def load_family_options(config_path: Path | None) -> dict[str, FamilyOptions]:
-    """Per-family options from a YAML serve config; the CPU embedded default without one."""
-    from .tasks import TASKS
-
-    families = TASKS.families()
-    options = {name: FamilyOptions() for name in families}
-    if config_path is None:
-        return options
-    import yaml
-
-    raw = yaml.safe_load(Path(config_path).read_text()) or {}
-    for name, values in (raw.get("deployments") or {}).items():
-        if name not in families:
-            raise ValueError(f"serve config: unknown deployment family {name!r}; "
-                             f"expected one of {', '.join(families)}")
-        unknown = set(values or {}) - set(FamilyOptions.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"serve config: deployments.{name} has unknown option(s) "
-                             f"{', '.join(sorted(unknown))}")
-        options[name] = FamilyOptions(**(values or {}))
-    return options
 
 
 class ProgressBoard:
@@ -222,10 +197,48 @@ class UpscalerDeployment(_FamilyDeployment):
 
 _FAMILY_CLASSES = {cls.family: cls for cls in (DiffusionDeployment, UpscalerDeployment)}
 
+# A family's Serve options where the Serve config names none (the config's values replace
+# these; a config's `ray_actor_options` replaces the dict as a whole, as Serve does).
+DEPLOYMENT_DEFAULTS: dict[str, Any] = {
+    "max_ongoing_requests": 4,  # ≥ the replica's max_batch_size, so batches can fill
+    "ray_actor_options": {"num_cpus": 0, "num_gpus": 0},
+}
+
+
+def deployment_name(family: str) -> str:
+    """The Serve deployment name of a family's replicas (`deployments[].name` in the config)."""
+    return _FAMILY_CLASSES[family].__name__
+
+
+def builder_import_path(family: str) -> str:
+    """The `import_path` of a family's application builder."""
+    return f"{__name__}:build_{family}_app"
+
+
+def family_application(family: str, args: EngineConfig | dict[str, Any]):
+    """The Serve application of one family: its deployment bound to the validated args."""
+    from ray import serve
+
+    engine_config = EngineConfig.model_validate(args)
+    cls = _FAMILY_CLASSES[family]
+    return serve.deployment(cls, name=cls.__name__, **DEPLOYMENT_DEFAULTS).bind(engine_config)
+
+
+# Application builders, one per family, for the Serve config's `import_path` (also usable with
+# `serve build` / `serve run`). Ray passes the config's `args`; `EngineConfig` validates them.
+def build_diffusion_app(args: EngineConfig):
+    """`retouch.serving.deployments:build_diffusion_app`: the `diffusion` family."""
+    return family_application("diffusion", args)
+
+
+def build_upscaler_app(args: EngineConfig):
+    """`retouch.serving.deployments:build_upscaler_app`: the `upscaler` family."""
+    return family_application("upscaler", args)
+
 
 @dataclass
 class RayFamilies:
-    """Handles to the running deployments plus the progress board."""
+    """Handles to the running family applications plus the progress board."""
 
     handles: dict[str, Any]
     board: Any
@@ -236,25 +249,74 @@ class RayFamilies:
         return self.handles[TASKS.for_request(request).family]
 
 
-def deploy_families(engine_config: EngineConfig,
-                    options: dict[str, FamilyOptions]) -> RayFamilies:
-    """Start the progress board and one Serve application per family (Ray must be initialised)."""
+def start_progress_board(*, detached: bool = False):
+    """The progress board actor (created once, found by name afterwards).
+
+    Embedded, it lives as long as this driver. On a shared cluster (`detached`) it is pinned to
+    the head node and outlives any one API pod, which all find the same board.
+    """
     import ray
+
+    options: dict[str, Any] = {"name": BOARD_NAME, "namespace": RAY_NAMESPACE,
+                               "get_if_exists": True, "num_cpus": 0}
+    if detached:
+        options.update(lifetime="detached", resources={"node:__internal_head__": 0.001})
+    return ray.remote(ProgressBoard).options(**options).remote()
+
+
+def deploy_serve_config(config) -> None:
+    """Deploy a Serve config (`ray.serve.schema.ServeDeploySchema`) as `serve deploy` would:
+    the controller imports each application's builder with its `args` (Ray must be initialised)."""
+    from ray.serve._private.api import serve_start
+
+    client = serve_start(proxy_location=config.proxy_location,
+                         http_options=config.http_options.model_dump())
+    client.deploy_apps(config, _blocking=False)
+
+
+def connect_families(app_names: dict[str, str], *, detached_board: bool = False,
+                     wait_s: float = 300.0, poll_s: float = 0.5) -> RayFamilies:
+    """Serve handles to each family's application, looked up by application name.
+
+    Waits up to `wait_s` for applications that do not exist yet (just deployed, or a RayService
+    still starting them); the handles queue requests while replicas start.
+    """
+    from ray import serve
+    from ray.serve.exceptions import RayServeException
+
+    board = start_progress_board(detached=detached_board)
+    handles = {}
+    deadline = time.monotonic() + wait_s
+    for family, app_name in app_names.items():
+        while True:
+            try:
+                handles[family] = serve.get_app_handle(app_name)
+                break
+            except RayServeException:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the Serve application {app_name!r} ({family} family) "
+                                       f"did not appear within {wait_s:g} s") from None
+                time.sleep(poll_s)
+    return RayFamilies(handles=handles, board=board)
+
+
+def wait_until_running(app_names, timeout_s: float = 600.0, poll_s: float = 0.5) -> None:
+    """Block until every named application is RUNNING; raise if one fails to deploy."""
     from ray import serve
 
-    board = ray.remote(ProgressBoard).options(
-        name=BOARD_NAME, namespace=RAY_NAMESPACE, get_if_exists=True, num_cpus=0,
-        lifetime=None).remote()
-    serve.start(proxy_location="Disabled")
-    targets = []
-    for family, cls in _FAMILY_CLASSES.items():
-        opts = options[family]
-        deployment = serve.deployment(cls).options(
-            name=cls.__name__, num_replicas=opts.num_replicas,
-            max_ongoing_requests=opts.max_ongoing_requests,
-            ray_actor_options={"num_gpus": opts.num_gpus, "num_cpus": opts.num_cpus})
-        targets.append(serve.RunTarget(deployment.bind(engine_config), name=f"retouch-{family}",
-                                       route_prefix=None))
-    # Both families start in parallel (their replicas load models at the same time).
-    handles = dict(zip(_FAMILY_CLASSES, serve.run_many(targets)))
-    return RayFamilies(handles=handles, board=board)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        applications = serve.status().applications
+        statuses = {name: applications[name].status if name in applications else "NOT_STARTED"
+                    for name in app_names}
+        failed = {n: applications[n].message for n, s in statuses.items()
+                  if s in ("DEPLOY_FAILED", "UNHEALTHY")}
+        if failed:
+            raise RuntimeError("Serve could not deploy " + "; ".join(
+                f"{name}: {message}" for name, message in failed.items()))
+        if all(s == "RUNNING" for s in statuses.values()):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"Serve applications not running after {timeout_s:g} s: "
+                               f"{statuses}")
+        time.sleep(poll_s)

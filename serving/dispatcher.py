@@ -314,12 +314,13 @@ class Dispatcher:
                 return
 
     def store_outputs(self, job, outputs: list[bytes]) -> list[str]:
-        from .core.storage import MEDIA_TYPES
+        from .core.storage import MEDIA_TYPES, account_key
 
         output_format = (job.request.get("options") or {}).get("output_format", "png")
         keys = []
         for n, data in enumerate(outputs, start=1):
-            key = f"outputs/{job.id}/{n}.{output_format}"
+            key = account_key(self.storage, job.account_id,
+                              f"outputs/{job.id}/{n}.{output_format}")
             self.storage.put(key, data, MEDIA_TYPES[output_format])
             keys.append(key)
         return keys

@@ -59,6 +59,7 @@ def start_ray(settings, object_store_bytes: int = 256 * 1024 * 1024) -> None:
 
 
 def stop_ray() -> None:
+    """Shut Serve down, then Ray (the embedded single-node default)."""
     import ray
     from ray import serve
 
@@ -70,17 +71,29 @@ def stop_ray() -> None:
         ray.shutdown()
 
 
-def check_local_resources(options) -> None:
-    """Fail fast when the embedded single-node Ray cannot place the configured replicas
-    (Serve would otherwise wait for GPUs that never come)."""
+def disconnect_ray() -> None:
+    """Leave a shared Ray cluster, its Serve applications running."""
     import ray
 
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def check_local_resources(serve_config) -> None:
+    """Fail fast when the embedded single-node Ray cannot place the configured replicas
+    (Serve would otherwise wait for GPUs, or a GPU type, that never come)."""
+    import ray
+
+    from .serve_config import startup_resources
+
     available = ray.cluster_resources()
-    for resource, key in (("GPU", "num_gpus"), ("CPU", "num_cpus")):
-        needed = sum(getattr(o, key) * o.num_replicas for o in options.values())
-        if needed > available.get(resource, 0):
-            raise RuntimeError(f"the serve config needs {needed:g} {resource}s for its replicas; "
-                               f"this node has {available.get(resource, 0):g}")
+    for resource, needed in startup_resources(serve_config).items():
+        have = available.get(resource, 0)
+        if needed > have + 1e-9:
+            what = (f"a {resource.split(':', 1)[1]} GPU" if resource.startswith("accelerator_type:")
+                    else f"{needed:g} {resource}s")
+            raise RuntimeError(f"the serve config needs {what} for its replicas; "
+                               f"this node has {have:g}")
 
 
 @dataclass
@@ -90,10 +103,27 @@ class Backend:
     backend: Any
     close: Callable[[], None] = field(default=lambda: None)
     families: Any = None
+    in_flight_capacity: int | None = None  # jobs the Serve replicas hold at their largest scale
+
+
+def deploy_families(serve_config, *, detached_board: bool = False):
+    """Deploy a Serve config, wait until its applications run, and connect to them."""
+    from .deployments import connect_families, deploy_serve_config, wait_until_running
+    from .serve_config import application_names
+
+    names = application_names(serve_config)
+    deploy_serve_config(serve_config)
+    wait_until_running(list(names.values()))
+    return connect_families(names, detached_board=detached_board)
 
 
 def start_backend(settings, console: Console | None = None, metrics=None) -> Backend:
-    """The backend `settings.executor` names: Ray Serve deployments or an in-process runner."""
+    """The backend `settings.executor` names: Ray Serve applications or an in-process runner.
+
+    On Ray, the Serve config (`settings.serve_config`, else one CPU replica per family) is
+    deployed unless `settings.deploy_serve_apps` is off (a KubeRay RayService deploys the same
+    file); either way the dispatcher finds each family's application by name.
+    """
     from .dispatcher import InProcessBackend, RayBackend
     from .executor import runner_config
 
@@ -103,18 +133,31 @@ def start_backend(settings, console: Console | None = None, metrics=None) -> Bac
         return Backend(InProcessBackend(config.build_runner(), metrics=metrics,
                                         max_batch_size=config.max_batch_size,
                                         batch_wait_timeout_s=config.batch_wait_timeout_s))
-    from .deployments import deploy_families, load_family_options
+    from .deployments import connect_families
+    from .serve_config import application_names, in_flight_capacity, load_serve_config
 
-    options = load_family_options(settings.serve_config)
+    serve_config = load_serve_config(settings.serve_config, config.model_dump(exclude_none=True))
+    embedded = not settings.ray_address
+    if embedded:
+        from ray.serve.config import ProxyLocation
+
+        # The node's HTTP port belongs to the API: applications are reached by handle only.
+        serve_config = serve_config.model_copy(update={"proxy_location": ProxyLocation.Disabled})
     start_ray(settings)
+    # Embedded, Serve dies with this process; on a shared cluster it belongs to the cluster.
+    close = stop_ray if embedded else disconnect_ray
     try:
-        if not settings.ray_address:
-            check_local_resources(options)
-        families = deploy_families(config, options)
+        if not settings.deploy_serve_apps:
+            families = connect_families(application_names(serve_config), detached_board=True)
+        else:
+            if embedded:
+                check_local_resources(serve_config)
+            families = deploy_families(serve_config, detached_board=not embedded)
     except BaseException:
-        stop_ray()
+        close()
         raise
-    return Backend(RayBackend(families, metrics=metrics), close=stop_ray, families=families)
+    return Backend(RayBackend(families, metrics=metrics), close=close, families=families,
+                   in_flight_capacity=in_flight_capacity(serve_config))
 
 
 class RayExecutor:
@@ -133,10 +176,14 @@ class RayExecutor:
     def start(self) -> None:
         from .dispatcher import DispatcherConfig, make_dispatcher
 
-        self.backend = start_backend(self.services.settings, self.console,
-                                     metrics=self.services.metrics)
-        self.dispatcher = make_dispatcher(self.services, self.backend.backend,
-                                          DispatcherConfig.from_settings(self.services.settings))
+        settings = self.services.settings
+        self.backend = start_backend(settings, self.console, metrics=self.services.metrics)
+        config = DispatcherConfig.from_settings(settings)
+        if "dispatcher_concurrency" not in settings.model_fields_set \
+                and self.backend.in_flight_capacity:
+            # Enough jobs in flight that Serve's autoscaler sees the real queue depth.
+            config.concurrency = max(config.concurrency, self.backend.in_flight_capacity)
+        self.dispatcher = make_dispatcher(self.services, self.backend.backend, config)
         self.dispatcher.start()
 
     def stop(self) -> None:

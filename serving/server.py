@@ -24,8 +24,9 @@ def serve_forever(settings) -> int:
     console = Console(stderr=True)
     settings.home.mkdir(parents=True, exist_ok=True)
     ensure_models(settings, console)
-    with console.status("preparing the database"):
-        services = build_services(settings)
+    with console.status("preparing the database" if settings.migrate_on_start
+                        else "opening the database"):
+        services = build_services(settings, migrate=settings.migrate_on_start)
     if settings.executor == "ray":
         # Ray first: its ray.init installs a SIGTERM handler, and uvicorn's (installed when the
         # server runs) must replace it so SIGTERM shuts down cleanly through the app's lifespan.

@@ -19,12 +19,19 @@ class Settings(BaseSettings):
     public_base_url: str | None = None
 
     database_url: str | None = None  # default: sqlite:///<home>/retouch.db
+    # `retouch serve` migrates the database first; off where `retouch db upgrade` runs once
+    # before N API pods start (a Kubernetes init Job), so pods never race on migrations.
+    migrate_on_start: bool = True
 
     storage: Literal["local", "s3"] = "local"
     s3_endpoint_url: str | None = None
     s3_bucket: str = "retouch"
     s3_region: str = "us-east-1"
     s3_public_base_url: str | None = None  # serve S3 objects from here instead of presigned URLs
+    s3_presign_seconds: int = 7 * 24 * 3600  # lifetime of presigned GET URLs (S3's maximum)
+    # Keys under `accounts/<account_id>/` (uploads, outputs, music): per-tenant lifecycle rules,
+    # deletion and IAM policies by prefix. Off: the flat `uploads/`, `outputs/` layout.
+    storage_account_prefixes: bool = False
 
     profile: str = "tiny"
     device: str = "cpu"
@@ -33,7 +40,11 @@ class Settings(BaseSettings):
 
     executor: Literal["ray", "inprocess"] = "ray"
     ray_address: str | None = None  # None: start a local Ray for the embedded default
-    serve_config: Path | None = None  # Ray Serve deployment options (num_gpus, replicas)
+    # A Ray Serve config file (Ray's schema: one application per model family); None: one CPU
+    # replica per family. `retouch serve` deploys it unless `deploy_serve_apps` is off, as where
+    # a KubeRay RayService deploys the same file; the dispatcher reads application names from it.
+    serve_config: Path | None = None
+    deploy_serve_apps: bool = True
 
     allow_private_urls: bool = False
     fetch_timeout_seconds: float = 15.0  # one deadline per image/music URL, redirects included
@@ -42,7 +53,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = 1024 * 1024
     lease_seconds: float = 30.0
     max_attempts: int = 2
-    dispatcher_concurrency: int = 4  # jobs in flight at once (≥ max_batch_size to fill batches)
+    # Jobs in flight at once (≥ max_batch_size to fill batches). Unset on Ray: the Serve config's
+    # in-flight capacity (most replicas × max_ongoing_requests), if larger.
+    dispatcher_concurrency: int = 4
     max_batch_size: int = 4  # compatible jobs denoised together (1: no batching)
     batch_wait_timeout_s: float = 0.02  # how long a batch waits for company
     # Per-tool run deadline in seconds (e.g. {"photographer": 600}); a job past it is stopped,

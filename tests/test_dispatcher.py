@@ -268,23 +268,31 @@ def test_in_process_backend_runs_the_real_engine_with_progress_and_cancel(tiny_s
 def test_serve_config_gives_each_family_its_resources(tmp_path):
     from pathlib import Path
 
-    from retouch.serving.deployments import FamilyOptions, load_family_options
+    from retouch.serving.serve_config import (family_deployment, load_serve_config,
+                                              startup_resources)
 
     example = Path(__file__).resolve().parent.parent / "serving" / "serve_config.yaml"
-    options = load_family_options(example)
-    assert options["diffusion"] == FamilyOptions(num_replicas=3, num_gpus=1, num_cpus=2,
-                                                 max_ongoing_requests=2)
-    assert options["upscaler"].num_gpus == 0.5 and options["upscaler"].num_replicas == 2
-    embedded = load_family_options(None)
-    assert all(o.num_gpus == 0 and o.num_replicas == 1 for o in embedded.values())
+    config = load_serve_config(example)
+    diffusion = family_deployment(config, "diffusion")
+    assert diffusion["num_replicas"] == 1 and diffusion["max_ongoing_requests"] == 8
+    assert diffusion["ray_actor_options"] == {"num_cpus": 2, "num_gpus": 0.8}
+    assert family_deployment(config, "upscaler")["ray_actor_options"]["num_gpus"] == 0.2
+    assert startup_resources(config) == {"CPU": 3, "GPU": 1}  # one GPU node, shared
+    embedded = load_serve_config(None)
+    assert all(family_deployment(embedded, family)["num_replicas"] == 1 for family in
+               ("diffusion", "upscaler"))
+    assert startup_resources(embedded) == {}  # no GPU, no CPU reserved
 
     bad = tmp_path / "serve.yaml"
-    bad.write_text("deployments:\n  video:\n    num_gpus: 1\n")
-    with pytest.raises(ValueError, match="unknown deployment family 'video'"):
-        load_family_options(bad)
-    bad.write_text("deployments:\n  upscaler:\n    gpus: 1\n")
-    with pytest.raises(ValueError, match="deployments.upscaler has unknown option.*gpus"):
-        load_family_options(bad)
+    bad.write_text(example.read_text().replace("build_upscaler_app", "build_video_app"))
+    with pytest.raises(ValueError, match="expected one application with import_path "
+                                         "'retouch.serving.deployments:build_upscaler_app'"):
+        load_serve_config(bad)
+    bad.write_text(example.read_text().replace("num_gpus: 0.2", "gpus: 0.2"))
+    with pytest.raises(ValueError, match=r"unknown option\(s\) applications\[retouch-upscaler\]"
+                                         r"\.deployments\[UpscalerDeployment\]"
+                                         r"\.ray_actor_options\.gpus"):
+        load_serve_config(bad)
     assert {spec.tool: spec.family for spec in TASKS if spec.surface == "wixma"} == {
         "generator": "diffusion", "editor": "diffusion", "photographer": "diffusion",
         "ai_filter": "diffusion", "upscaler": "upscaler"}

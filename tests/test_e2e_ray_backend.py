@@ -20,9 +20,10 @@ pytestmark = pytest.mark.timeout(180)
 @pytest.fixture(scope="module")
 def backend(tmp_path_factory, tiny_cache_dir):
     from retouch.models.tiny import build_tiny_models
-    from retouch.serving.deployments import (EngineConfig, FamilyOptions, deploy_families)
+    from retouch.serving.deployments import EngineConfig
     from retouch.serving.dispatcher import RayBackend
-    from retouch.serving.runtime import ray_temp_dir, start_ray, stop_ray
+    from retouch.serving.runtime import deploy_families, ray_temp_dir, start_ray, stop_ray
+    from retouch.serving.serve_config import default_serve_config
     from retouch.serving.settings import Settings
 
     build_tiny_models(tiny_cache_dir)
@@ -30,8 +31,7 @@ def backend(tmp_path_factory, tiny_cache_dir):
     start_ray(settings)
     try:
         config = EngineConfig(profile="tiny", device="cpu", cache_dir=str(tiny_cache_dir))
-        families = deploy_families(config, {"diffusion": FamilyOptions(),
-                                            "upscaler": FamilyOptions()})
+        families = deploy_families(default_serve_config(config.model_dump()))
         yield RayBackend(families, poll_seconds=0.05)
     finally:
         stop_ray()

@@ -78,3 +78,50 @@ def test_s3_storage_public_base_url(moto_endpoint, aws_credentials):
     # A public base URL (a CDN or a public-read bucket) is used as is, never presigned.
     assert url == f"{moto_endpoint}/retouch-public/uploads/u.jpeg"
     assert storage.get("uploads/u.jpeg") == data
+
+
+def test_cluster_profile_keeps_objects_per_account_in_s3_and_nothing_on_a_pods_disk(
+        moto_endpoint, aws_credentials, tmp_path):
+    """Two API pods (separate homes) sharing one database and one bucket: an upload through one
+    is used by a job created through the other; objects sit under `accounts/<id>/`, and
+    neither pod writes a file to its own disk."""
+    import time
+    from urllib.parse import parse_qs, urlsplit
+
+    from retouch.serving.core import jobs
+    from retouch.serving.dispatcher import Dispatcher, DispatcherConfig
+
+    from api_fixtures import api_for
+
+    shared = {"database_url": f"sqlite:///{tmp_path / 'shared.db'}", "storage": "s3",
+              "s3_endpoint_url": moto_endpoint, "s3_bucket": "retouch-cluster",
+              "storage_account_prefixes": True, "s3_presign_seconds": 600}
+    homes = [tmp_path / "pod-a", tmp_path / "pod-b"]
+    with api_for(make_settings(homes[0], **shared)) as pod_a, \
+            api_for(make_settings(homes[1], **shared, migrate_on_start=False)) as pod_b:
+        account_id = pod_a.account()
+        _, secret = pod_a.key(account_id)
+        upload = pod_a.upload(secret, image_bytes(40, 30))
+        created = pod_b.generate(secret, {"tool": "editor", "input": {
+            "images": [{"upload_id": upload["id"]}], "prompt": "a studio background"}})
+        assert created.status_code == 201, created.text
+
+        storage = pod_b.services.storage
+        job = jobs.lease_next_job(pod_b.services.session_factory, "worker", 30)
+        dispatcher = Dispatcher(pod_b.services.session_factory, storage, None,
+                                DispatcherConfig())
+        [key] = dispatcher.store_outputs(job, [image_bytes(16, 16)])
+        assert jobs.complete_job(pod_b.services.session_factory, job.id, "worker", [key])
+
+        listed = storage.client.list_objects_v2(Bucket="retouch-cluster")["Contents"]
+        assert sorted(o["Key"] for o in listed) == sorted([
+            f"accounts/{account_id}/uploads/{upload['id']}.png",
+            f"accounts/{account_id}/outputs/{job.id}/1.png"])
+        done = pod_a.client.get(f"/api/v1/generations/{job.id}",
+                                headers=pod_a.headers(secret)).json()["generation"]
+        query = parse_qs(urlsplit(done["output_url"]).query)  # presigned, for the set time
+        expires = int(query["Expires"][0]) - time.time() if "Expires" in query \
+            else int(query["X-Amz-Expires"][0])
+        assert 500 < expires <= 600
+        assert httpx.get(done["output_url"]).content == image_bytes(16, 16)
+    assert [p for home in homes for p in home.rglob("*") if p.is_file()] == []

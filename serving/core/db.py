@@ -102,20 +102,56 @@ def transaction(session_factory: sessionmaker[Session]) -> Iterator[Session]:
         session.close()
 
 
-def run_migrations(url: str) -> None:
-    """Bring the database at `url` to the newest schema (`alembic upgrade head`), in code."""
-    from alembic import command
+# Any fixed 64-bit key: `retouch db upgrade` runs on PostgreSQL hold it, one at a time.
+MIGRATION_LOCK_KEY = 0x7265746F756368  # "retouch"
+
+
+def _alembic_config():
     from alembic.config import Config
 
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return config
+
+
+def run_migrations(url: str, revision: str = "head") -> None:
+    """Bring the database at `url` to `revision` (`alembic upgrade head`), in code.
+
+    On PostgreSQL the upgrade runs under a transaction-scoped advisory lock, so processes that
+    migrate at once wait for each other and the later ones find nothing left to do."""
+    from alembic import command
+    from sqlalchemy import text
+
+    config = _alembic_config()
     engine = make_engine(url, poolclass=_null_pool())
     try:
         with engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"),
+                                   {"key": MIGRATION_LOCK_KEY})
             config.attributes["connection"] = connection
-            command.upgrade(config, "head")
+            command.upgrade(config, revision)
     finally:
         engine.dispose()
+
+
+def current_revision(url: str) -> str | None:
+    """The schema revision the database at `url` is at (None: never migrated)."""
+    from alembic.runtime.migration import MigrationContext
+
+    engine = make_engine(url, poolclass=_null_pool())
+    try:
+        with engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+    finally:
+        engine.dispose()
+
+
+def head_revision() -> str | None:
+    """The newest revision the migrations define."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(_alembic_config()).get_current_head()
 
 
 def _null_pool():

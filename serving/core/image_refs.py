@@ -19,6 +19,7 @@ from retouch.pipelines.images import decode_image, media_type, sniff_format
 from retouch.pipelines.vocabulary import MAX_IMAGE_BYTES
 
 from .errors import InvalidInput, pipeline_input_errors
+from .storage import account_key
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,8 @@ def store_upload(session, storage, key, image: ValidatedImage, *, reuse: bool = 
         if existing is not None and storage.exists(existing.storage_key):
             return existing
     upload_id = new_uuid()
-    storage_key = f"uploads/{upload_id}.{image.extension}"
+    storage_key = account_key(storage, key.account_id,
+                              f"uploads/{upload_id}.{image.extension}")
     storage.put(storage_key, image.data, image.media_type)
     upload = Upload(id=upload_id, account_id=key.account_id, api_key_id=key.id,
                     storage_key=storage_key, media_type=image.media_type, width=image.width,

@@ -2,7 +2,8 @@
 
 Both speak `put(key, data, media_type)`, `get(key) -> bytes`, `exists(key)` and `url(key)`.
 Local objects are served by the app at `GET /files/{key}`; S3 objects by their public base URL or
-a presigned GET URL.
+a presigned GET URL. With `account_prefixes`, writers put each account's objects under
+`accounts/<account_id>/` (`account_key`); readers only ever use the keys stored in the database.
 """
 
 from __future__ import annotations
@@ -32,6 +33,14 @@ class Storage(Protocol):
     def media_type(self, key: str) -> str: ...
 
 
+def account_key(storage, account_id: str, key: str) -> str:
+    """Where an account's object `key` (e.g. `outputs/<job>/1.png`) is stored: under
+    `accounts/<account_id>/` when the storage keeps per-account prefixes, else as is."""
+    if getattr(storage, "account_prefixes", False):
+        return f"accounts/{account_id}/{key}"
+    return key
+
+
 def _check_key(key: str) -> str:
     parts = key.split("/")
     if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
@@ -42,7 +51,8 @@ def _check_key(key: str) -> str:
 class LocalStorage:
     """Files under `root`; each object's media type is kept in a `.meta` sidecar."""
 
-    def __init__(self, root: Path | str, public_base_url: str):
+    def __init__(self, root: Path | str, public_base_url: str, *, account_prefixes: bool = False):
+        self.account_prefixes = account_prefixes
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.public_base_url = public_base_url.rstrip("/")
@@ -88,9 +98,10 @@ class S3Storage:
 
     def __init__(self, endpoint_url: str | None, bucket: str, region: str,
                  public_base_url: str | None = None, *, presign_seconds: int = 7 * 24 * 3600,
-                 client=None):
+                 account_prefixes: bool = False, client=None):
         import boto3  # imported here: local-only deployments never load it
 
+        self.account_prefixes = account_prefixes
         self.bucket = bucket
         self.public_base_url = public_base_url.rstrip("/") if public_base_url else None
         self.presign_seconds = presign_seconds
@@ -155,5 +166,7 @@ def make_storage(settings) -> Storage:
     """The storage the settings name: `<home>/files` locally, or the configured S3 bucket."""
     if settings.storage == "s3":
         return S3Storage(settings.s3_endpoint_url, settings.s3_bucket, settings.s3_region,
-                         settings.s3_public_base_url)
-    return LocalStorage(settings.home / "files", settings.resolved_public_base_url)
+                         settings.s3_public_base_url, presign_seconds=settings.s3_presign_seconds,
+                         account_prefixes=settings.storage_account_prefixes)
+    return LocalStorage(settings.home / "files", settings.resolved_public_base_url,
+                        account_prefixes=settings.storage_account_prefixes)

@@ -25,6 +25,7 @@ from .errors import InvalidInput, NotFound, pipeline_input_errors
 from .pagination import check_limit, newest_first_page
 from .projects import get_picture, get_project
 from .public_objects import picture_state
+from .storage import account_key
 from .tables import Generation, Picture, Video
 
 VIDEO_TOOL = "video"
@@ -82,14 +83,15 @@ def video_pictures(session: Session, account_id: str, project_id: str,
     return resolved
 
 
-def store_music(fetcher, storage, url: str) -> str:
+def store_music(fetcher, storage, url: str, account_id: str) -> str:
     """Fetch and validate a WAV/MP3 track; stored under its content hash (so a retried request
     makes the same job body). Returns the storage key."""
     data, _ = fetcher.fetch_bytes(url, "music_url", accept=MUSIC_ACCEPT)
     with pipeline_input_errors():
         kind = music_format(data, "music_url")  # InvalidInput("music_url") unless WAV/MP3
         decode_music(data, "music_url")
-    key = f"uploads/audio/{hashlib.sha256(data).hexdigest()}.{kind}"
+    key = account_key(storage, account_id,
+                      f"uploads/audio/{hashlib.sha256(data).hexdigest()}.{kind}")
     if not storage.exists(key):
         storage.put(key, data, MUSIC_MEDIA_TYPES[kind])
     return key
@@ -119,8 +121,8 @@ def create_video(services, key, settings: VideoSettings, *,
     with services.session_factory() as session:
         pictures = video_pictures(session, key.account_id, settings.project_id,
                                   settings.picture_ids)
-    music_key = (store_music(services.fetcher, services.storage, settings.music_url)
-                 if settings.music_url else None)
+    music_key = (store_music(services.fetcher, services.storage, settings.music_url,
+                             key.account_id) if settings.music_url else None)
     request = video_request(settings, pictures, music_key)
     options = request.options
 
