@@ -51,6 +51,7 @@ class _BatchProgress:
             raise Cancelled("every job of the batch was cancelled")
         total = max(1, int(getattr(pipe, "num_timesteps", None) or self.total))
         for ctx in live:
+            ctx.on_step(min(step + 1, total), total)
             ctx.report(self.start + (self.end - self.start) * min(1.0, (step + 1) / total))
         return callback_kwargs
 

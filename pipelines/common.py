@@ -3,7 +3,8 @@
 `RunContext` is built by the caller (the engine's host: a Ray deployment, the batch runner, a
 test). Pipelines report progress in [0, 1] through `ctx.progress`, call `ctx.check_cancelled()`
 between stages, and pass `ctx.step_callback(start, end, total_steps)` to diffusers as
-`callback_on_step_end` so that denoising steps move the bar and a cancel stops the loop.
+`callback_on_step_end` so that denoising steps move the bar and a cancel stops the loop. Each
+denoising step is also reported as `(step, steps)` of the current diffusers call to `on_step`.
 """
 
 from __future__ import annotations
@@ -31,11 +32,16 @@ def _never_cancelled() -> bool:
     return False
 
 
+def _ignore_step(_step: int, _steps: int) -> None:
+    return None
+
+
 @dataclass
 class RunContext:
     seed: int
     progress: Callable[[float], None] = field(default=_ignore_progress)
     is_cancelled: Callable[[], bool] = field(default=_never_cancelled)
+    on_step: Callable[[int, int], None] = field(default=_ignore_step)
     # Highest value reported so far; progress only moves forward.
     _reported: float = field(default=0.0, init=False, repr=False)
 
@@ -64,6 +70,7 @@ class RunContext:
             self.check_cancelled()
             # img2img/inpaint run fewer steps than requested (strength); the pipe knows how many.
             total = max(1, int(getattr(pipe, "num_timesteps", None) or total_steps))
+            self.on_step(min(step + 1, total), total)
             self.report(start + (end - start) * min(1.0, (step + 1) / total))
             return callback_kwargs
 

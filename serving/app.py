@@ -1,8 +1,10 @@
 """The FastAPI app: `build_app(settings)` wires services, error mapping and the API surfaces.
 
 `Services` (`serving.services`: settings, database, storage, fetcher, rate limiter, executor,
-metrics) lives on `app.state.services`; dependencies reach it through `serving.deps.ServicesDep`.
-Surfaces are routers added in `build_app`: Wixma under `/api/v1`; others mount beside it.
+metrics, job signals) lives on `app.state.services`; dependencies reach it through
+`serving.deps.ServicesDep`. Surfaces are routers added in `build_app`: Wixma under `/api/v1`;
+others mount beside it. On PostgreSQL the app's lifespan also runs a `PostgresListener`, so job
+signals reach this process from others.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from fastapi.responses import Response
 from retouch.pipelines.vocabulary import IMAGE_MEDIA_TYPES
 
 from .core.errors import InvalidInput
+from .core.job_signals import PostgresListener
 from .core.webhook_outbox import WebhookWorker
 from .errors import install_error_handlers
 from .metrics import Metrics
@@ -52,6 +55,11 @@ def build_app(settings: Settings, *, services: Services | None = None) -> FastAP
     async def lifespan(app: FastAPI):
         webhook_worker = WebhookWorker(services)  # sends the webhooks outbox
         webhook_worker.start()
+        listener = None
+        if services.engine.dialect.name == "postgresql":  # job signals from other processes
+            listener = PostgresListener(services.settings.resolved_database_url,
+                                        services.job_signals)
+            listener.start()
         if services.executor is not None:
             services.executor.start()
         try:
@@ -62,6 +70,8 @@ def build_app(settings: Settings, *, services: Services | None = None) -> FastAP
         finally:
             if services.executor is not None:
                 services.executor.stop()
+            if listener is not None:
+                listener.stop()
             webhook_worker.stop()
 
     app = FastAPI(title="retouch — Wixma API v1", version="1.0.0", lifespan=lifespan,

@@ -4,8 +4,10 @@
 threads at once. One worker thread takes the oldest waiting job, waits up to
 `batch_wait_timeout_s` from that job's arrival for more jobs with the same key
 (`TaskSpec.batch_key`; `None` never waits), and runs up to `max_batch_size` of them through
-`TaskRunner.run_jobs`. Batches run one at a time: the models are shared. On Ray, Serve's
-`@serve.batch` does the collecting (`deployments`); the grouping by key is the runner's either way.
+`TaskRunner.run_jobs`. Batches run one at a time: the models are shared. With
+`max_batch_size=1` nothing is collected: each job runs in its caller's thread, one at a time, with
+no hand-over to the worker. On Ray, Serve's `@serve.batch` does the collecting (`deployments`);
+the grouping by key is the runner's either way.
 """
 
 from __future__ import annotations
@@ -21,6 +23,15 @@ from .replica_io import Job, Outcome
 
 if TYPE_CHECKING:
     from .runner import TaskRunner
+
+
+def adopt_torch_threads() -> None:
+    """Give the calling thread the process's torch CPU thread count. OpenMP and MKL keep their
+    thread count per OS thread, so a thread started to run pipelines would otherwise use every
+    core after `torch.set_num_threads(n)` in the main thread (and fight the others for them)."""
+    import torch
+
+    torch.set_num_threads(torch.get_num_threads())
 
 
 @dataclass
@@ -52,6 +63,8 @@ class JobBatcher:
         self._waiting: list[_Waiting] = []
         self._cond = threading.Condition()
         self._worker: threading.Thread | None = None
+        self._alone = threading.Lock()  # one job at a time when nothing is batched
+        self._threads_adopted = threading.local()
 
     def run(self, job: Job) -> list[bytes]:
         """Run `job` (alone or in a batch); its outputs, or its error raised."""
@@ -59,6 +72,8 @@ class JobBatcher:
 
     def run_outcome(self, job: Job) -> Outcome:
         """Run `job` (alone or in a batch) and say what became of it."""
+        if self.max_batch_size == 1:
+            return self._run_alone(job)
         spec = self.runner.registry.for_request(job.request)
         key = spec.batch_key(job.request) if self.max_batch_size > 1 else None
         waiting = _Waiting(job, ("alone", id(job)) if key is None else ("key", key),
@@ -72,6 +87,19 @@ class JobBatcher:
             self._cond.notify_all()
         waiting.done.wait()
         return waiting.outcome
+
+    def _run_alone(self, job: Job) -> Outcome:
+        if not getattr(self._threads_adopted, "done", False):
+            adopt_torch_threads()
+            self._threads_adopted.done = True
+        with self._alone:
+            try:
+                outcome = self.runner.run_jobs([job])[0]
+            except Exception as exc:  # noqa: BLE001 - the caller decides what it means
+                outcome = Outcome(error=exc)
+        if self.on_batch is not None:
+            self.on_batch(1)
+        return outcome
 
     def _next_batch(self) -> list[_Waiting]:
         with self._cond:
@@ -91,6 +119,7 @@ class JobBatcher:
             return batch
 
     def _work(self) -> None:
+        adopt_torch_threads()
         while True:
             batch = self._next_batch()
             if not batch:

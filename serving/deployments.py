@@ -63,43 +63,72 @@ class ProgressBoard:
 
     def __init__(self):
         self._progress: dict[str, float] = {}
+        self._steps: dict[str, tuple[int, int]] = {}
         self._cancelled: set[str] = set()
 
-    def report(self, job_id: str, fraction: float) -> bool:
-        """Record progress; answers whether the job has been cancelled."""
+    def report(self, job_id: str, fraction: float, step: int | None = None,
+               steps: int | None = None) -> bool:
+        """Record progress (and the denoising step reached, of how many); answers whether the
+        job has been cancelled."""
         self._progress[job_id] = float(fraction)
+        if step is not None:
+            self._steps[job_id] = (int(step), int(steps or step))
         return job_id in self._cancelled
 
     def progress(self, job_id: str) -> float:
         return self._progress.get(job_id, 0.0)
+
+    def state(self, job_id: str) -> tuple[float, int | None, int | None]:
+        """`(fraction, step, steps)`; the step pair is None until a step was reported."""
+        step, steps = self._steps.get(job_id, (None, None))
+        return self._progress.get(job_id, 0.0), step, steps
 
     def cancel(self, job_id: str) -> None:
         self._cancelled.add(job_id)
 
     def forget(self, job_id: str) -> None:
         self._progress.pop(job_id, None)
+        self._steps.pop(job_id, None)
         self._cancelled.discard(job_id)
 
 
 class _BoardReporter:
-    """Progress callback + cancel flag for one job inside a replica, throttled to ~5 reports/s."""
+    """Progress callback + cancel flag for one job inside a replica, throttled to ~5 reports/s.
+
+    Reports never wait for the board: each one is sent and its answer (cancelled or not) is
+    picked up once it has arrived, when the job next reports or checks its cancel flag."""
 
     def __init__(self, board, job_id: str, min_interval: float = 0.2):
         self._board, self._job_id, self._min_interval = board, job_id, min_interval
-        self._last_sent = 0.0
+        self._last_sent = float("-inf")
         self._cancelled = False
+        self._answer = None  # the ObjectRef of the last report's answer, until read
+        self._step: tuple[int, int] | tuple[None, None] = (None, None)
 
     def progress(self, fraction: float) -> None:
-        import ray
-
         now = time.monotonic()
         if fraction < 1.0 and now - self._last_sent < self._min_interval:
             return
         self._last_sent = now
-        self._cancelled = ray.get(self._board.report.remote(self._job_id, fraction))
+        self._read_answer()
+        self._answer = self._board.report.remote(self._job_id, fraction, *self._step)
+
+    def step(self, step: int, steps: int) -> None:
+        self._step = (step, steps)  # travels with the next progress report
 
     def is_cancelled(self) -> bool:
+        self._read_answer()
         return self._cancelled
+
+    def _read_answer(self) -> None:
+        import ray
+
+        if self._answer is None:
+            return
+        ready, _ = ray.wait([self._answer], timeout=0)
+        if ready:
+            self._cancelled = self._cancelled or bool(ray.get(ready[0]))
+            self._answer = None
 
 
 class _FamilyDeployment:
@@ -116,6 +145,7 @@ class _FamilyDeployment:
         from ray import serve
 
         self._runner = engine_config.build_runner()
+        self._board = None  # the progress board's handle, looked up on the first job
         self._run_batch = serve.batch(
             self._run_collected, max_batch_size=max(1, engine_config.max_batch_size),
             batch_wait_timeout_s=engine_config.batch_wait_timeout_s)
@@ -140,12 +170,15 @@ class _FamilyDeployment:
         from .batching import batch_groups
         from .replica_io import Job
 
-        board = ray.get_actor(BOARD_NAME, namespace=RAY_NAMESPACE)
+        if self._board is None:
+            self._board = ray.get_actor(BOARD_NAME, namespace=RAY_NAMESPACE)
+        board = self._board
         jobs = []
         for job_id, request, images, seed in calls:
             reporter = _BoardReporter(board, job_id)
             reporter.progress(0.0)
-            jobs.append(Job(request, images, seed, reporter.progress, reporter.is_cancelled))
+            jobs.append(Job(request, images, seed, reporter.progress, reporter.is_cancelled,
+                            reporter.step))
         replies: list[dict[str, Any]] = [{}] * len(jobs)
         for group in batch_groups(self._runner, jobs):
             for i, outcome in zip(group, self._runner.run_jobs([jobs[i] for i in group])):

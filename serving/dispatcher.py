@@ -9,6 +9,12 @@ the backend (`RayBackend`: the Serve deployment of the tool's family; `InProcess
 dispatcher stops heartbeating and leaves the job alone: its lease expires and `expire_leases`
 retries it, or fails it with a refund once attempts run out. A job is never stuck in processing.
 
+With the app's `JobSignals` (`signals=`), an idle worker sleeps until a job is created (in this
+process, or in another one through PostgreSQL NOTIFY) instead of polling; `poll_seconds` is then
+only a safety net. A running job's progress (each denoising step) is published to the signals for
+event streams, and a cancel of one of its jobs stops it at once; without signals, its next
+heartbeat finds the lease gone and stops it.
+
 `Dispatcher.run_job(job)` is the one implementation of "run one leased job".
 """
 
@@ -50,9 +56,18 @@ class ReplicaError(Exception):
 
 
 class ExecutionBackend(Protocol):
+    """Runs one job. `progress(fraction)` takes its progress; when the sink also has
+    `report_step(step, steps)` (the dispatcher's `JobTracker`), the backend reports denoising
+    steps there too."""
+
     def run(self, job_id: str, request, images: dict[str, bytes], seed: int,
             progress: ProgressFn, is_cancelled: CancelledFn) -> Outcome:
         """The job's `Outcome` (outputs and the model revisions used); raises its error."""
+
+
+def step_sink(progress) -> Callable[[int, int], None] | None:
+    """The `report_step` of a progress sink that takes denoising steps, else None."""
+    return getattr(progress, "report_step", None)
 
 
 class InProcessBackend:
@@ -69,7 +84,8 @@ class InProcessBackend:
                                   batch_wait_timeout_s=batch_wait_timeout_s)
 
     def run(self, job_id, request, images, seed, progress, is_cancelled) -> Outcome:
-        outcome = self.batcher.run_outcome(Job(request, images, seed, progress, is_cancelled))
+        outcome = self.batcher.run_outcome(Job(request, images, seed, progress, is_cancelled,
+                                               step_sink(progress)))
         if self.metrics is not None:
             observe_run(self.metrics, request.tool, outcome.batch_size, outcome.step_seconds)
         outcome.result()  # raises the job's error
@@ -111,7 +127,11 @@ class RayBackend:
                         observe_run(self.metrics, request.tool, reply.get("batch_size", 1),
                                     reply.get("step_seconds", []))
                     return _outputs_or_raise(reply)
-                progress(ray.get(board.progress.remote(job_id)))
+                fraction, step, steps = ray.get(board.state.remote(job_id))
+                report_step = step_sink(progress)
+                if report_step is not None and step is not None:
+                    report_step(step, steps)
+                progress(fraction)
                 if is_cancelled() and not cancel_sent:
                     board.cancel.remote(job_id)
                     cancel_sent = True
@@ -142,24 +162,45 @@ def _outputs_or_raise(reply: dict[str, Any]) -> Outcome:
 
 
 class JobTracker:
-    """Latest progress of a running job and whether it must stop (lease lost or stopping)."""
+    """Latest progress of a running job (fraction, denoising step of how many) and whether it
+    must stop: lease lost, dispatcher stopping, or cancelled by its owner. Callable as the
+    job's progress sink; with `signals`, every report is published as the job's live progress.
+    """
 
-    def __init__(self, deadline_s: float | None = None):
+    def __init__(self, job_id: str = "", attempt: int = 0, signals=None,
+                 deadline_s: float | None = None):
+        self.job_id, self.attempt, self.signals = job_id, attempt, signals
         self.progress = 0.0
+        self.step: int | None = None
+        self.steps: int | None = None
         self.lease_lost = threading.Event()
         self.stopping = threading.Event()
+        self.cancelled = threading.Event()
         self.deadline_s = deadline_s
         self._deadline = time.monotonic() + deadline_s if deadline_s else None
 
     def report(self, fraction: float) -> None:
         self.progress = max(self.progress, min(1.0, float(fraction)))
+        if self.signals is not None:
+            from .core.job_signals import LiveProgress
+
+            self.signals.report_progress(self.job_id, LiveProgress(
+                self.attempt, self.progress, self.step, self.steps))
+
+    __call__ = report
+
+    def report_step(self, step: int, steps: int) -> None:
+        """The denoising step reached (1-based) of the current call's `steps`; published with
+        the next progress report."""
+        self.step, self.steps = int(step), int(steps)
 
     @property
     def past_deadline(self) -> bool:
         return self._deadline is not None and time.monotonic() > self._deadline
 
     def is_cancelled(self) -> bool:
-        return self.lease_lost.is_set() or self.stopping.is_set() or self.past_deadline
+        return (self.lease_lost.is_set() or self.stopping.is_set()
+                or self.cancelled.is_set() or self.past_deadline)
 
 
 @dataclass
@@ -167,7 +208,9 @@ class DispatcherConfig:
     lease_seconds: float = 30.0
     max_attempts: int = 2
     concurrency: int = 2
-    poll_seconds: float = 0.05  # how often an idle worker looks for a pending job
+    # How often an idle worker looks for a pending job: with job signals only a safety net
+    # (they wake it when a job is created), without them the dispatch latency.
+    poll_seconds: float = 0.05
     expire_every_seconds: float = 1.0  # how often a worker sweeps expired leases
     deadlines_s: dict[str, float] = field(default_factory=dict)  # per tool; "*" for the rest
 
@@ -175,7 +218,8 @@ class DispatcherConfig:
     def from_settings(cls, settings) -> "DispatcherConfig":
         return cls(lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts,
                    concurrency=settings.dispatcher_concurrency,
-                   deadlines_s=dict(settings.job_deadlines_s))
+                   deadlines_s=dict(settings.job_deadlines_s),
+                   poll_seconds=settings.dispatch_poll_seconds)
 
     def deadline_for(self, tool: str) -> float | None:
         return self.deadlines_s.get(tool, self.deadlines_s.get("*"))
@@ -193,20 +237,26 @@ class Dispatcher:
     unique per process and per dispatcher."""
 
     def __init__(self, session_factory, storage, backend: ExecutionBackend,
-                 config: DispatcherConfig, worker_prefix: str | None = None, metrics=None):
+                 config: DispatcherConfig, worker_prefix: str | None = None, metrics=None,
+                 signals=None):
         self.session_factory = session_factory
         self.storage = storage
         self.backend = backend
         self.config = config
         self.metrics = metrics
+        self.signals = signals  # a `core.job_signals.JobSignals`, or None: poll
         self.worker_prefix = worker_prefix or unique_worker_prefix()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._trackers: set[JobTracker] = set()
+        self._trackers: dict[str, JobTracker] = {}
+        self._unsubscribe: Callable[[], None] | None = None
+        self._last_sweep = float("-inf")
 
     # ---- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
         self._stop.clear()
+        if self.signals is not None and self._unsubscribe is None:
+            self._unsubscribe = self.signals.on_cancel(self._cancel_running)
         for i in range(max(1, self.config.concurrency)):
             thread = threading.Thread(target=self._worker_loop, args=(f"{self.worker_prefix}-{i}",),
                                       name=f"dispatcher-{i}", daemon=True)
@@ -216,37 +266,66 @@ class Dispatcher:
     def stop(self, timeout: float = 10.0) -> None:
         """Stop leasing; running jobs are asked to cancel and their leases left to expire."""
         self._stop.set()
-        for tracker in list(self._trackers):
+        if self.signals is not None:
+            self.signals.wake_all_workers()
+        for tracker in list(self._trackers.values()):
             tracker.stopping.set()
         for thread in self._threads:
             thread.join(timeout)
         self._threads.clear()
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+
+    def _cancel_running(self, job_id: str) -> None:
+        """A job was cancelled: if it runs here, stop it at its next denoising step."""
+        tracker = self._trackers.get(job_id)
+        if tracker is not None:
+            tracker.cancelled.set()
 
     def _worker_loop(self, worker_id: str) -> None:
-        from .core.jobs import expire_leases, lease_next_job
+        from .core.jobs import lease_next_job
 
-        last_sweep = float("-inf")
         while not self._stop.is_set():
+            seen = self.signals.work_seq if self.signals is not None else 0
             try:
-                if time.monotonic() - last_sweep >= self.config.expire_every_seconds:
-                    expire_leases(self.session_factory, self.config.max_attempts)
-                    last_sweep = time.monotonic()
+                # A new job is leased first; expired leases are swept between jobs.
                 job = lease_next_job(self.session_factory, worker_id, self.config.lease_seconds)
+                if job is None and self._sweep_if_due():
+                    continue  # re-queued jobs: look again at once
             except Exception:
                 log.exception("dispatcher: leasing failed")
                 job = None
             if job is None:
-                self._stop.wait(self.config.poll_seconds)
+                if self.signals is not None:
+                    self.signals.wait_for_work(seen, self.config.poll_seconds)
+                else:
+                    self._stop.wait(self.config.poll_seconds)
                 continue
             self.run_job(job, worker_id)
+            try:
+                self._sweep_if_due()
+            except Exception:
+                log.exception("dispatcher: sweeping expired leases failed")
+
+    def _sweep_if_due(self) -> bool:
+        """Expire stale leases at most every `expire_every_seconds` (across this dispatcher's
+        workers); True when jobs moved."""
+        from .core.jobs import expire_leases
+
+        if time.monotonic() - self._last_sweep < self.config.expire_every_seconds:
+            return False
+        self._last_sweep = time.monotonic()
+        return expire_leases(self.session_factory, self.config.max_attempts) > 0
 
     # ---- one job ------------------------------------------------------------------------------
     def run_job(self, job, worker_id: str) -> None:
         """Run one leased job to a settled state (or leave it to lease expiry if the worker died)."""
         from .core.jobs import complete_job, fail_job
 
-        tracker = JobTracker(self.config.deadline_for(job.tool))
-        self._trackers.add(tracker)
+        tracker = JobTracker(job.id, int(job.attempts or 0), self.signals,
+                             deadline_s=self.config.deadline_for(job.tool))
+        self._trackers[job.id] = tracker
         heartbeat = threading.Thread(target=self._heartbeat_loop, args=(job.id, worker_id, tracker),
                                      name=f"heartbeat-{job.id[:8]}", daemon=True)
         heartbeat.start()
@@ -255,14 +334,18 @@ class Dispatcher:
             images = TASKS.for_request(request).load_inputs(self.session_factory, self.storage,
                                                              job, request)
             outcome = self.backend.run(job.id, request, images, int(job.seed),
-                                       tracker.report, tracker.is_cancelled)
+                                       tracker, tracker.is_cancelled)
+            if tracker.cancelled.is_set():
+                raise Cancelled("the job was cancelled")
             keys = self.store_outputs(job, outcome.outputs)
             complete_job(self.session_factory, job.id, worker_id, keys,
                          model_revisions=outcome.model_revisions or None)
         except ReplicaLost as exc:
             log.warning("%s; leaving job %s to lease expiry", exc, job.id)
         except Cancelled:
-            if tracker.past_deadline:
+            if tracker.cancelled.is_set():
+                log.info("job %s stopped: cancelled by its owner (already settled)", job.id)
+            elif tracker.past_deadline:
                 fail_job(self.session_factory, job.id, worker_id, DEADLINE_EXCEEDED,
                          f"the job ran longer than its {tracker.deadline_s:g} s deadline; it "
                          "was stopped and refunded")
@@ -285,7 +368,9 @@ class Dispatcher:
         finally:
             tracker.stopping.set()
             heartbeat.join()
-            self._trackers.discard(tracker)
+            self._trackers.pop(job.id, None)
+            if self.signals is not None:
+                self.signals.forget_progress(job.id)
             self._observe_latency(job)
 
     def _observe_latency(self, job) -> None:
@@ -305,7 +390,8 @@ class Dispatcher:
         while not tracker.stopping.wait(interval):
             try:
                 alive = heartbeat(self.session_factory, job_id, worker_id, tracker.progress,
-                                  self.config.lease_seconds)
+                                  self.config.lease_seconds, step=tracker.step,
+                                  steps=tracker.steps)
             except Exception:
                 log.exception("heartbeat for job %s failed", job_id)
                 continue
@@ -329,4 +415,5 @@ class Dispatcher:
 def make_dispatcher(services, backend: ExecutionBackend, config: DispatcherConfig) -> Dispatcher:
     """A dispatcher over the app's services (session factory, storage, metrics)."""
     return Dispatcher(services.session_factory, services.storage, backend, config,
-                      metrics=getattr(services, "metrics", None))
+                      metrics=getattr(services, "metrics", None),
+                      signals=getattr(services, "job_signals", None))

@@ -26,10 +26,13 @@ class InProcessExecutor:
     """The dispatcher loop in background threads, calling a `TaskRunner` directly.
 
     `runner_factory()` builds the runner lazily on start (e.g. `TaskRunner(ModelStore("tiny"))`).
+    The dispatcher is woken by the app's job signals; `poll_seconds` (default: the settings'
+    `dispatch_poll_seconds`) is its safety-net poll. A batch holds at most `concurrency` jobs:
+    more can never be in flight, so a batch never waits for company that cannot come.
     """
 
     def __init__(self, services, runner_factory: Callable[[], Any], *, concurrency: int = 1,
-                 poll_seconds: float = 0.05):
+                 poll_seconds: float | None = None):
         self.services = services
         self.runner_factory = runner_factory
         self.concurrency = concurrency
@@ -40,18 +43,22 @@ class InProcessExecutor:
         from .dispatcher import Dispatcher, DispatcherConfig, InProcessBackend, unique_worker_prefix
 
         settings = self.services.settings
+        poll_seconds = (settings.dispatch_poll_seconds if self.poll_seconds is None
+                        else self.poll_seconds)
         config = DispatcherConfig(lease_seconds=settings.lease_seconds,
                                   max_attempts=settings.max_attempts,
-                                  concurrency=self.concurrency, poll_seconds=self.poll_seconds,
+                                  concurrency=self.concurrency, poll_seconds=poll_seconds,
                                   deadlines_s=dict(settings.job_deadlines_s))
         metrics = self.services.metrics
         backend = InProcessBackend(self.runner_factory(), metrics=metrics,
-                                   max_batch_size=settings.max_batch_size,
+                                   max_batch_size=min(settings.max_batch_size,
+                                                      max(1, self.concurrency)),
                                    batch_wait_timeout_s=settings.batch_wait_timeout_s)
         self.dispatcher = Dispatcher(self.services.session_factory, self.services.storage,
                                      backend, config,
                                      worker_prefix=unique_worker_prefix("inprocess"),
-                                     metrics=metrics)
+                                     metrics=metrics,
+                                     signals=getattr(self.services, "job_signals", None))
         self.dispatcher.start()
 
     def stop(self) -> None:
@@ -70,7 +77,9 @@ def runner_config(settings):
     return EngineConfig(profile=settings.profile, device=settings.device,
                         cache_dir=str(settings.resolved_model_cache),
                         overrides=dict(settings.model_overrides),
-                        max_batch_size=settings.max_batch_size,
+                        # No batch waits for more jobs than the dispatcher keeps in flight.
+                        max_batch_size=min(settings.max_batch_size,
+                                           max(1, settings.dispatcher_concurrency)),
                         batch_wait_timeout_s=settings.batch_wait_timeout_s,
                         fault_oom_calls=tuple(settings.fault_oom_calls))
 

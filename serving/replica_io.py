@@ -24,6 +24,7 @@ class Job:
     seed: int
     progress: Callable[[float], None]
     is_cancelled: Callable[[], bool]
+    on_step: Callable[[int, int], None] | None = None  # (step, steps) of each denoising step
 
 
 @dataclass

@@ -42,6 +42,13 @@ class _StepTimer:
         self.progress(fraction)
 
 
+def _context(seed: int, progress, is_cancelled, on_step) -> RunContext:
+    ctx = RunContext(seed=seed, progress=progress, is_cancelled=is_cancelled)
+    if on_step is not None:
+        ctx.on_step = on_step
+    return ctx
+
+
 class TaskRunner:
     """`fault_oom_calls`: pipeline calls (1-based) that raise a CUDA out-of-memory error, to test
     that one bad job fails alone (a setting, off by default)."""
@@ -94,11 +101,12 @@ class TaskRunner:
 
     def run_job(self, request, raw_inputs: dict[str, bytes], seed: int,
                 progress: Callable[[float], None],
-                is_cancelled: Callable[[], bool]) -> list[bytes]:
+                is_cancelled: Callable[[], bool],
+                on_step: Callable[[int, int], None] | None = None) -> list[bytes]:
         spec = self.registry.for_request(request)
         with pipeline_input_errors():
             inputs = spec.decode_inputs(request, raw_inputs)
-        ctx = RunContext(seed=seed, progress=progress, is_cancelled=is_cancelled)
+        ctx = _context(seed, progress, is_cancelled, on_step)
         outputs = self.run(request, inputs, ctx)
         return spec.encode_outputs(request, outputs)
 
@@ -128,8 +136,8 @@ class TaskRunner:
             try:
                 with pipeline_input_errors():
                     inputs = spec.decode_inputs(job.request, job.raw_inputs)
-                ready.append((i, inputs, RunContext(seed=job.seed, progress=job.progress,
-                                                    is_cancelled=job.is_cancelled)))
+                ready.append((i, inputs, _context(job.seed, job.progress, job.is_cancelled,
+                                                  job.on_step)))
             except Exception as exc:  # noqa: BLE001 - a bad job fails alone
                 outcomes[i] = Outcome(error=exc)
         try:
@@ -148,7 +156,7 @@ class TaskRunner:
     def _run_alone(self, job: Job) -> Outcome:
         try:
             return Outcome(outputs=self.run_job(job.request, job.raw_inputs, job.seed,
-                                                job.progress, job.is_cancelled))
+                                                job.progress, job.is_cancelled, job.on_step))
         except Exception as exc:  # noqa: BLE001 - the caller decides what each error means
             return Outcome(error=exc)
 

@@ -1,5 +1,6 @@
 """`Services`: what the app, its surfaces and its workers share (settings, database, storage,
-fetcher, rate limiter, executor, metrics), and `build_services(settings)` that makes them.
+fetcher, rate limiter, executor, metrics, job signals), and `build_services(settings)` that
+makes them.
 
 The app keeps them on `app.state.services`; route dependencies reach them through
 `serving.deps.ServicesDep`.
@@ -13,6 +14,7 @@ from typing import Any
 from .core.db import make_engine, make_session_factory, run_migrations
 from .core.errors import ServiceUnavailable
 from .core.fetch import ImageFetcher, make_fetcher
+from .core.job_signals import JobSignals, attach, signals_of
 from .core.ratelimit import RateLimiter, make_rate_limiter
 from .core.storage import Storage, make_storage
 from .metrics import Metrics
@@ -29,6 +31,14 @@ class Services:
     rate_limiter: RateLimiter
     executor: Any = None  # a `serving.executor.JobExecutor`, or None: jobs stay pending
     metrics: Metrics | None = None
+    # Wake-ups of dispatchers and event streams (`core.job_signals`), attached to the session
+    # factory so every committed job change is published.
+    job_signals: JobSignals | None = None
+
+    def __post_init__(self) -> None:
+        if self.job_signals is None:
+            self.job_signals = signals_of(self.session_factory) or JobSignals()
+        attach(self.session_factory, self.job_signals)
 
     def require_executor(self) -> None:
         """Refuse new jobs while a configured executor reports itself unavailable."""

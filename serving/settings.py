@@ -62,6 +62,12 @@ class Settings(BaseSettings):
     # failed `deadline_exceeded` and refunded. "*" applies to every tool without its own.
     job_deadlines_s: dict[str, float] = Field(default_factory=dict)
     fault_oom_calls: list[int] = Field(default_factory=list)  # tests: calls that run out of memory
+    # Job wake-ups (`core.job_signals`): an idle dispatcher is woken when a job is created and
+    # looks on its own only this often (a safety net); event streams likewise re-read a job's
+    # row at least this often, and send a keep-alive comment after this long without an event.
+    dispatch_poll_seconds: float = 1.0
+    events_poll_seconds: float = 1.0
+    events_heartbeat_seconds: float = 15.0
     idempotency_ttl_hours: int = 24
     redis_url: str | None = None  # rate-limit storage; in-memory when unset
     webhook_retry_scale: float = 1.0  # multiplies the webhook retry schedule (tests shrink it)

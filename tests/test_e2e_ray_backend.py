@@ -85,3 +85,27 @@ def test_cancel_reaches_the_replica_and_stops_the_job(backend):
         backend.run("cancel-1", parse_request(body), images, 3, lambda f: None,
                     lambda: time.monotonic() > cancel_at)
     assert time.monotonic() - started < full  # stopped early, not run to the end
+
+
+class StepSink:
+    """A progress sink that also takes denoising steps, as the dispatcher's JobTracker does."""
+
+    def __init__(self):
+        self.fractions: list[float] = []
+        self.steps: list[tuple[int, int]] = []
+
+    def __call__(self, fraction: float) -> None:
+        self.fractions.append(fraction)
+
+    def report_step(self, step: int, steps: int) -> None:
+        self.steps.append((step, steps))
+
+
+def test_denoising_steps_travel_with_progress_through_the_board(backend):
+    body = {"tool": "photographer", "input": {"main_image": {"upload_id": "u"}},
+            "options": {"mode": "carousel", "quality": "low"}}  # ten frames of denoising
+    sink = StepSink()
+    backend.run("steps-1", parse_request(body), {"input.main_image": png(64, 64)}, 3, sink,
+                lambda: False)
+    assert sink.fractions == sorted(sink.fractions)
+    assert sink.steps and all(1 <= step <= steps for step, steps in sink.steps)

@@ -191,7 +191,7 @@ def test_browser_authorization_then_mcp_calls_refresh_and_revoke(served):
     async def calls(access_token: str) -> str:
         async with mcp_session(app.mcp_url, access_token) as session:
             await session.send_ping()
-            assert len((await session.list_tools()).tools) == 9
+            assert len((await session.list_tools()).tools) == 10  # the seed's nine + cancel
             created = await session.call_tool("wixma_generate_image",
                                               {"prompt": "a lamp", "quality": "low"})
             assert not created.is_error, created

@@ -1,5 +1,5 @@
-"""The MCP server over real Streamable HTTP (the SDK's client against uvicorn): the nine tools,
-ping, inline image results, base64 rejection, and the API key's restrictions on every call."""
+"""The MCP server over real Streamable HTTP (the SDK's client against uvicorn): the seed's nine
+tools and the cancel tool, ping, inline image results, base64 rejection, and the API key's restrictions on every call."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from PIL import Image
 from retouch.pipelines.vocabulary import AI_FILTERS, ANGLES, TIMES
 from retouch.serving.tasks import TASKS
 from retouch.serving.core import jobs
-from retouch.serving.mcp.server import TOOL_NAMES
+from retouch.serving.mcp.server import SEED_TOOL_NAMES, TOOL_NAMES
 
 from api_fixtures import image_bytes, serve_routes
 from mcp_fixtures import mcp_session, serve_app, tool_error, tool_json
@@ -54,7 +54,10 @@ def test_all_nine_tools_over_streamable_http(tmp_path, tiny_store):
             async with mcp_session(app.mcp_url, secret) as session:
                 await session.send_ping()
                 listed = {tool.name: tool for tool in (await session.list_tools()).tools}
-                assert set(listed) == set(TOOL_NAMES) and len(listed) == 9
+                # The seed's nine tools, and cancel beyond the seed (docs/mcp.md).
+                assert len(SEED_TOOL_NAMES) == 9
+                assert set(listed) == set(TOOL_NAMES) == {*SEED_TOOL_NAMES,
+                                                          "wixma_cancel_generation"}
                 schema = listed["wixma_photographer"].input_schema["properties"]
                 assert schema["mode"]["enum"] == list(TASKS.modes("photographer"))
                 assert schema["angle"]["anyOf"][0]["enum"] == list(ANGLES)

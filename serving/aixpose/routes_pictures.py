@@ -10,13 +10,13 @@ import json
 import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from retouch.pipelines.actions import check_instruction
-from retouch.serving.core.errors import InvalidInput, RetouchError
-from retouch.serving.core import projects
+from retouch.serving.core.errors import InvalidInput, JobNotCancellable, RetouchError
+from retouch.serving.core import jobs, projects
 from retouch.serving.core.public_objects import picture_payload
 from retouch.serving.core.db import transaction, utcnow
 from retouch.serving.core.idempotency import (check_idempotency_key, create_idempotently,
@@ -26,6 +26,7 @@ from retouch.serving.core.image_refs import (check_base64_size, read_upload, sto
 from retouch.serving.core.pagination import MAX_PAGE_SIZE
 from retouch.serving.core.tables import ApiKey
 from retouch.serving.deps import READ, UPLOAD, WRITE, ServicesDep
+from retouch.serving.event_streams import job_event_stream
 
 from .deps import IdempotencyKey, aixpose_key, check_webhook_url, model_revision
 from .schemas import (Base64Source, EnhancementCreate, FeedbackCreate, PictureCreate, PictureForm,
@@ -253,4 +254,36 @@ def approve_picture(picture_id: str, services: ServicesDep,
     create_idempotently(services.session_factory, key.id, idempotency_key,
                         {"approve": picture_id}, "approval", record,
                         ttl_hours=services.settings.idempotency_ttl_hours)
+    return payload(services, picture_id, key.account_id)
+
+
+# ---- live progress and cancel -----------------------------------------------------------------
+@router.get("/pictures/{picture_id}/events", response_model=None)
+def picture_events(picture_id: str, services: ServicesDep,
+                   key: Annotated[ApiKey, Depends(aixpose_key(READ))],
+                   last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+                   ) -> Response:
+    """Server-Sent Events of the picture's job (`status`, `progress`), ending with a `picture`
+    event carrying the picture object; an uploaded original is completed at once."""
+    with services.session_factory() as session:
+        job_id = projects.get_picture(session, key.account_id, picture_id).generation_id
+    return job_event_stream(services, job_id, last_event_id, "picture",
+                            lambda: payload(services, picture_id, key.account_id))
+
+
+@router.post("/pictures/{picture_id}/cancel")
+def cancel_picture(picture_id: str, services: ServicesDep,
+                   key: Annotated[ApiKey, Depends(aixpose_key(WRITE))]) -> dict:
+    """Cancel the picture's pending or processing enhancement job: it (and its sibling variants,
+    one job) ends `failed` with `error_code` `canceled`, refunded in full, with `picture.failed`
+    webhooks. A finished picture answers 409 `invalid_input`."""
+    with services.session_factory() as session:
+        picture = projects.get_picture(session, key.account_id, picture_id)
+        job_id, status = picture.generation_id, projects.picture_state(session, picture)["status"]
+    if job_id is None:
+        raise JobNotCancellable("picture_id", f"picture {picture_id!r} is an uploaded "
+                                              f"original; there is nothing to cancel",
+                                status=status)
+    jobs.cancel_job(services.session_factory, key.account_id, job_id, field="picture_id",
+                    subject=f"picture {picture_id!r}")
     return payload(services, picture_id, key.account_id)

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Body, Depends, Query, Response
+from fastapi import APIRouter, Body, Depends, Header, Query, Response
 from pydantic import Field
 
 from retouch.pipelines.reel import ASPECT_RATIOS, MAX_DURATION_S, MAX_PICTURES, MIN_DURATION_S
 from retouch.pipelines.reel import RESOLUTIONS as VIDEO_RESOLUTIONS
-from retouch.serving.core import videos
+from retouch.serving.core import jobs, videos
 from retouch.serving.core.pagination import MAX_PAGE_SIZE
 from retouch.serving.core.public_objects import video_object
 from retouch.serving.core.tables import ApiKey
 from retouch.serving.core.webhook_outbox import check_webhook_url
 from retouch.serving.deps import READ, WRITE, ServicesDep
+from retouch.serving.event_streams import job_event_stream
 
 from .deps import IdempotencyKey, aixpose_key
 from .schemas import _Strict, list_payload
@@ -65,6 +66,34 @@ def get_video(video_id: str, services: ServicesDep,
     with services.session_factory() as session:
         video = videos.get_video(session, key.account_id, video_id)
         return video_object(session, services.storage, video)
+
+
+@router.get("/videos/{video_id}/events", response_model=None)
+def video_events(video_id: str, services: ServicesDep,
+                 key: Annotated[ApiKey, Depends(aixpose_key(READ))],
+                 last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+                 ) -> Response:
+    """Server-Sent Events of the video's render (`status`, `progress`), ending with a `video`
+    event carrying the video object."""
+    with services.session_factory() as session:
+        job_id = videos.get_video(session, key.account_id, video_id).generation_id
+
+    def final_video() -> dict:
+        return get_video(video_id, services, key)
+
+    return job_event_stream(services, job_id, last_event_id, "video", final_video)
+
+
+@router.post("/videos/{video_id}/cancel")
+def cancel_video(video_id: str, services: ServicesDep,
+                 key: Annotated[ApiKey, Depends(aixpose_key(WRITE))]) -> dict:
+    """Cancel a pending or rendering video: `failed` with `error_code` `canceled`, refunded in
+    full, a `video.failed` webhook. A finished video answers 409 `invalid_input`."""
+    with services.session_factory() as session:
+        job_id = videos.get_video(session, key.account_id, video_id).generation_id
+    jobs.cancel_job(services.session_factory, key.account_id, job_id, field="video_id",
+                    subject=f"video {video_id!r}")
+    return get_video(video_id, services, key)
 
 
 @router.get("/videos")

@@ -63,6 +63,14 @@ class NotFound(InvalidInput):
         super().__init__(field, message, http_status=404)
 
 
+class JobNotCancellable(InvalidInput):
+    """A cancel of a job that has already finished (seed code `invalid_input`, HTTP 409
+    Conflict); `details.status` is the job's final status."""
+
+    def __init__(self, field: str, message: str, *, status: str):
+        super().__init__(field, message, details={"status": status}, http_status=409)
+
+
 class InsufficientCredits(RetouchError):
     code, http_status = "insufficient_credits", 402
 

@@ -6,7 +6,13 @@ concurrent creates can never over-spend; there is no read-then-write in Python. 
 slots, key budgets and credits and writes the `reserve` ledger entry in one transaction. A terminal
 transition (complete or fail) frees the slots, refunds on failure, appends to the ledger and
 enqueues the job's events (`job_events.enqueue_job_events`) in one transaction, guarded by
-`WHERE status='processing' AND lease_owner=...`, so it happens exactly once.
+`WHERE status='processing' AND lease_owner=...`, so it happens exactly once. `cancel_job` settles
+a pending or processing job the same way (failed, `canceled`, refunded) on its owner's request;
+the worker running it learns at once through the job signals, or at its next heartbeat, and
+stops at the next denoising step.
+
+Every transition is noted (`job_signals.note`) so that, once it commits, idle dispatchers wake
+for new jobs and event streams for changed ones.
 """
 
 from __future__ import annotations
@@ -20,20 +26,22 @@ from sqlalchemy import and_, case, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from retouch.serving.core.errors import (InsufficientCredits, InvalidInput, MonthlyBudgetExceeded,
-                                      NotFound, PerRequestLimitExceeded, QueueLimitExceeded,
-                                      TotalBudgetExceeded)
+from retouch.serving.core.errors import (InsufficientCredits, InvalidInput, JobNotCancellable,
+                                      MonthlyBudgetExceeded, NotFound, PerRequestLimitExceeded,
+                                      QueueLimitExceeded, TotalBudgetExceeded)
 
 from . import idempotency
 from .accounts import PAID_PLANS, PLAN_SLOTS, plan_slot_limit, require_paid_plan
 from .db import is_sqlite, transaction, utcnow
 from .job_events import enqueue_job_events
+from .job_signals import note
 from .pagination import check_limit, newest_first_page
 from .tables import JOB_STATUSES, Account, ApiKey, Generation, LedgerEntry, new_uuid
 from ..tasks import TASKS, TaskSpec, request_seed
 
 DEFAULT_IDEMPOTENCY_TTL_HOURS = 24
 LEASE_LOST_ERROR = "service_unavailable"
+CANCELED_ERROR = "canceled"  # error_code of a job its owner cancelled
 
 SessionFactory = sessionmaker[Session]
 _NO_SYNC = {"synchronize_session": False}
@@ -119,6 +127,7 @@ def _create_in_transaction(session: Session, key: ApiKey, request, spec: TaskSpe
     if on_created is not None:
         on_created(session, generation)
     session.flush()
+    note(session, "created", generation.id)
     return generation, False
 
 
@@ -221,11 +230,12 @@ def lease_next_job(session_factory: SessionFactory, worker_id: str, lease_second
         claimed = session.execute(
             update(Generation).where(Generation.id == job_id, Generation.status == "pending")
             .values(status="processing", attempts=Generation.attempts + 1, progress=0.0,
-                    lease_owner=worker_id, started_at=now,
+                    step=None, steps=None, lease_owner=worker_id, started_at=now,
                     lease_expires_at=now + timedelta(seconds=lease_seconds))
             .execution_options(**_NO_SYNC))
         if claimed.rowcount != 1:
             return None
+        note(session, "changed", job_id)
         return session.get_one(Generation, job_id, populate_existing=True)
 
 
@@ -239,14 +249,20 @@ def _update_leased(session, job_id: str, worker_id: str, **values) -> bool:
 
 
 def heartbeat(session_factory: SessionFactory, job_id: str, worker_id: str, progress: float,
-              lease_seconds: float) -> bool:
-    """Record progress (clamped to [0, 1]) and extend the lease; False if the lease was lost
-    (the job was reclaimed, or finished), in which case the worker should stop."""
+              lease_seconds: float, *, step: int | None = None,
+              steps: int | None = None) -> bool:
+    """Record progress (clamped to [0, 1]) and, when known, the denoising step reached of how
+    many, and extend the lease; False if the lease was lost (the job was reclaimed, finished or
+    cancelled), in which case the worker should stop."""
     now = utcnow()
+    values = {} if step is None else {"step": int(step), "steps": steps}
     with transaction(session_factory) as session:
-        return _update_leased(session, job_id, worker_id,
-                              progress=min(max(float(progress), 0.0), 1.0),
-                              lease_expires_at=now + timedelta(seconds=lease_seconds))
+        alive = _update_leased(session, job_id, worker_id,
+                               progress=min(max(float(progress), 0.0), 1.0),
+                               lease_expires_at=now + timedelta(seconds=lease_seconds), **values)
+        if alive:
+            note(session, "progress", job_id)
+        return alive
 
 
 def complete_job(session_factory: SessionFactory, job_id: str, worker_id: str,
@@ -263,6 +279,7 @@ def complete_job(session_factory: SessionFactory, job_id: str, worker_id: str,
         job = session.get_one(Generation, job_id, populate_existing=True)
         _release_slots(session, job)
         enqueue_job_events(session, job)  # in the settling transaction
+        note(session, "changed", job_id)
         return True
 
 
@@ -279,7 +296,46 @@ def fail_job(session_factory: SessionFactory, job_id: str, worker_id: str, error
         job = session.get_one(Generation, job_id, populate_existing=True)
         _refund_and_release(session, job, now=now)
         enqueue_job_events(session, job)  # in the settling transaction
+        note(session, "changed", job_id)
         return True
+
+
+def cancel_job(session_factory: SessionFactory, account_id: str, job_id: str, *,
+               field: str = "id", subject: str | None = None) -> Generation:
+    """Cancel the account's pending or processing job on its owner's request.
+
+    One transaction: the job becomes `failed` with `error_code` `canceled` (a pending job never
+    starts; a running one loses its lease, so its worker stops at the next denoising step and
+    cannot settle it again), its slots are freed, its credits and key budgets refunded in full
+    (ledger `refund`) and its terminal events enqueued. `NotFound` (naming `field`) for another
+    account's or an unknown job; `JobNotCancellable` (409) when it has already finished, and
+    then nothing changes. `subject` names the job in messages (default: the generation).
+    """
+    subject = subject or f"generation {job_id!r}"
+    for _ in range(3):  # a job that moves on (leased, finished) meanwhile is looked at again
+        now = utcnow()
+        with transaction(session_factory) as session:
+            job = get_generation(session, account_id, job_id, field=field)
+            status = job.status
+            if job.is_terminal:
+                raise JobNotCancellable(field, f"{subject} is already {status}; only pending "
+                                               "or processing jobs can be cancelled",
+                                        status=status)
+            result = session.execute(
+                update(Generation).where(Generation.id == job_id, Generation.status == status)
+                .values(status="failed", error_code=CANCELED_ERROR,
+                        error="The job was cancelled by its owner.", finished_at=now,
+                        lease_owner=None, lease_expires_at=None)
+                .execution_options(**_NO_SYNC))
+            if result.rowcount != 1:
+                continue
+            job = session.get_one(Generation, job_id, populate_existing=True)
+            _refund_and_release(session, job, now=now)
+            enqueue_job_events(session, job)  # in the settling transaction
+            note(session, "cancelled", job_id)
+            note(session, "changed", job_id)
+            return job
+    raise AssertionError(f"job {job_id} kept changing while being cancelled")
 
 
 def expire_leases(session_factory: SessionFactory, max_attempts: int) -> int:
@@ -303,8 +359,11 @@ def expire_leases(session_factory: SessionFactory, max_attempts: int) -> int:
                 result = session.execute(
                     update(Generation).where(still_expired)
                     .values(status="pending", lease_owner=None, lease_expires_at=None,
-                            progress=0.0).execution_options(**_NO_SYNC))
+                            progress=0.0, step=None, steps=None).execution_options(**_NO_SYNC))
                 moved += result.rowcount
+                if result.rowcount == 1:
+                    note(session, "created", job.id)  # pending again: a worker may take it
+                    note(session, "changed", job.id)
                 continue
             result = session.execute(
                 update(Generation).where(still_expired)
@@ -316,6 +375,7 @@ def expire_leases(session_factory: SessionFactory, max_attempts: int) -> int:
                 session.refresh(job)
                 _refund_and_release(session, job, now=now)
                 enqueue_job_events(session, job)  # in the settling transaction
+                note(session, "changed", job.id)
                 moved += 1
     return moved
 

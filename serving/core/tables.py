@@ -130,6 +130,10 @@ class Generation(Base):
     seed: Mapped[int] = mapped_column(BigInteger)
     status: Mapped[str] = mapped_column(String(16), default="pending")
     progress: Mapped[float] = mapped_column(Float, default=0.0)
+    # The denoising step the running job reached, of how many (its current stage); None until a
+    # pipeline reports steps.
+    step: Mapped[int | None] = mapped_column(Integer)
+    steps: Mapped[int | None] = mapped_column(Integer)
     cost_credits: Mapped[int] = mapped_column(BigInteger)
     slots: Mapped[int] = mapped_column(Integer, default=1)
     # The key's budget month this job was charged to, so a refund only undoes that month.

@@ -1,6 +1,7 @@
 """Dashboard generations (`/dashboard/generations`): a gallery of the account's recent jobs, the
-playground that starts generator, photographer and upscaler jobs, and the small JSON status
-endpoint the gallery polls until a job finishes.
+playground that starts generator, photographer and upscaler jobs, each running job's live
+progress (an event stream the gallery's script follows, ending with the job's view; the small
+JSON status endpoint stays for browsers without `EventSource`) and its cancel button.
 
 Playground jobs take the API's own path (`parse_request` → image references →
 `submissions.submit_generation`) on the account's playground key (see `playground`), so tools,
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi import APIRouter, File, Form, Header, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from retouch.serving.core.errors import RetouchError
@@ -24,6 +25,7 @@ from retouch.serving.core.image_refs import read_upload, store_upload, validate_
 from retouch.serving.core.members import SignedInMember
 from retouch.serving.core.submissions import submit_generation
 from retouch.serving.core.tables import Generation
+from retouch.serving.event_streams import job_event_stream
 
 from . import csrf, forms
 from .playground import playground_key
@@ -39,6 +41,7 @@ def generation_view(job: Generation, url_for) -> dict[str, Any]:
             "progress": 1.0 if job.status == "completed" else float(job.progress or 0.0),
             "cost_credits": job.cost_credits, "created_at": job.created_at,
             "output_urls": [url_for(k) for k in (job.output_keys or [])],
+            "step": job.step, "steps": job.steps,
             "error_code": job.error_code, "error": job.error}
 
 
@@ -128,3 +131,36 @@ def generation_status(request: Request, member: Member, generation_id: str) -> J
         view = generation_view(job, services.storage.url)
     view["created_at"] = view["created_at"].isoformat()
     return JSONResponse(view, headers={"Cache-Control": "no-store"})
+
+
+@router.get("/generations/{generation_id}/events")
+def generation_events(request: Request, member: Member, generation_id: str,
+                      last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+                      ) -> Response:
+    """Live progress of one of the account's jobs (the API's event stream), ending with a
+    `generation` event carrying the gallery's view of the job."""
+    services = services_of(request)
+    with services.session_factory() as session:
+        jobs.get_generation(session, member.account_id, generation_id)
+
+    def final_view() -> dict[str, Any]:
+        with services.session_factory() as session:
+            view = generation_view(jobs.get_generation(session, member.account_id,
+                                                       generation_id), services.storage.url)
+        view["created_at"] = view["created_at"].isoformat()
+        return view
+
+    return job_event_stream(services, generation_id, last_event_id, "generation", final_view)
+
+
+@router.post("/generations/{generation_id}/cancel")
+def cancel_generation(request: Request, member: Member, generation_id: str,
+                      csrf_token: Annotated[str | None, Form()] = None) -> Response:
+    """Cancel one of the account's running jobs (refunded in full), then show the gallery."""
+    csrf.check_form_token(request, member, csrf_token)
+    try:
+        jobs.cancel_job(services_of(request).session_factory, member.account_id, generation_id)
+    except RetouchError as error:
+        return _generations_page(request, member, error=error.message,
+                                 status_code=error_status(error))
+    return RedirectResponse(f"/dashboard/generations#job-{generation_id}", status_code=303)

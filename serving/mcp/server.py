@@ -1,5 +1,5 @@
 """The Wixma MCP tools (`/mcp`, Streamable HTTP): the seed's nine tools over the same core as the
-HTTP API.
+HTTP API, plus `wixma_cancel_generation` (the HTTP API's cancel).
 
 Every call authorizes the API key behind the bearer credential (a `wx_live_` key, or the
 dedicated key of an OAuth grant) exactly as an HTTP route does: key usable, paid plan, rate
@@ -77,9 +77,11 @@ AspectRatio = Annotated[Literal[tuple(ASPECT_RATIOS)],  # type: ignore[valid-typ
                         Field(description="Output shape; `original` lets the model decide")]
 JobStatus = Literal["pending", "processing", "completed", "failed"]
 
-TOOL_NAMES = ("wixma_upload_image", "wixma_generate_image", "wixma_edit_image",
-              "wixma_photographer", "wixma_ai_filter", "wixma_upscale_image",
-              "wixma_get_generation", "wixma_list_generations", "wixma_get_credits")
+SEED_TOOL_NAMES = ("wixma_upload_image", "wixma_generate_image", "wixma_edit_image",
+                   "wixma_photographer", "wixma_ai_filter", "wixma_upscale_image",
+                   "wixma_get_generation", "wixma_list_generations", "wixma_get_credits")
+# Beyond the seed: cancel, as `POST /api/v1/generations/{id}/cancel`.
+TOOL_NAMES = SEED_TOOL_NAMES + ("wixma_cancel_generation",)
 
 
 # ---- results ----------------------------------------------------------------------------------
@@ -227,6 +229,14 @@ class WixmaTools:
                              mime_type=media_type)
                 for data, media_type in inline_images(self.services.storage, storage_keys)]
 
+    def cancel_generation(self, ctx: Context, generation_id: str) -> CallToolResult:
+        def action(key: ApiKey) -> CallToolResult:
+            generation = jobs.cancel_job(self.services.session_factory, key.account_id,
+                                         generation_id, field="generation_id")
+            return json_result({"generation": self._generation_data(generation)})
+
+        return self.run(ctx, "generations:create", action)
+
     def list_generations(self, ctx: Context, status: str | None, tool: str | None, limit: int,
                          cursor: str | None) -> CallToolResult:
         def action(key: ApiKey) -> CallToolResult:
@@ -250,7 +260,8 @@ class WixmaTools:
 
 
 def build_mcp_server(services) -> MCPServer:
-    """The MCP server with exactly the seed's nine tools, bound to `services`."""
+    """The MCP server with the seed's nine tools and `wixma_cancel_generation`, bound to
+    `services`."""
     # log_level: the SDK calls logging.basicConfig; keep a process without logging config quiet.
     server = MCPServer(SERVER_NAME, title="Wixma", instructions=INSTRUCTIONS, version="1.0.0",
                        log_level="WARNING")
@@ -394,6 +405,17 @@ def build_mcp_server(services) -> MCPServer:
     ) -> CallToolResult:
         """API-created generations of this account, newest first."""
         return tools.list_generations(ctx, status, tool, limit, cursor)
+
+    @server.tool(annotations=ToolAnnotations(read_only_hint=False, destructive_hint=True,
+                                             idempotent_hint=False, open_world_hint=False))
+    def wixma_cancel_generation(
+        generation_id: Annotated[str, Field(description="The id a creation tool returned")],
+        ctx: Context,
+    ) -> CallToolResult:
+        """Cancel a pending or processing generation: it ends failed with error_code
+        "canceled" and its credits are refunded in full. A finished generation is an
+        invalid_input error and stays as it is."""
+        return tools.cancel_generation(ctx, generation_id)
 
     @server.tool(annotations=reads)
     def wixma_get_credits(ctx: Context) -> CallToolResult:

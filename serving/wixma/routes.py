@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, File, Header, Query, Response, UploadFile
+from fastapi.responses import StreamingResponse
 from pydantic import TypeAdapter
 
 from retouch.serving.requests import WixmaRequest
@@ -17,10 +18,12 @@ from retouch.serving.core.submissions import submit_generation
 from retouch.serving.core.tables import ApiKey
 from retouch.serving.deps import CREDITS, READ, UPLOAD, WRITE, ServicesDep
 from retouch.serving.errors import request_id_of
+from retouch.serving.event_streams import MEDIA_TYPE as EVENT_STREAM, job_event_stream
 
 from .deps import api_key
 from .schemas import (CreditsObject, CreditsResponse, GenerationList, GenerationResponse,
-                      UploadResponse, error_responses, generation_object, upload_object)
+                      UploadResponse, cancel_conflict_response, error_responses,
+                      generation_object, upload_object)
 
 router = APIRouter(tags=["wixma"])
 AUTH_ERRORS = (401, 402, 403, 429, 503)
@@ -76,6 +79,44 @@ def get_generation(generation_id: str, services: ServicesDep,
     """One job of this account: status, progress, output URL(s), cost and error."""
     with services.session_factory() as session:
         generation = jobs.get_generation(session, key.account_id, generation_id)
+    return GenerationResponse(request_id=request_id,
+                              generation=generation_object(generation, services.storage.url))
+
+
+@router.get("/generations/{generation_id}/events", response_class=StreamingResponse,
+            responses={200: {"content": {EVENT_STREAM: {}}, "description":
+                             "Server-Sent Events: `status` and `progress` events "
+                             "(`{status, progress, step, steps}`), then a `generation` event "
+                             "with this job's GET response; 204 when `Last-Event-ID` already "
+                             "saw it"},
+                       **error_responses(404, *AUTH_ERRORS)})
+def generation_events(generation_id: str, services: ServicesDep,
+                      key: Annotated[ApiKey, Depends(api_key("generations:read"))],
+                      request_id: Annotated[str, Depends(request_id_of)],
+                      last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+                      ) -> Response:
+    """Live progress of one job of this account until it finishes; resumes after
+    `Last-Event-ID`."""
+    with services.session_factory() as session:
+        jobs.get_generation(session, key.account_id, generation_id)
+
+    def final_generation() -> dict:
+        return get_generation(generation_id, services, key, request_id).model_dump(mode="json")
+
+    return job_event_stream(services, generation_id, last_event_id, "generation",
+                            final_generation)
+
+
+@router.post("/generations/{generation_id}/cancel", response_model=GenerationResponse,
+             responses={**error_responses(404, *AUTH_ERRORS), **cancel_conflict_response()})
+def cancel_generation(generation_id: str, services: ServicesDep,
+                      key: Annotated[ApiKey, Depends(api_key("generations:create"))],
+                      request_id: Annotated[str, Depends(request_id_of)]
+                      ) -> GenerationResponse:
+    """Cancel a pending or processing job of this account: it ends `failed` with
+    `error_code` `canceled`, its slot is freed and its credits refunded in full. A finished job
+    answers 409 `invalid_input` and is left as it is."""
+    generation = jobs.cancel_job(services.session_factory, key.account_id, generation_id)
     return GenerationResponse(request_id=request_id,
                               generation=generation_object(generation, services.storage.url))
 

@@ -39,6 +39,12 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
             for status in sorted(set(statuses))}
 
 
+def cancel_conflict_response() -> dict[int | str, dict[str, Any]]:
+    """The 409 of a cancel route: the job had already finished (nothing changed)."""
+    return {409: {"model": ErrorResponse, "description": "Error: invalid_input (the job has "
+                                                         "already finished; `details.status`)"}}
+
+
 # ---- uploads ----------------------------------------------------------------------------------
 class UploadObject(BaseModel):
     id: str

@@ -1,4 +1,5 @@
-// Wixma dashboard: copy buttons, playground field toggling, and progress polling of jobs.
+// Wixma dashboard: copy buttons, playground field toggling, and live progress of running jobs
+// (each follows its event stream; browsers without EventSource poll the status endpoint).
 "use strict";
 
 function setupCopyButtons() {
@@ -31,12 +32,23 @@ function setupPlayground() {
   update();
 }
 
-function renderJob(item, job) {
-  item.dataset.status = job.status;
+function renderProgress(item, state) {
+  item.dataset.status = state.status;
   const status = item.querySelector("[data-role=status]");
-  status.textContent = job.status;
-  status.className = "status status-" + job.status;
-  item.querySelector("[data-role=progress]").value = job.progress;
+  status.textContent = state.status;
+  status.className = "status status-" + state.status;
+  item.querySelector("[data-role=progress]").value = state.progress;
+  const step = item.querySelector("[data-role=step]");
+  if (step) {
+    step.hidden = !(state.steps && state.status === "processing");
+    step.textContent = "step " + (state.step || 0) + "/" + (state.steps || 0);
+  }
+  const cancel = item.querySelector("[data-role=cancel]");
+  if (cancel && (state.status === "completed" || state.status === "failed")) cancel.remove();
+}
+
+function renderJob(item, job) {
+  renderProgress(item, job);
   const error = item.querySelector("[data-role=error]");
   error.hidden = !job.error;
   error.textContent = job.error ? (job.error_code || "") + " " + job.error : "";
@@ -54,13 +66,42 @@ function renderJob(item, job) {
   }
 }
 
+function jobUrl(item, suffix) {
+  return "/dashboard/generations/" + encodeURIComponent(item.dataset.generationId) + suffix;
+}
+
+// Streams hold a connection each; browsers allow six per host over HTTP/1.1, so a few jobs are
+// followed live and any others polled.
+const MAX_STREAMS = 3;
+
+function followJob(item) {
+  item.dataset.following = "true";
+  const events = new EventSource(jobUrl(item, "/events"));
+  const onState = (message) => renderProgress(item, JSON.parse(message.data));
+  events.addEventListener("status", onState);
+  events.addEventListener("progress", onState);
+  events.addEventListener("generation", (message) => {
+    renderJob(item, JSON.parse(message.data));
+    events.close();
+  });
+}
+
+function followJobs() {
+  if (typeof EventSource !== "undefined") {
+    Array.from(document.querySelectorAll(
+      "li.job[data-status=pending], li.job[data-status=processing]"))
+      .slice(0, MAX_STREAMS).forEach(followJob);
+  }
+  pollJobs();
+}
+
 function pollJobs() {
   const running = document.querySelectorAll(
-    "li.job[data-status=pending], li.job[data-status=processing]");
+    "li.job[data-status=pending]:not([data-following]), " +
+    "li.job[data-status=processing]:not([data-following])");
   if (!running.length) return;
   Promise.all(Array.from(running).map(async (item) => {
-    const response = await fetch(
-      "/dashboard/generations/" + encodeURIComponent(item.dataset.generationId) + "/status",
+    const response = await fetch(jobUrl(item, "/status"),
       {headers: {Accept: "application/json"}, credentials: "same-origin"});
     if (response.ok) renderJob(item, await response.json());
   })).catch(() => {}).finally(() => setTimeout(pollJobs, 1000));
@@ -69,5 +110,5 @@ function pollJobs() {
 document.addEventListener("DOMContentLoaded", () => {
   setupCopyButtons();
   setupPlayground();
-  pollJobs();
+  followJobs();
 });
