@@ -196,6 +196,10 @@ def test_lineage_numbers_across_an_enhancement_chain(aix):
     assert chain[0]["seed"] is not None and chain[0]["seed"] != chain[1]["seed"]
     assert chain[2]["seed"] is None and chain[2]["source_instruction"] is None
     assert chain[0]["model_revision"].startswith("tiny:")
+    picture = get(aix, secret, f"/v1/pictures/{again[1]['id']}")  # the object says it too
+    assert (picture["seed"], picture["model_revision"]) == (chain[0]["seed"],
+                                                            chain[0]["model_revision"])
+    assert done["seed"] == chain[1]["seed"] and original["seed"] is None
     for p in again + second:
         assert wait_done(aix, secret, p["id"])["status"] == "completed"
 

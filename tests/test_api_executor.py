@@ -109,3 +109,38 @@ def test_a_failing_job_is_reported_failed_and_refunded(tmp_path):
         assert done["output_url"] is None and "GPU fell off" not in (done["error"] or "")
         credits = api.client.get("/api/v1/credits", headers=api.headers(secret)).json()
         assert credits["credits"]["balance"] == 500 and credits["credits"]["queue"]["active"] == 0
+
+
+def test_the_returned_seed_reproduces_the_output_bytes(tmp_path, tiny_store):
+    """A job created without a seed reports the one it drew and the models it ran on; the same
+    request sent again with that seed gives the same bytes, another seed does not."""
+    from retouch.serving.runner import TaskRunner
+
+    def executor(services):
+        return InProcessExecutor(services, lambda: TaskRunner(tiny_store))
+
+    body = {"tool": "generator", "input": {"prompt": "a lighthouse at dusk"},
+            "options": {"quality": "low", "output_format": "png"}}
+    with api_for(make_settings(tmp_path), executor=executor) as api:
+        _, secret = api.key(api.account(plan="pro", credits=1000))
+
+        def run(options: dict) -> tuple[dict, bytes]:  # one job at a time: nothing batches
+            created = api.generate(secret, {**body, "options": {**body["options"], **options}})
+            assert created.status_code == 201, created.text
+            assert isinstance(created.json()["generation"]["seed"], int)
+            done = wait_for_terminal(api, secret, created.json()["generation"]["id"])
+            assert done["status"] == "completed", done
+            return done, api.client.get(done["output_url"].removeprefix("http://testserver")).content
+
+        first, first_bytes = run({})
+        seed = first["seed"]
+        assert 0 <= seed < 2**32
+        assert first["model_revisions"]["base"] == tiny_store.revision("base")
+        again, again_bytes = run({"seed": seed})
+        assert again["seed"] == seed and again["model_revisions"] == first["model_revisions"]
+        assert again_bytes == first_bytes
+        other, other_bytes = run({"seed": (seed + 1) % 2**32})
+        assert other_bytes != first_bytes
+        pending = api.generate(secret, {**body, "options": {**body["options"], "seed": 5}})
+        assert pending.json()["generation"]["model_revisions"] is None  # not run yet
+        assert pending.json()["generation"]["seed"] == 5

@@ -45,6 +45,7 @@ def picture_payload(session: Session, picture: Picture, url_for: StorageUrl) -> 
         "feedback": ({"rating": picture.feedback_rating, "comment": picture.feedback_comment}
                      if picture.feedback_rating is not None else None),
         "error_code": state["error_code"],
+        "seed": picture.seed, "model_revision": picture.model_revision,
         "created_at": format_timestamp(picture.created_at),
     }
 

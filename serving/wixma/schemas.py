@@ -84,6 +84,13 @@ class GenerationObject(BaseModel):
     progress: float = Field(ge=0.0, le=1.0, description="0..1 while pending/processing")
     error_code: str | None = None
     error: str | None = None
+    seed: int | None = Field(
+        default=None, description="The seed the job ran with (the request's `options.seed`, or "
+                                  "one drawn at creation); send it back to reproduce the output")
+    model_revisions: dict[str, str] | None = Field(
+        default=None, description="What each model was loaded from ({model: hub commit, "
+                                  "`sha256:…` of a local twin, or `random:<seed>`}); null until "
+                                  "the job has completed")
     created_at: str
 
 
@@ -114,6 +121,7 @@ def generation_object(generation, url_for) -> GenerationObject:
         input_image=generation.input_image, cost_credits=generation.cost_credits,
         progress=1.0 if generation.status == "completed" else float(generation.progress or 0.0),
         error_code=generation.error_code, error=generation.error,
+        seed=generation.seed, model_revisions=generation.model_revisions,
         created_at=format_timestamp(generation.created_at))
 
 
