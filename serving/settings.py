@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -47,6 +47,11 @@ class Settings(BaseSettings):
     deploy_serve_apps: bool = True
 
     allow_private_urls: bool = False
+    # Hosts image and music URLs may come from (every hop): names and `*.domain` patterns,
+    # comma-separated in the environment; `wixma` is the Wixma reference's list (Supabase, Fal,
+    # OpenAI CDN, Cloudinary, Imgix, Unsplash). This server's public host is always allowed
+    # when a list is set. Empty (the default): any public host.
+    allowed_image_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     fetch_timeout_seconds: float = 15.0  # one deadline per image/music URL, redirects included
     # Request bodies above this are refused (413) before they are read; the upload routes allow
     # their documented file size instead.
@@ -72,6 +77,13 @@ class Settings(BaseSettings):
     redis_url: str | None = None  # rate-limit storage; in-memory when unset
     webhook_retry_scale: float = 1.0  # multiplies the webhook retry schedule (tests shrink it)
     webhook_poll_seconds: float = 1.0  # how often the webhook worker looks for due deliveries
+
+    @field_validator("allowed_image_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value):
+        if isinstance(value, str):
+            value = value.split(",")
+        return [h.strip() for h in value if h and h.strip()]
 
     @property
     def resolved_database_url(self) -> str:

@@ -9,6 +9,10 @@ multicast, reserved, shared or unspecified range, and no IPv6 form that embeds s
 certificate for the original host name). Redirects are followed by hand, at most 3, each hop
 vetted again. The body is streamed with a 50 MB cap.
 
+Sources: an operator may limit image and music downloads to an allow-list of host patterns
+(`allowed_image_hosts`; `source_host_patterns(settings)`), checked on every hop before any
+lookup. Webhook URLs are not image sources and are not limited by it.
+
 Time: one deadline per URL covers every hop, connect, read and the whole body (a host that
 trickles bytes cannot hold a request past it), and a request's URLs are fetched concurrently,
 so a create call with 16 references waits at most one deadline. Every failure is `InvalidInput`
@@ -39,6 +43,42 @@ USER_AGENT = "retouch-fetcher/1"
 NAT64_PREFIX = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052 well-known prefix
 _NUMERIC_HOST = re.compile(r"^[0-9a-fA-FxX.]+$")
 Resolver = Callable[[str, int], list[str]]
+
+# The Wixma reference's safe HTTPS image sources (besides this server's own uploads and
+# generation history): Supabase storage, the Fal and OpenAI CDNs, Cloudinary, Imgix, Unsplash.
+# `RETOUCH_ALLOWED_IMAGE_HOSTS=wixma` selects them (with this server's public host).
+WIXMA_SOURCE_HOSTS = (
+    "*.supabase.co",
+    "fal.media", "*.fal.media",
+    "oaidalleapiprodscus.blob.core.windows.net", "*.oaiusercontent.com",
+    "res.cloudinary.com",
+    "*.imgix.net",
+    "images.unsplash.com", "plus.unsplash.com",
+)
+HOST_PRESETS = {"wixma": WIXMA_SOURCE_HOSTS}
+
+
+def host_matches(host: str, pattern: str) -> bool:
+    """`pattern` is a host name (`res.cloudinary.com`) or `*.` and a domain, which matches any
+    name under that domain (`*.imgix.net`: `acme.imgix.net`, not `imgix.net`). No case."""
+    host, pattern = host.lower().rstrip("."), pattern.lower().rstrip(".")
+    if pattern.startswith("*."):
+        return host.endswith(pattern[1:]) and len(host) > len(pattern) - 1
+    return host == pattern
+
+
+def source_host_patterns(settings) -> tuple[str, ...] | None:
+    """The host patterns image and music URLs must match (presets expanded, this server's own
+    public hosts added), or None when every public host is allowed (the default)."""
+    if not settings.allowed_image_hosts:
+        return None
+    patterns: list[str] = []
+    for entry in settings.allowed_image_hosts:
+        patterns.extend(HOST_PRESETS.get(entry.lower(), (entry,)))
+    for base in (settings.resolved_public_base_url, settings.s3_public_base_url):
+        if base and (own := httpx.URL(base).host):
+            patterns.append(own)
+    return tuple(dict.fromkeys(p.lower() for p in patterns))
 
 
 def resolve_host(host: str, port: int) -> list[str]:
@@ -114,8 +154,10 @@ class ImageFetcher:
 
     def __init__(self, *, allow_private_urls: bool = False, max_bytes: int = MAX_IMAGE_BYTES,
                  timeout_s: float = 15.0, max_redirects: int = 3,
-                 resolver: Resolver = resolve_host, transport: Any = None):
+                 resolver: Resolver = resolve_host, transport: Any = None,
+                 allowed_hosts: tuple[str, ...] | None = None):
         self.allow_private_urls = allow_private_urls
+        self.allowed_hosts = allowed_hosts  # None: any host (that passes the address rules)
         self.max_bytes = max_bytes
         self.timeout_s = timeout_s
         self.max_redirects = max_redirects
@@ -194,6 +236,7 @@ class ImageFetcher:
         current = self._parse(url, field)
         headers = {"Accept": accept, "User-Agent": USER_AGENT}
         for _ in range(self.max_redirects + 1):
+            self._check_source_host(current, field)
             loop = asyncio.get_running_loop()
             addresses = await loop.run_in_executor(self._dns, self._resolve, current, field)
             address = self._check_addresses(current, addresses, field)
@@ -247,6 +290,13 @@ class ImageFetcher:
             raise InvalidInput(field, "URLs with credentials are not accepted")
         return parsed
 
+    def _check_source_host(self, url: httpx.URL, field: str) -> None:
+        if self.allowed_hosts is not None and not any(
+                host_matches(url.host, pattern) for pattern in self.allowed_hosts):
+            raise InvalidInput(field, f"the host {url.host!r} is not an allowed source host; "
+                                      "this server downloads only from: "
+                                      + ", ".join(self.allowed_hosts))
+
     def _resolve(self, url: httpx.URL, field: str) -> list[str]:
         literal = literal_address(url.host)
         if literal is not None:
@@ -289,4 +339,5 @@ def _transport_error(field: str, exc: httpx.HTTPError) -> InvalidInput:
 
 def make_fetcher(settings) -> ImageFetcher:
     return ImageFetcher(allow_private_urls=settings.allow_private_urls,
-                        timeout_s=settings.fetch_timeout_seconds)
+                        timeout_s=settings.fetch_timeout_seconds,
+                        allowed_hosts=source_host_patterns(settings))
