@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import logging
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Header
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 
 from retouch.pipelines.vocabulary import IMAGE_MEDIA_TYPES
 
 from .core.errors import InvalidInput
+from .core.etags import etag_matches, etag_of
 from .core.job_signals import PostgresListener
 from .core.webhook_outbox import WebhookWorker
 from .errors import install_error_handlers
@@ -98,13 +99,17 @@ def build_app(settings: Settings, *, services: Services | None = None) -> FastAP
 
     @app.get("/files/{key:path}", tags=["files"], response_class=Response,
              responses={200: {"content": {media: {} for media in IMAGE_MEDIA_TYPES.values()}}})
-    def get_file(key: str) -> Response:
-        """A stored upload or output (local storage). Keys are unguessable UUID paths."""
+    def get_file(key: str, if_none_match: Annotated[str | None, Header()] = None) -> Response:
+        """A stored upload or output (local storage). Keys are unguessable UUID paths. The
+        `ETag` is the sha256 of the bytes; `If-None-Match` with it answers 304."""
         storage = services.storage
         if not storage.exists(key):
             raise InvalidInput("key", f"no file {key!r}", http_status=404)
-        return Response(storage.get(key), media_type=storage.media_type(key),
-                        headers={"Cache-Control": "public, max-age=31536000, immutable"})
+        data = storage.get(key)
+        headers = {"Cache-Control": "public, max-age=31536000, immutable", "ETag": etag_of(data)}
+        if etag_matches(if_none_match, headers["ETag"]):
+            return Response(status_code=304, headers=headers)
+        return Response(data, media_type=storage.media_type(key), headers=headers)
 
     install_openapi(app)
     return app

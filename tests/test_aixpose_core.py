@@ -126,7 +126,7 @@ def test_publish_freezes_approved_pictures_and_completed_videos(world):
     with transaction(sf) as session:
         project = session.get_one(Project, made[0].project_id)
         with pytest.raises(InvalidInput):
-            projects.publish(session, project, storage.url)  # nothing approved yet
+            projects.publish(session, project, storage)  # nothing approved yet
     body = {"tool": "generator", "input": {"prompt": "reel"}, "options": {"quality": "low"}}
     reel_job, _ = jobs.create_job(sf, key, parse_request(body), body,
                                          surface="aixpose")
@@ -139,7 +139,7 @@ def test_publish_freezes_approved_pictures_and_completed_videos(world):
     with transaction(sf) as session:
         projects.approve(session, projects.get_picture(session, key.account_id, made[1].id))
         project = projects.publish(session, session.get_one(Project, made[0].project_id),
-                                   storage.url)
+                                   storage)
         media = project.published_media
     assert [(m["type"], m["id"]) for m in media][0] == ("picture", made[1].id)
     assert media[1]["type"] == "video" and media[1]["url"].endswith(".png")

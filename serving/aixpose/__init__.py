@@ -31,10 +31,10 @@ refunded in full if it fails.
 
 from fastapi import APIRouter
 
-from . import routes_agent, routes_catalog, routes_credits, routes_pictures, routes_projects
-from . import routes_videos, routes_webhooks
+from . import routes_agent, routes_catalog, routes_credits, routes_organization, routes_pictures
+from . import routes_projects, routes_videos, routes_webhooks
 
 router = APIRouter()
 for _module in (routes_projects, routes_pictures, routes_catalog, routes_agent, routes_credits,
-                routes_videos, routes_webhooks):
+                routes_videos, routes_webhooks, routes_organization):
     router.include_router(_module.router)

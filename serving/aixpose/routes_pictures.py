@@ -60,16 +60,16 @@ async def _read_picture_request(request: Request) -> tuple[Any, bytes | None]:
     return parse_model(PictureCreate, raw), None
 
 
-def _base64_image(source: Base64Source):
-    check_base64_size(source.data, "source.data")
+def _base64_image(source: Base64Source, field: str = "source"):
+    check_base64_size(source.data, f"{field}.data")
     try:
         data = base64.b64decode(source.data, validate=True)
     except (binascii.Error, ValueError):
-        raise InvalidInput("source.data", "is not valid base64") from None
-    image = validate_image_bytes(data, "source.data")
+        raise InvalidInput(f"{field}.data", "is not valid base64") from None
+    image = validate_image_bytes(data, f"{field}.data")
     if image.media_type != source.media_type:
-        raise InvalidInput("source.media_type", f"says {source.media_type} but the data is "
-                                                f"{image.media_type}")
+        raise InvalidInput(f"{field}.media_type", f"says {source.media_type} but the data is "
+                                                  f"{image.media_type}")
     return image
 
 

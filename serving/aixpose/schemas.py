@@ -93,6 +93,30 @@ class AgentPatch(_Strict):
     preferences: dict[SceneType, list[str]] | None = None
 
 
+class BrandingPatch(_Strict):
+    enabled: bool | None = None
+    logo: UrlSource | Base64Source | None = Field(
+        default=None, discriminator="type", description="The watermark image (PNG with "
+                                                        "transparency works best)")
+    placement: Literal["top_left", "top_right", "bottom_left", "bottom_right", "center"] | None \
+        = None
+    opacity: float | None = Field(default=None, ge=0.0, le=1.0)
+    scale: float | None = Field(default=None, ge=0.02, le=1.0,
+                                description="Logo width as a fraction of the picture's width")
+
+
+class DefaultOutputPatch(_Strict):
+    output: Literal["picture", "video"] | None = None
+    picture_aspect_ratio: AspectRatio | None = None
+    picture_resolution: Resolution | None = None
+
+
+class OrganizationPatch(_Strict):
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    branding: BrandingPatch | None = None
+    default_output: DefaultOutputPatch | None = None
+
+
 class QuickActionInstruction(_Strict):
     actions: list[str] | None = Field(default=None, max_length=8)
     prompt: str | None = Field(default=None, max_length=2000)

@@ -307,9 +307,44 @@ def get_quick_action(session: Session, account_id: str, quick_action_id: str,
 
 
 # ---- publishing ---------------------------------------------------------------------------------
-def publish(session: Session, project: Project, url_for: StorageUrl) -> Project:
+def publish(session: Session, project: Project, storage) -> Project:
     """Freeze the project's approved, completed pictures and its completed videos as the
-    published media set and emit `project.published`."""
+    published media set and emit `project.published`.
+
+    Each entry has a stable URL, its `etag` (sha256 of the bytes behind the URL), `bytes`,
+    `media_type` and `updated_at` (when those bytes were first published: an entry whose bytes
+    did not change keeps it across republishing, so mirrors can sync incrementally). With the
+    organization's branding enabled, pictures are published as branded copies (the logo
+    composited as a watermark, `organizations.brand_image`); videos are published as made.
+    """
+    from .organizations import brand_image, branding_of, get_organization
+    from .storage import account_key
+
+    now = utcnow()
+    previous = {(m["type"], m["id"]): m for m in project.published_media or []}
+    organization = get_organization(session, project.account_id)
+    branding = branding_of(organization)
+    logo = None
+    if branding["enabled"] and organization.logo_upload_id:
+        logo = storage.get(session.get_one(Upload, organization.logo_upload_id).storage_key)
+
+    def entry(kind: str, item_id: str, key: str, **extra: Any) -> dict[str, Any]:
+        data, media_type = storage.get(key), storage.media_type(key)
+        if kind == "picture" and logo is not None:
+            data = brand_image(data, media_type, logo, branding)
+            digest = hashlib.sha256(data).hexdigest()
+            key = account_key(storage, project.account_id,
+                              f"published/{project.id}/{item_id}/{digest[:32]}."
+                              + key.rsplit(".", 1)[-1])
+            if not storage.exists(key):
+                storage.put(key, data, media_type)
+        etag = hashlib.sha256(data).hexdigest()
+        before = previous.get((kind, item_id))
+        updated = before["updated_at"] if before and before.get("etag") == etag \
+            and before.get("updated_at") else format_timestamp(now)
+        return {"type": kind, "id": item_id, "url": storage.url(key), **extra, "etag": etag,
+                "bytes": len(data), "media_type": media_type, "updated_at": updated}
+
     media = []
     approved = session.scalars(select(Picture).where(Picture.project_id == project.id,
                                                      Picture.approved_at.is_not(None))
@@ -317,8 +352,8 @@ def publish(session: Session, project: Project, url_for: StorageUrl) -> Project:
     for picture in approved:
         state = picture_state(session, picture)
         if state["storage_key"] is not None:
-            media.append({"type": "picture", "id": picture.id, "url": url_for(state["storage_key"]),
-                          "version": picture.version, "subversion": picture.subversion})
+            media.append(entry("picture", picture.id, state["storage_key"],
+                               version=picture.version, subversion=picture.subversion))
     # Reels are made from approved pictures: the project's completed ones publish with them.
     videos = session.execute(select(Video.id, Generation.output_keys)
                              .join(Generation, Generation.id == Video.generation_id)
@@ -327,13 +362,13 @@ def publish(session: Session, project: Project, url_for: StorageUrl) -> Project:
                              .order_by(Video.created_at, Video.id))
     for video_id, output_keys in videos:
         if output_keys:
-            media.append({"type": "video", "id": video_id, "url": url_for(output_keys[0])})
+            media.append(entry("video", video_id, output_keys[0]))
     if not media:
         raise InvalidInput("project_id", "the project has no approved pictures or completed "
                                          "videos to publish")
     project.published_media = media
     project.status = "published"
-    project.published_at = utcnow()
+    project.published_at = now
     session.flush()
     emit_event(session, project.account_id, "project.published",
                {"id": project.id, "name": project.name, "media": media,

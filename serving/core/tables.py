@@ -268,6 +268,22 @@ class AgentSettings(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class Organization(Base):
+    """Per account (the AIXpose tenant): its display name, branding (a logo upload composited
+    as a watermark onto published pictures when enabled) and default project outputs."""
+
+    __tablename__ = "aixpose_organizations"
+
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(200))
+    # {enabled, placement, opacity, scale}
+    branding: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    logo_upload_id: Mapped[str | None] = mapped_column(ForeignKey("uploads.id"))
+    # {output, picture_aspect_ratio, picture_resolution}: what new projects get when omitted
+    default_output: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class ResourceIdempotencyRecord(Base):
     """`Idempotency-Key` records for POSTs that create something other than a job (projects,
     pictures, quick actions, feedback ...): same key + same body replays `resource_id`."""
