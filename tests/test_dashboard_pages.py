@@ -363,3 +363,95 @@ def test_editing_a_key_changes_its_tools_and_budgets_for_the_api(dashboard):
     assert refused.status_code == 400 and "revoked key cannot be changed" in refused.text
     other_key, _ = api.key()
     assert dashboard.client.get(f"/dashboard/keys/{other_key}/edit").status_code == 404
+
+
+def _started_job(dashboard, response) -> Generation:
+    assert response.status_code == 303, response.text
+    with dashboard.api.services.session_factory() as session:
+        return session.get(Generation, response.headers["location"].split("started=")[1])
+
+
+def test_the_playground_offers_every_tool_and_mode_of_the_registry(dashboard):
+    from retouch.pipelines.vocabulary import AI_FILTERS
+    from retouch.serving.tasks import TASKS
+
+    page = dashboard.client.get("/dashboard/generations").text
+    for value in (*TASKS.tools("wixma"), *TASKS.modes("photographer"), *AI_FILTERS):
+        assert f'<option value="{value}"' in page, value
+    assert 'name="reference_files" multiple' in page
+
+    png = ("in.png", image_bytes(20, 16), "image/png")
+    editor = _started_job(dashboard, dashboard.post(
+        "/dashboard/generations", {"tool": "editor", "prompt": "match the reference style",
+                                   "quality": "low"},
+        files=[("image_file", png), ("reference_files", ("ref.png", image_bytes(16, 16),
+                                                         "image/png"))]))
+    images = editor.request["input"]["images"]
+    assert editor.tool == "editor" and len(images) == 2
+    assert all("upload_id" in ref for ref in images) and images[0] != images[1]
+    assert editor.request["input"]["prompt"] == "match the reference style"
+
+    filtered = _started_job(dashboard, dashboard.post(
+        "/dashboard/generations", {"tool": "ai_filter", "filter": "noir-bw", "quality": "low"},
+        files={"image_file": png}))
+    assert (filtered.tool, filtered.request["input"]["filter"]) == ("ai_filter", "noir-bw")
+    assert "upload_id" in filtered.request["input"]["image"]
+
+    placed = _started_job(dashboard, dashboard.post(
+        "/dashboard/generations", {"tool": "photographer", "mode": "object_placement",
+                                   "text_prompt": "a lamp on the table", "quality": "low"},
+        files=[("image_file", png), ("reference_files", ("lamp.png", image_bytes(16, 16),
+                                                         "image/png"))]))
+    assert placed.mode == "object_placement"
+    assert len(placed.request["input"]["secondary_images"]) == 1
+
+    no_image = dashboard.post("/dashboard/generations", {"tool": "editor", "prompt": "x"})
+    assert no_image.status_code == 400 and 'id="error">input.images' in no_image.text
+
+
+def test_aixpose_projects_pictures_lineage_and_approval(dashboard, tmp_path):
+    import base64
+
+    api = dashboard.api
+    with transaction(api.services.session_factory) as session:
+        secret = keys.create_key(session, dashboard.account_id, surface="aixpose")[1]
+    headers = {"Authorization": f"Bearer {secret}"}
+    project = api.client.post("/v1/projects", headers=headers, json={"name": "Seaside villa"})
+    project_id = project.json()["id"]
+    source = {"type": "base64", "media_type": "image/png",
+              "data": base64.b64encode(image_bytes(32, 24)).decode()}
+    picture = api.client.post(f"/v1/projects/{project_id}/pictures", headers=headers, json={
+        "source": source, "scene_type": "interior", "scene_location": "living_room"}).json()
+
+    listing = dashboard.client.get("/dashboard/projects")
+    assert listing.status_code == 200
+    assert f'href="/dashboard/projects/{project_id}">Seaside villa<' in listing.text
+    page = dashboard.client.get(f"/dashboard/projects/{project_id}").text
+    assert f'id="picture-{picture["id"]}"' in page and 'data-action="approve"' in page
+    assert f'<img src="{picture["public_url"]}"' in page
+    assert "<script>" not in page  # only the local script file
+
+    approve = f"/dashboard/pictures/{picture['id']}/approve"
+    refused = dashboard.client.post(approve, data={"csrf_token": "forged"},
+                                    follow_redirects=False)
+    assert refused.status_code == 403
+    assert api.client.get(f"/v1/pictures/{picture['id']}", headers=headers).json()[
+        "approved"] is False
+    done = dashboard.client.post(approve, data={"csrf_token": dashboard.csrf(
+        f"/dashboard/projects/{project_id}")}, follow_redirects=False)
+    assert done.status_code == 303
+    assert api.client.get(f"/v1/pictures/{picture['id']}", headers=headers).json()[
+        "approved"] is True
+    page = dashboard.client.get(f"/dashboard/projects/{project_id}").text
+    assert 'data-role="approved"' in page and 'data-action="approve"' not in page
+
+    lineage = dashboard.client.get(f"/dashboard/pictures/{picture['id']}/lineage").text
+    assert f'data-picture-id="{picture["id"]}"' in lineage and "original upload" in lineage
+
+    other = Dashboard(api, email="other@example.com")  # another account's member
+    api.client.cookies.clear()
+    other.sign_in()
+    assert other.client.get(f"/dashboard/projects/{project_id}").status_code == 404
+    assert other.client.get(f"/dashboard/pictures/{picture['id']}/lineage").status_code == 404
+    assert f"/dashboard/projects/{project_id}" not in other.client.get(
+        "/dashboard/projects").text

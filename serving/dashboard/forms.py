@@ -16,7 +16,10 @@ from retouch.serving.core.keys import WIXMA_SCOPES
 
 MAX_KEY_NAME = 200
 MAX_CREDITS = 10**12
-PLAYGROUND_TOOLS = ("generator", "photographer", "upscaler")
+
+def playground_tools() -> tuple[str, ...]:
+    """Every Wixma tool of the task registry (the playground covers them all)."""
+    return TASKS.tools("wixma")
 
 
 def optional_int(raw: str | None, field: str, *, minimum: int = 0) -> int | None:
@@ -94,31 +97,46 @@ def _text(form: dict[str, Any], name: str) -> str:
 
 def playground_body(form: dict[str, Any], images: dict[str, Any]) -> dict[str, Any]:
     """A generation body from the playground form. `images` maps an input field (`main_image`,
-    `mask_image`, `image`) to its reference (`{"upload_id": ...}` or `{"generation_id": ...}`);
-    the request parser checks every value and names the bad field."""
+    `mask_image`, `image`) to its reference (`{"upload_id": ...}` or `{"generation_id": ...}`),
+    and `images` / `secondary_images` to lists of them; the request parser checks every value
+    and names the bad field."""
     tool = _text(form, "tool")
-    if tool not in PLAYGROUND_TOOLS:
-        raise InvalidInput("tool", f"must be one of {', '.join(PLAYGROUND_TOOLS)}")
+    tools = playground_tools()
+    if tool not in tools:
+        raise InvalidInput("tool", f"must be one of {', '.join(tools)}")
     options: dict[str, Any] = {}
     if _text(form, "seed"):
         options["seed"] = optional_int(form.get("seed"), "options.seed")
+    quality = {"quality": _text(form, "quality") or "low"}
+    aspect = {"aspect_ratio": _text(form, "aspect_ratio") or "original"}
     if tool == "generator":
-        options.update(quality=_text(form, "quality") or "low",
-                       aspect_ratio=_text(form, "aspect_ratio") or "original")
+        options.update(**quality, **aspect)
         return {"tool": tool, "input": {"prompt": _text(form, "prompt")}, "options": options}
-    if tool == "upscaler":
+    if tool == "editor":
+        if not images.get("images"):
+            raise InvalidInput("input.images", "upload at least one image or choose a "
+                                               "generation (later images are references)")
+        options.update(**quality, **aspect)
+        return {"tool": tool, "input": {"images": images["images"],
+                                        "prompt": _text(form, "prompt")}, "options": options}
+    if tool in ("upscaler", "ai_filter"):
         if "image" not in images:
             raise InvalidInput("input.image", "upload an image or choose a generation")
-        options["scale"] = _text(form, "scale") or "2"
-        return {"tool": tool, "input": {"image": images["image"]}, "options": options}
+        if tool == "upscaler":
+            options["scale"] = _text(form, "scale") or "2"
+            return {"tool": tool, "input": {"image": images["image"]}, "options": options}
+        options.update(**quality)
+        return {"tool": tool, "input": {"image": images["image"], "filter": _text(form, "filter")},
+                "options": options}
     if "main_image" not in images:
         raise InvalidInput("input.main_image", "upload an image or choose a generation")
     inputs: dict[str, Any] = {"main_image": images["main_image"]}
     if "mask_image" in images:
         inputs["mask_image"] = images["mask_image"]
+    if images.get("secondary_images"):
+        inputs["secondary_images"] = images["secondary_images"]
     for name in ("text_prompt", "angle", "time", "season", "weather"):
         if _text(form, name):
             inputs[name] = _text(form, name)
-    options.update(mode=_text(form, "mode"), quality=_text(form, "quality") or "low",
-                   aspect_ratio=_text(form, "aspect_ratio") or "original")
+    options.update(mode=_text(form, "mode"), **quality, **aspect)
     return {"tool": tool, "input": inputs, "options": options}

@@ -1,5 +1,6 @@
 """Dashboard generations (`/dashboard/generations`): a gallery of the account's recent jobs, the
-playground that starts generator, photographer and upscaler jobs, each running job's live
+playground that starts a job of every Wixma tool (editor with reference images, every
+photographer mode of the registry, upscaler, AI filters), each running job's live
 progress (an event stream the gallery's script follows, ending with the job's view; the small
 JSON status endpoint stays for browsers without `EventSource`) and its cancel button.
 
@@ -17,7 +18,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 
 from retouch.serving.core.errors import RetouchError
 from retouch.serving.tasks import TASKS, parse_request
-from retouch.pipelines.vocabulary import (ANGLES, ASPECT_RATIOS, QUALITIES, SEASONS, TIMES,
+from retouch.pipelines.vocabulary import (AI_FILTERS, ANGLES, ASPECT_RATIOS, QUALITIES, SEASONS, TIMES,
                                           UPSCALE_SCALES, WEATHERS)
 from retouch.serving.core import jobs, keys
 from retouch.serving.core.db import transaction
@@ -57,7 +58,7 @@ def _generations_page(request: Request, member: SignedInMember, *, error: str | 
                   form=form or {}, started=started, status_code=status_code,
                   modes=TASKS.modes("photographer"), angles=ANGLES, times=TIMES, seasons=tuple(SEASONS),
                   weathers=tuple(WEATHERS), qualities=QUALITIES, aspect_ratios=tuple(ASPECT_RATIOS),
-                  scales=UPSCALE_SCALES)
+                  scales=UPSCALE_SCALES, tools=forms.playground_tools(), filters=AI_FILTERS)
 
 
 @router.get("/generations")
@@ -84,37 +85,68 @@ def start_generation(request: Request, member: Member,
                      season: Annotated[str, Form()] = "", weather: Annotated[str, Form()] = "",
                      quality: Annotated[str, Form()] = "", aspect_ratio: Annotated[str, Form()] = "",
                      scale: Annotated[str, Form()] = "", seed: Annotated[str, Form()] = "",
+                     filter: Annotated[str, Form()] = "",  # noqa: A002 (the seed's name)
                      source_generation: Annotated[str, Form()] = "",
                      image_file: Annotated[UploadFile | None, File()] = None,
-                     mask_file: Annotated[UploadFile | None, File()] = None) -> Response:
+                     mask_file: Annotated[UploadFile | None, File()] = None,
+                     reference_files: Annotated[list[UploadFile] | None, File()] = None,
+                     ) -> Response:
     """Start a playground job through the API's own path (parse → image refs → create) on the
-    account's playground key, then show the gallery where it is polled until it finishes."""
+    account's playground key, then show the gallery where it is polled until it finishes.
+
+    The main image is a file or a completed generation; `reference_files` are the editor's
+    further images (`input.images[1..]`) or the photographer's `secondary_images`."""
     csrf.check_form_token(request, member, csrf_token)
     form = {"tool": tool, "prompt": prompt, "mode": mode, "text_prompt": text_prompt,
             "angle": angle, "time": time, "season": season, "weather": weather,
             "quality": quality, "aspect_ratio": aspect_ratio, "scale": scale, "seed": seed,
-            "source_generation": source_generation}
+            "filter": filter, "source_generation": source_generation}
     services = services_of(request)
-    image_field = "image" if tool == "upscaler" else "main_image"
+    image_field = {"upscaler": "image", "ai_filter": "image", "editor": "images[0]"}.get(
+        tool, "main_image")
+    list_field = {"editor": "images", "photographer": "secondary_images"}.get(tool)
     try:
         image = _read_image(image_file, f"input.{image_field}")
         mask = _read_image(mask_file, "input.mask_image") if tool == "photographer" else None
-        refs: dict[str, Any] = {}
+        extra_offset = 1 if tool == "editor" else 0
+        extras = [] if list_field is None else [
+            chosen for i, f in enumerate(reference_files or [])
+            if (chosen := _read_image(f, f"input.{list_field}[{i + extra_offset}]")) is not None]
+        main_ref: dict[str, Any] | None = None
         if image is not None:
-            refs[image_field] = {"upload_id": "(chosen file)"}
+            main_ref = {"upload_id": "(chosen file)"}
         elif source_generation.strip():
-            refs[image_field] = {"generation_id": source_generation.strip()}
-        if mask is not None:
-            refs["mask_image"] = {"upload_id": "(chosen file)"}
-        parse_request(forms.playground_body(form, refs))  # fail before storing files
+            main_ref = {"generation_id": source_generation.strip()}
+
+        def refs_with(stored: dict[str, Any]) -> dict[str, Any]:
+            refs: dict[str, Any] = {}
+            main = stored.get("main", main_ref)
+            extra_refs = stored.get("extras", [{"upload_id": "(chosen file)"}] * len(extras))
+            if tool == "editor":
+                refs["images"] = ([main] if main else []) + extra_refs
+            else:
+                if main:
+                    refs["image" if image_field == "image" else "main_image"] = main
+                if extra_refs:
+                    refs["secondary_images"] = extra_refs
+            if mask is not None:
+                refs["mask_image"] = stored.get("mask", {"upload_id": "(chosen file)"})
+            return refs
+
+        parse_request(forms.playground_body(form, refs_with({})))  # fail before storing files
         with transaction(services.session_factory) as session:
             key = playground_key(session, member.account_id)
             keys.ensure_key_usable(session, key)  # a paused playground key stops the playground
-            for field, chosen in ((image_field, image), ("mask_image", mask)):
-                if chosen is not None:
-                    refs[field] = {"upload_id": store_upload(session, services.storage, key,
-                                                             chosen).id}
-        request_body = parse_request(forms.playground_body(form, refs))
+
+            def stored(chosen) -> dict[str, Any]:
+                return {"upload_id": store_upload(session, services.storage, key, chosen).id}
+
+            uploaded: dict[str, Any] = {"extras": [stored(c) for c in extras]}
+            if image is not None:
+                uploaded["main"] = stored(image)
+            if mask is not None:
+                uploaded["mask"] = stored(mask)
+        request_body = parse_request(forms.playground_body(form, refs_with(uploaded)))
         generation, _ = submit_generation(services, key, request_body, surface="wixma")
     except RetouchError as error:
         return _generations_page(request, member, error=error.message, form=form,
