@@ -182,3 +182,53 @@ def test_stored_files_send_an_etag_and_honour_if_none_match(aix):
     cached = fetch(aix, picture["public_url"], **{"If-None-Match": f'W/{tag}, "other"'})
     assert cached.status_code == 304 and cached.content == b""
     assert fetch(aix, picture["public_url"], **{"If-None-Match": '"other"'}).status_code == 200
+
+
+def _wav(seconds: float = 1.0, rate: int = 44100) -> bytes:
+    import wave
+
+    import numpy as np
+
+    samples = (np.sin(np.linspace(0, 440 * 2 * np.pi * seconds, int(rate * seconds)))
+               * 8000).astype("<i2")
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1), out.setsampwidth(2), out.setframerate(rate)
+        out.writeframes(samples.tobytes())
+    return buffer.getvalue()
+
+
+def test_a_branded_video_has_the_logo_on_every_frame_and_keeps_its_audio():
+    import av
+    import numpy as np
+
+    from retouch.pipelines.common import RunContext
+    from retouch.pipelines.reel import ReelSpec, render_reel
+    from retouch.serving.core.organizations import brand_video
+
+    pictures = [Image.new("RGB", (128, 72), (30, 60, 120)), Image.new("RGB", (128, 72),
+                                                                      (120, 60, 30))]
+    reel = render_reel(pictures, ReelSpec(width=128, height=72, duration_s=2, fps=12),
+                       RunContext(seed=0), music=_wav())
+    logo = io.BytesIO()
+    Image.new("RGBA", (20, 10), (255, 255, 255, 255)).save(logo, format="PNG")
+    branded = brand_video(reel, logo.getvalue(), {"placement": "top_right", "opacity": 1.0,
+                                                  "scale": 0.25})
+
+    def frames(data: bytes):
+        with av.open(io.BytesIO(data)) as container:
+            assert len(container.streams.audio) == 1
+            return [f.to_ndarray(format="rgb24").astype(int)
+                    for f in container.decode(video=0)]
+
+    before, after = frames(reel), frames(branded)
+    assert len(after) == len(before) == 24 and after[0].shape == (72, 128, 3)
+    # The logo: 32×16 px, 1 px (2% of 72) from the top-right corner.
+    for old, new in zip(before, after):
+        corner = new[4:14, 128 - 30:128 - 4]
+        assert corner.mean() > 235 and old[4:14, 128 - 30:128 - 4].mean() < 150
+        rest = np.abs(new[30:, :90] - old[30:, :90])
+        assert rest.mean() < 3  # elsewhere only the re-encode's rounding
+    with av.open(io.BytesIO(branded)) as container:
+        assert container.streams.audio[0].codec_context.name == "aac"
+        assert float(container.duration or 0) / av.time_base == pytest.approx(2.0, abs=0.2)

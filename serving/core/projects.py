@@ -315,9 +315,10 @@ def publish(session: Session, project: Project, storage) -> Project:
     `media_type` and `updated_at` (when those bytes were first published: an entry whose bytes
     did not change keeps it across republishing, so mirrors can sync incrementally). With the
     organization's branding enabled, pictures are published as branded copies (the logo
-    composited as a watermark, `organizations.brand_image`); videos are published as made.
+    composited as a watermark, `organizations.brand_image`) and videos as branded copies
+    (every frame, `organizations.brand_video`).
     """
-    from .organizations import brand_image, branding_of, get_organization
+    from .organizations import brand_image, brand_video, branding_of, get_organization
     from .storage import account_key
 
     now = utcnow()
@@ -330,8 +331,9 @@ def publish(session: Session, project: Project, storage) -> Project:
 
     def entry(kind: str, item_id: str, key: str, **extra: Any) -> dict[str, Any]:
         data, media_type = storage.get(key), storage.media_type(key)
-        if kind == "picture" and logo is not None:
-            data = brand_image(data, media_type, logo, branding)
+        if logo is not None:
+            data = brand_image(data, media_type, logo, branding) if kind == "picture" \
+                else brand_video(data, logo, branding)
             digest = hashlib.sha256(data).hexdigest()
             key = account_key(storage, project.account_id,
                               f"published/{project.id}/{item_id}/{digest[:32]}."
