@@ -104,6 +104,9 @@ def test_enabled_branding_watermarks_the_published_corner_only(aix):
     data = fetch(aix, entry["url"]).content
     assert entry["etag"] == hashlib.sha256(data).hexdigest() and entry["bytes"] == len(data)
     assert entry["media_type"] == "image/png"
+    again = ok(call(aix, "POST", f"/v1/projects/{project_id}/publish"))["published_media"][0]
+    assert (again["url"], again["etag"], again["updated_at"]) == (
+        entry["url"], entry["etag"], entry["updated_at"])  # the copy is reused
     branded = Image.open(io.BytesIO(data)).convert("RGB")
     assert branded.size == original.size
     # The logo: 25% of 200 px wide = 50×25, 2 px (2% of 100) from the bottom-right corner.

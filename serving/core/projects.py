@@ -14,6 +14,7 @@ subversions (max + 1, + 2, ...).
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import Any
 
 from sqlalchemy import func, select
@@ -332,13 +333,18 @@ def publish(session: Session, project: Project, storage) -> Project:
     def entry(kind: str, item_id: str, key: str, **extra: Any) -> dict[str, Any]:
         data, media_type = storage.get(key), storage.media_type(key)
         if logo is not None:
-            data = brand_image(data, media_type, logo, branding) if kind == "picture" \
-                else brand_video(data, logo, branding)
-            digest = hashlib.sha256(data).hexdigest()
+            # Named by what it is made from, so republishing reuses it (same bytes, same etag,
+            # no second encode).
+            recipe = hashlib.sha256(hashlib.sha256(data).digest() + hashlib.sha256(logo).digest()
+                                    + json.dumps(branding, sort_keys=True).encode()).hexdigest()
             key = account_key(storage, project.account_id,
-                              f"published/{project.id}/{item_id}/{digest[:32]}."
+                              f"published/{project.id}/{item_id}/{recipe[:32]}."
                               + key.rsplit(".", 1)[-1])
-            if not storage.exists(key):
+            if storage.exists(key):
+                data = storage.get(key)
+            else:
+                data = brand_image(data, media_type, logo, branding) if kind == "picture" \
+                    else brand_video(data, logo, branding)
                 storage.put(key, data, media_type)
         etag = hashlib.sha256(data).hexdigest()
         before = previous.get((kind, item_id))
