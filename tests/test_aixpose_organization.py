@@ -235,3 +235,44 @@ def test_a_branded_video_has_the_logo_on_every_frame_and_keeps_its_audio():
     with av.open(io.BytesIO(branded)) as container:
         assert container.streams.audio[0].codec_context.name == "aac"
         assert float(container.duration or 0) / av.time_base == pytest.approx(2.0, abs=0.2)
+
+
+def test_publishing_with_branding_brands_a_completed_video(aix):
+    import av
+
+    from retouch.pipelines.common import RunContext
+    from retouch.pipelines.reel import ReelSpec, render_reel
+    from retouch.serving.core import jobs
+    from retouch.serving.core.tables import ApiKey, Video
+    from retouch.serving.tasks import parse_request
+
+    project_id = ok(call(aix, "POST", "/v1/projects", {"name": "reel"}), 201)["id"]
+    picture = approved_picture(aix, project_id)
+    reel = render_reel([Image.new("RGB", (64, 36), (20, 40, 80))],
+                       ReelSpec(width=64, height=36, duration_s=2, fps=12), RunContext(seed=0))
+    sf, storage = aix.services.session_factory, aix.services.storage
+    with sf() as session:
+        key = session.query(ApiKey).filter(ApiKey.surface == "aixpose").one()
+    body = {"tool": "generator", "input": {"prompt": "reel"}, "options": {"quality": "low"}}
+    job, _ = jobs.create_job(sf, key, parse_request(body), body, surface="aixpose")
+    with transaction(sf) as session:
+        session.add(Video(account_id=key.account_id, project_id=project_id,
+                          generation_id=job.id, picture_ids=[picture["id"]], duration_seconds=2,
+                          aspect_ratio="16:9", resolution="1K", width=64, height=36, fps=12))
+    leased = jobs.lease_next_job(sf, "w", 30)
+    storage.put(f"outputs/{leased.id}/1.mp4", reel, "video/mp4")
+    assert jobs.complete_job(sf, leased.id, "w", [f"outputs/{leased.id}/1.mp4"])
+
+    logo = Image.new("RGBA", (16, 16), (255, 255, 255, 255))
+    ok(call(aix, "PATCH", "/v1/organization", {"branding": {
+        "enabled": True, "logo": b64_png(logo), "placement": "center", "opacity": 1.0,
+        "scale": 0.25}}))
+    media = ok(call(aix, "POST", f"/v1/projects/{project_id}/publish"))["published_media"]
+    (video,) = [m for m in media if m["type"] == "video"]
+    assert video["media_type"] == "video/mp4" and video["url"] != storage.url(
+        f"outputs/{leased.id}/1.mp4")
+    data = fetch(aix, video["url"]).content
+    assert video["etag"] == hashlib.sha256(data).hexdigest()
+    with av.open(io.BytesIO(data)) as container:
+        frame = next(container.decode(video=0)).to_ndarray(format="rgb24")
+    assert frame[18, 32].min() > 230 and frame[2, 2].max() < 120  # centre logo, dark corner
