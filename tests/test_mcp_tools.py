@@ -220,3 +220,30 @@ def test_transport_security_follows_the_public_url():
     assert "wixma.example.com" in public.allowed_hosts
     assert "https://wixma.example.com" in public.allowed_origins
     assert not transport_security(Settings(host="0.0.0.0")).enable_dns_rebinding_protection
+
+
+def test_creation_tools_take_a_seed_and_generations_report_it(tmp_path):
+    with serve_app(tmp_path) as app:
+        _, secret = app.key(app.account(plan="pro", credits=5000))
+
+        async def scenario():
+            async with mcp_session(app.mcp_url, secret) as session:
+                listed = {tool.name: tool for tool in (await session.list_tools()).tools}
+                for name in ("wixma_generate_image", "wixma_edit_image", "wixma_photographer",
+                             "wixma_ai_filter", "wixma_upscale_image"):
+                    assert "seed" in listed[name].input_schema["properties"], name
+                    assert "seed" not in listed[name].input_schema.get("required", [])
+                created = tool_json(await session.call_tool("wixma_generate_image", {
+                    "prompt": "a cube", "quality": "low", "seed": 1234}))["generation"]
+                assert created["seed"] == 1234 and created["model_revisions"] is None
+                got = tool_json(await session.call_tool(
+                    "wixma_get_generation", {"generation_id": created["id"]}))["generation"]
+                assert got["seed"] == 1234
+                drawn = tool_json(await session.call_tool("wixma_generate_image", {
+                    "prompt": "a cube", "quality": "low"}))["generation"]
+                assert isinstance(drawn["seed"], int) and 0 <= drawn["seed"] < 2**32
+                error = tool_error(await session.call_tool("wixma_generate_image", {
+                    "prompt": "a cube", "seed": 2**32}))
+                assert error["code"] == "invalid_input" and error["details"]["field"] == "seed"
+
+        asyncio.run(scenario())

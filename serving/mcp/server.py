@@ -76,6 +76,10 @@ Quality = Annotated[Literal["low", "medium", "high"],
 AspectRatio = Annotated[Literal[tuple(ASPECT_RATIOS)],  # type: ignore[valid-type]
                         Field(description="Output shape; `original` lets the model decide")]
 JobStatus = Literal["pending", "processing", "completed", "failed"]
+# Beyond the seed (additive): reproduce a result by sending back the `seed` a generation returned.
+SeedArgument = Annotated[int | None, Field(
+    description="Optional, 0 to 4294967295: the `seed` a generation returned, to reproduce it "
+                "(same inputs and models give the same image); omitted: a new random seed")]
 
 SEED_TOOL_NAMES = ("wixma_upload_image", "wixma_generate_image", "wixma_edit_image",
                    "wixma_photographer", "wixma_ai_filter", "wixma_upscale_image",
@@ -127,6 +131,11 @@ def _annotate(**types: Any) -> Callable:
 
 def _without_none(values: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
+
+
+def _with_seed(options: dict[str, Any], seed: int | None) -> dict[str, Any]:
+    """The tool's options plus `seed` when given (the request parser checks its range)."""
+    return options if seed is None else {**options, "seed": seed}
 
 
 # ---- the server -------------------------------------------------------------------------------
@@ -292,12 +301,14 @@ def build_mcp_server(services) -> MCPServer:
         aspect_ratio: AspectRatio = "original",
         output_format: OutputFormat = "png",
         background: Literal["opaque", "auto"] = "opaque",
+        seed: SeedArgument = None,
     ) -> CallToolResult:
         """Create a new image from text (Image Generator). Returns the pending generation."""
         return tools.create(ctx, {
             "tool": "generator", "input": {"prompt": prompt},
-            "options": {"quality": quality, "aspect_ratio": aspect_ratio,
-                        "output_format": output_format, "background": background}}, {})
+            "options": _with_seed({"quality": quality, "aspect_ratio": aspect_ratio,
+                                   "output_format": output_format, "background": background},
+                                  seed)}, {})
 
     @server.tool(annotations=creates)
     def wixma_edit_image(
@@ -308,14 +319,15 @@ def build_mcp_server(services) -> MCPServer:
         quality: Quality = "medium",
         aspect_ratio: AspectRatio = "original",
         output_format: OutputFormat = "png",
+        seed: SeedArgument = None,
     ) -> CallToolResult:
         """Edit one or more reference images with a prompt (Image Editor)."""
         image_args = ({f"images[{i}]": v for i, v in enumerate(images)}
                       if isinstance(images, list) else {})
         return tools.create(ctx, {
             "tool": "editor", "input": {"images": images, "prompt": prompt},
-            "options": {"quality": quality, "aspect_ratio": aspect_ratio,
-                        "output_format": output_format}}, image_args)
+            "options": _with_seed({"quality": quality, "aspect_ratio": aspect_ratio,
+                                   "output_format": output_format}, seed)}, image_args)
 
     @server.tool(annotations=creates, description=photographer_description)
     @_annotate(mode=Annotated[photographer_mode, Field(description="The AI Photographer mode")])
@@ -339,6 +351,7 @@ def build_mcp_server(services) -> MCPServer:
         quality: Quality = "medium",
         aspect_ratio: AspectRatio = "original",
         output_format: OutputFormat = "png",
+        seed: SeedArgument = None,
     ) -> CallToolResult:
         image_args = {"main_image": main_image, "mask_image": mask_image}
         if isinstance(secondary_images, list):
@@ -350,8 +363,9 @@ def build_mcp_server(services) -> MCPServer:
                                     "mask_image": mask_image, "text_prompt": text_prompt,
                                     "angle": angle, "time": time, "season": season,
                                     "weather": weather}),
-            "options": {"mode": mode, "quality": quality, "aspect_ratio": aspect_ratio,
-                        "output_format": output_format}}, image_args)
+            "options": _with_seed({"mode": mode, "quality": quality,
+                                   "aspect_ratio": aspect_ratio,
+                                   "output_format": output_format}, seed)}, image_args)
 
     @server.tool(annotations=creates)
     def wixma_ai_filter(
@@ -361,12 +375,14 @@ def build_mcp_server(services) -> MCPServer:
         ctx: Context,
         quality: Quality = "medium",
         output_format: OutputFormat = "png",
+        seed: SeedArgument = None,
     ) -> CallToolResult:
         """Apply a curated AI filter (golden-backlight, blue-hour, polaroid, cinematic-still,
         noir-bw) to a photo."""
         return tools.create(ctx, {
             "tool": "ai_filter", "input": {"image": image, "filter": filter},
-            "options": {"quality": quality, "output_format": output_format}}, {"image": image})
+            "options": _with_seed({"quality": quality, "output_format": output_format}, seed)},
+            {"image": image})
 
     @server.tool(annotations=creates)
     def wixma_upscale_image(
@@ -377,12 +393,13 @@ def build_mcp_server(services) -> MCPServer:
         noise_scale: Annotated[float, Field(
             ge=0.0, le=0.5, description="0 to 0.5; lower keeps closer to the source")] = 0.1,
         output_format: OutputFormat = "png",
+        seed: SeedArgument = None,
     ) -> CallToolResult:
         """Upscale an image (Upscaler)."""
         return tools.create(ctx, {
             "tool": "upscaler", "input": {"image": image},
-            "options": {"scale": scale, "noise_scale": noise_scale,
-                        "output_format": output_format}}, {"image": image})
+            "options": _with_seed({"scale": scale, "noise_scale": noise_scale,
+                                   "output_format": output_format}, seed)}, {"image": image})
 
     @server.tool(annotations=reads)
     def wixma_get_generation(
