@@ -48,7 +48,8 @@ def _account_key(services, plan: str = "pro", credits: int = 10**9) -> str:
 def baseline_app(database_url: str):
     """The bare stack: FastAPI + one SQLAlchemy Core transaction per create (its own tables)."""
     from fastapi import FastAPI, Header, HTTPException
-    from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select, update
+    from sqlalchemy import (BigInteger, Column, Integer, MetaData, String, Table, insert, select,
+                            update)
 
     from retouch.serving.core.db import make_engine
 
@@ -57,7 +58,7 @@ def baseline_app(database_url: str):
     keys = Table("bench_keys", meta, Column("secret", String, primary_key=True),
                  Column("account", String))
     accounts = Table("bench_accounts", meta, Column("id", String, primary_key=True),
-                     Column("balance", Integer))
+                     Column("balance", BigInteger))
     jobs = Table("bench_jobs", meta, Column("id", String, primary_key=True),
                  Column("account", String), Column("prompt", String), Column("cost", Integer))
     meta.drop_all(engine)
