@@ -42,8 +42,9 @@ def authenticate_request(services: Services, secret: str | None, surface: str,
     key = keys.authenticate_cached(services.session_factory, secret, surface)
     if keys.touch_due(key):
         with transaction(services.session_factory) as session:
-            keys.ensure_key_usable(session, session.get_one(ApiKey, key.id))
-        key.last_used_at = keys.utcnow()
+            fresh = keys.ensure_key_usable(session, session.get_one(ApiKey, key.id))
+        key.last_used_at = fresh.last_used_at
+        keys.VERIFIED_KEYS.put(keys.hash_secret(secret), key)
     return _rate_limited_with_scope(services, key, scope, response)
 
 

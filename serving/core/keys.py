@@ -220,7 +220,10 @@ def ensure_key_usable(session: Session, key: ApiKey, *, touch: bool = True) -> A
         raise Forbidden("This API key has expired. Create a new key.",
                         details={"reason": "expired"})
     if touch and touch_due(key):
-        session.execute(update(ApiKey).where(ApiKey.id == key.id).values(last_used_at=now))
+        # A Core UPDATE: a touch changes nothing `VERIFIED_KEYS` holds but the time.
+        session.connection().execute(update(ApiKey.__table__)
+                                     .where(ApiKey.__table__.c.id == key.id)
+                                     .values(last_used_at=now))
         key.last_used_at = now
     return key
 
