@@ -15,10 +15,11 @@ from typing import Annotated
 
 from fastapi import Depends, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
-from .core import accounts, keys
+from .core import keys
 from .core.db import transaction
-from .core.tables import Account, ApiKey
+from .core.tables import ApiKey
 from .services import Services
 
 # The scopes an API key can carry (both surfaces; `core.keys` grants them).
@@ -26,7 +27,7 @@ READ, WRITE, UPLOAD, CREDITS = ("generations:read", "generations:create", "uploa
                                 "credits:read")
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
     return request.app.state.services
 
 
@@ -35,14 +36,20 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 
 def authenticate_request(services: Services, secret: str | None, surface: str,
                          scope: str, response: Response) -> ApiKey:
-    """The shared auth sequence of every API route: a read (no write lock), plus a write once a
-    minute per key to record `last_used_at`."""
-    with services.session_factory() as session:
-        key = keys.authenticate(session, secret, surface, touch=False)
-        accounts.require_paid_plan(session.get(Account, key.account_id))
+    """The shared auth sequence of every API route: a read (no write lock; none at all for a key
+    verified moments ago, `keys.VERIFIED_KEYS`), plus a write once a minute per key to record
+    `last_used_at`."""
+    key = keys.authenticate_cached(services.session_factory, secret, surface)
     if keys.touch_due(key):
         with transaction(services.session_factory) as session:
-            keys.ensure_key_usable(session, session.get_one(ApiKey, key.id))
+            fresh = keys.ensure_key_usable(session, session.get_one(ApiKey, key.id))
+        key.last_used_at = fresh.last_used_at
+        keys.VERIFIED_KEYS.put(keys.hash_secret(secret), key)
+    return _rate_limited_with_scope(services, key, scope, response)
+
+
+def _rate_limited_with_scope(services: Services, key: ApiKey, scope: str,
+                             response: Response) -> ApiKey:
     status = services.rate_limiter.hit(key.id, key.rate_limit_per_minute)
     if status is not None:
         response.headers.update(status.headers())
@@ -55,10 +62,17 @@ def surface_key(bearer: HTTPBearer, surface: str, scope: str,
     """A dependency that reads the bearer key with `bearer`, authenticates it for `surface` and
     requires `scope`; `name` prefixes the dependency's name (one per scope)."""
 
-    def dependency(response: Response, services: ServicesDep,
-                   credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> ApiKey:
+    async def dependency(response: Response, services: ServicesDep,
+                         credentials: HTTPAuthorizationCredentials | None = Depends(bearer)
+                         ) -> ApiKey:
         secret = credentials.credentials if credentials is not None else None
-        return authenticate_request(services, secret, surface, scope, response)
+        if services.rate_limiter.in_memory:
+            # A key verified moments ago needs no I/O at all: stay on the event loop.
+            key = keys.cached_key(secret, surface)
+            if key is not None and not keys.touch_due(key):
+                return _rate_limited_with_scope(services, key, scope, response)
+        return await run_in_threadpool(authenticate_request, services, secret, surface, scope,
+                                       response)
 
     dependency.__name__ = f"{name}_{scope.replace(':', '_')}"
     return dependency

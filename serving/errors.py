@@ -32,7 +32,7 @@ def new_request_id() -> str:
     return f"req_{uuid.uuid4().hex}"
 
 
-def request_id_of(request: Request) -> str:
+def request_id(request: Request) -> str:
     """The id the middleware assigned to this request (one is made if it ran outside it)."""
     rid = getattr(request.state, "request_id", None)
     if rid is None:
@@ -40,12 +40,17 @@ def request_id_of(request: Request) -> str:
     return rid
 
 
+async def request_id_of(request: Request) -> str:
+    """`request_id` as a route dependency (async: FastAPI runs it on the loop, no thread hop)."""
+    return request_id(request)
+
+
 def error_body(error: RetouchError, request_id: str) -> dict[str, Any]:
     return {"object": "error", "error": error.to_dict(), "request_id": request_id}
 
 
 def error_response(request: Request, error: RetouchError) -> JSONResponse:
-    rid = request_id_of(request)
+    rid = request_id(request)
     headers = {**error.headers, REQUEST_ID_HEADER: rid}
     return JSONResponse(error_body(error, rid), status_code=error.http_status, headers=headers)
 

@@ -33,6 +33,41 @@ def test_unauthorized_missing_malformed_and_unknown_keys(api):
                  401, "unauthorized")
 
 
+def test_a_key_used_moments_ago_is_refused_at_once_once_paused_or_revoked(api):
+    """Keys verified moments ago are cached (`keys.VERIFIED_KEYS`); pausing or revoking clears
+    the cache, and a key revoked where this process cannot see it is still never charged."""
+    from sqlalchemy import update
+
+    from retouch.serving.core.keys import VERIFIED_KEYS, hash_secret
+    from retouch.serving.core.tables import Account, ApiKey
+
+    for status in ("paused", "revoked"):
+        key_id, secret = api.key()
+        assert api.client.get("/api/v1/credits", headers=api.headers(secret)).status_code == 200
+        with transaction(api.services.session_factory) as session:
+            set_key_status(session, key_id, status)
+        error = assert_error(api.generate(secret, GENERATOR_BODY), 403, "forbidden")
+        assert error["details"]["reason"] == status
+
+    # Revoked by another process (a Core UPDATE this process's cache never hears of).
+    key_id, secret = api.key()
+    assert api.generate(secret, GENERATOR_BODY).status_code == 201
+    with api.services.engine.begin() as conn:
+        conn.execute(update(ApiKey.__table__).where(ApiKey.__table__.c.id == key_id)
+                     .values(status="revoked"))
+        account_id = conn.execute(ApiKey.__table__.select()
+                                  .where(ApiKey.__table__.c.id == key_id)).one().account_id
+        before = conn.scalar(Account.__table__.select().with_only_columns(
+            Account.__table__.c.credit_balance).where(Account.__table__.c.id == account_id))
+    assert VERIFIED_KEYS.get(hash_secret(secret)) is not None  # still cached here
+    error = assert_error(api.generate(secret, GENERATOR_BODY), 403, "forbidden")
+    assert error["details"]["reason"] == "revoked"
+    with api.services.engine.connect() as conn:
+        after = conn.scalar(Account.__table__.select().with_only_columns(
+            Account.__table__.c.credit_balance).where(Account.__table__.c.id == account_id))
+    assert after == before
+
+
 def test_forbidden_paused_revoked_expired_and_missing_scope(api):
     for status in ("paused", "revoked"):
         key_id, secret = api.key()

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from sqlalchemy import event, func, select
+from sqlalchemy import bindparam, event, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 log = logging.getLogger(__name__)
@@ -242,7 +242,10 @@ def note(session: Session, kind: str, job_id: str) -> None:
     if session.get_bind().dialect.name == "postgresql":
         signals = session.info.get(_SIGNALS_KEY)
         origin = signals.origin if signals is not None else "-"
-        session.execute(select(func.pg_notify(CHANNEL, f"{origin} {kind} {job_id}")))
+        session.connection().execute(_PG_NOTIFY, {"payload": f"{origin} {kind} {job_id}"})
+
+
+_PG_NOTIFY = select(func.pg_notify(CHANNEL, bindparam("payload")))  # built once
 
 
 def _publish_notes(session: Session) -> None:

@@ -118,17 +118,29 @@ def _create_in_transaction(session: Session, key: ApiKey, request, spec: TaskSpe
         seed=_seed_of(request), status="pending", progress=0.0, cost_credits=cost,
         slots=spec.slots, budget_period=period, input_image=input_image, output_keys=[],
         attempts=0, created_at=now)
-    session.add(generation)  # flushed together with the ledger entry (one unit of work)
-    session.add(LedgerEntry(account_id=key.account_id, generation_id=generation.id,
-                            kind="reserve", amount=-cost, balance_after=balance, created_at=now,
-                            memo=f"{request.tool} generation"))
+    # Core INSERTs of prebuilt statements on the transaction's connection (no unit of work);
+    # the row is built with the same values the response is shaped from.
+    connection = session.connection()
+    connection.execute(_INSERT_GENERATION, {
+        column: getattr(generation, column) for column in _GENERATION_INSERT_COLUMNS})
+    connection.execute(_INSERT_LEDGER, {
+        "account_id": key.account_id, "generation_id": generation.id, "kind": "reserve",
+        "amount": -cost, "balance_after": balance, "created_at": now,
+        "memo": f"{request.tool} generation"})
     if idempotency_key is not None:
         idempotency.remember(session, key.id, idempotency_key, body_hash, generation.id, now=now)
     if on_created is not None:
         on_created(session, generation)
-    session.flush()
     note(session, "created", generation.id)
     return generation, False
+
+
+_GENERATION_INSERT_COLUMNS = (
+    "id", "account_id", "api_key_id", "surface", "tool", "mode", "request", "request_hash",
+    "seed", "status", "progress", "cost_credits", "slots", "budget_period", "input_image",
+    "output_keys", "attempts", "created_at")
+_INSERT_GENERATION = Generation.__table__.insert()
+_INSERT_LEDGER = LedgerEntry.__table__.insert()
 
 
 def _seed_of(request) -> int:
@@ -139,37 +151,63 @@ def _seed_of(request) -> int:
 
 def reserve(session: Session, key: ApiKey, cost: int, slots: int, period: str) -> int:
     """Reserve `slots` generation slots, `cost` against the key's monthly (rolling the period) and
-    total budgets, and `cost` credits: two conditional UPDATEs (the key's budgets, then the
-    account's paid plan, slots and balance). Returns the new balance. When either refuses, the
-    first limit that refuses — paid plan, slots, monthly budget, total budget, credits, in that
-    order — is raised; the caller's transaction rolls back whatever was charged."""
-    used_this_period = case((ApiKey.monthly_period == period, ApiKey.monthly_used), else_=0)
-    budgets = session.execute(
-        update(ApiKey).where(ApiKey.id == key.id,
-                             or_(ApiKey.monthly_budget.is_(None),
-                                 used_this_period + cost <= ApiKey.monthly_budget),
-                             or_(ApiKey.total_budget.is_(None),
-                                 ApiKey.total_used + cost <= ApiKey.total_budget))
-        .values(monthly_used=used_this_period + cost, monthly_period=period,
-                total_used=ApiKey.total_used + cost).execution_options(**_NO_SYNC))
+    total budgets, and `cost` credits: two conditional UPDATEs (the key's budgets, only while the
+    key is active; then the account's paid plan, slots and balance, `RETURNING` the balance),
+    prebuilt Core statements on the transaction's connection. Returns the new balance. When
+    either refuses, the first limit that refuses — key status, paid plan, slots, monthly budget,
+    total budget, credits, in that order — is raised; the caller's transaction rolls back
+    whatever was charged."""
+    connection = session.connection()
+    budgets = connection.execute(_RESERVE_BUDGETS, {
+        "r_key": key.id, "r_cost": cost, "r_period": period})
     if budgets.rowcount == 1:
-        slot_limit = case(PLAN_SLOTS, value=Account.plan, else_=0)
-        row = session.execute(
-            update(Account).where(Account.id == key.account_id, Account.plan.in_(PAID_PLANS),
-                                  Account.active_slots + slots <= slot_limit,
-                                  Account.credit_balance >= cost)
-            .values(active_slots=Account.active_slots + slots,
-                    credit_balance=Account.credit_balance - cost)
-            .returning(Account.credit_balance).execution_options(**_NO_SYNC)).first()
+        row = connection.execute(_RESERVE_ACCOUNT, {
+            "r_account": key.account_id, "r_cost": cost, "r_slots": slots}).first()
         if row is not None:
             return int(row[0])
     _raise_refusal(session, key, cost, slots, period, budgets_charged=budgets.rowcount == 1)
     raise AssertionError("unreachable")
 
 
+def _reserve_statements():
+    """The two conditional UPDATEs of `reserve`, built (and so cache-keyed) once."""
+    from sqlalchemy import bindparam
+
+    keys, accounts = ApiKey.__table__.c, Account.__table__.c
+    cost = bindparam("r_cost", type_=keys.total_used.type)
+    used_this_period = case((keys.monthly_period == bindparam("r_period"), keys.monthly_used),
+                            else_=0)
+    budgets = (update(ApiKey.__table__)
+               .where(keys.id == bindparam("r_key"), keys.status == "active",
+                      or_(keys.monthly_budget.is_(None),
+                          used_this_period + cost <= keys.monthly_budget),
+                      or_(keys.total_budget.is_(None), keys.total_used + cost <= keys.total_budget))
+               .values(monthly_used=used_this_period + cost,
+                       monthly_period=bindparam("r_period"), total_used=keys.total_used + cost))
+    slot_limit = case(PLAN_SLOTS, value=accounts.plan, else_=0)
+    account_cost = bindparam("r_cost", type_=accounts.credit_balance.type)
+    slots = bindparam("r_slots", type_=accounts.active_slots.type)
+    account = (update(Account.__table__)
+               .where(accounts.id == bindparam("r_account"), accounts.plan.in_(PAID_PLANS),
+                      accounts.active_slots + slots <= slot_limit,
+                      accounts.credit_balance >= account_cost)
+               .values(active_slots=accounts.active_slots + slots,
+                       credit_balance=accounts.credit_balance - account_cost)
+               .returning(accounts.credit_balance))
+    return budgets, account
+
+
+_RESERVE_BUDGETS, _RESERVE_ACCOUNT = _reserve_statements()
+
+
 def _raise_refusal(session: Session, key: ApiKey, cost: int, slots: int, period: str, *,
                    budgets_charged: bool) -> None:
     """Raise the first limit that refused a reservation (read in the same transaction)."""
+    if not budgets_charged:
+        from .keys import ensure_key_usable
+
+        status = session.scalar(select(ApiKey.status).where(ApiKey.id == key.id))
+        ensure_key_usable(session, ApiKey(status=status), touch=False)  # paused / revoked
     plan, active, balance = session.execute(
         select(Account.plan, Account.active_slots, Account.credit_balance)
         .where(Account.id == key.account_id)).one()

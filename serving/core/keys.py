@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
+import time
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 
@@ -111,6 +113,94 @@ def authenticate(session: Session, secret: str | None, surface: str = "wixma", *
     return ensure_key_usable(session, key, touch=touch)
 
 
+class VerifiedKeys:
+    """A short cache of keys that passed authentication (and whose account has a paid plan), by
+    secret hash, so a busy key is not read from the database on every request.
+
+    An entry lives `ttl` seconds. Any change to a key or an account made through an ORM session
+    in this process (pause, resume, revoke, plan change, budgets, scopes) clears the cache at
+    once (`_invalidate_on_change`); another process's change is seen within `ttl`. Money never
+    depends on it: the reservation's conditional UPDATE charges only an `active` key of a paid
+    plan. `get` hands out a fresh detached copy, so requests never share an ORM object."""
+
+    _COLUMNS = tuple(column.key for column in ApiKey.__table__.columns)
+
+    def __init__(self, ttl: float = 2.0, max_entries: int = 10_000):
+        self.ttl, self.max_entries = ttl, max_entries
+        self._entries: dict[str, tuple[float, dict]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, secret_hash: str) -> ApiKey | None:
+        entry = self._entries.get(secret_hash)
+        if entry is None or entry[0] < time.monotonic():
+            return None
+        return ApiKey(**entry[1])
+
+    def put(self, secret_hash: str, key: ApiKey) -> None:
+        values = {name: getattr(key, name) for name in self._COLUMNS}
+        with self._lock:
+            if len(self._entries) >= self.max_entries:
+                self._entries.clear()
+            self._entries[secret_hash] = (time.monotonic() + self.ttl, values)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+VERIFIED_KEYS = VerifiedKeys()
+
+
+def _invalidate_on_change() -> None:
+    from sqlalchemy import event
+
+    from .tables import Account
+
+    watched = (ApiKey, Account)
+
+    @event.listens_for(Session, "after_flush")
+    def _after_flush(session, _context) -> None:
+        if any(isinstance(obj, watched) for obj in (*session.dirty, *session.deleted)):
+            VERIFIED_KEYS.clear()
+
+    @event.listens_for(Session, "do_orm_execute")
+    def _on_execute(state) -> None:
+        if (state.is_update or state.is_delete) and state.bind_mapper is not None \
+                and state.bind_mapper.class_ in watched:
+            VERIFIED_KEYS.clear()
+
+
+_invalidate_on_change()
+
+
+def authenticate_cached(session_factory, secret: str | None, surface: str = "wixma") -> ApiKey:
+    """`authenticate` (read only) plus the account's paid plan, through `VERIFIED_KEYS`: a key
+    verified less than `ttl` seconds ago is checked again only for expiry, without a read."""
+    from .accounts import require_paid_plan
+    from .tables import Account
+
+    key = cached_key(secret, surface)
+    if key is not None:
+        return key
+    with session_factory() as session:
+        key = authenticate(session, secret, surface, touch=False)
+        require_paid_plan(session.get(Account, key.account_id))
+    VERIFIED_KEYS.put(hash_secret(secret), key)
+    return key
+
+
+def cached_key(secret: str | None, surface: str = "wixma") -> ApiKey | None:
+    """The key for `secret` from `VERIFIED_KEYS` (expiry checked), or None when not cached; no
+    database read."""
+    prefix = SECRET_PREFIXES.get(surface, "")
+    if not secret or not prefix or not secret.startswith(prefix) or len(secret) > 200:
+        return None
+    key = VERIFIED_KEYS.get(hash_secret(secret))
+    if key is None or key.surface != surface:
+        return None
+    return ensure_key_usable(None, key, touch=False)
+
+
 def touch_due(key: ApiKey) -> bool:
     """Whether `last_used_at` is older than its resolution (a minute)."""
     return key.last_used_at is None or utcnow() - key.last_used_at >= LAST_USED_RESOLUTION
@@ -130,7 +220,10 @@ def ensure_key_usable(session: Session, key: ApiKey, *, touch: bool = True) -> A
         raise Forbidden("This API key has expired. Create a new key.",
                         details={"reason": "expired"})
     if touch and touch_due(key):
-        session.execute(update(ApiKey).where(ApiKey.id == key.id).values(last_used_at=now))
+        # A Core UPDATE: a touch changes nothing `VERIFIED_KEYS` holds but the time.
+        session.connection().execute(update(ApiKey.__table__)
+                                     .where(ApiKey.__table__.c.id == key.id)
+                                     .values(last_used_at=now))
         key.last_used_at = now
     return key
 

@@ -34,6 +34,7 @@ class RateLimiter:
         self.storage = storage_from_string(storage_uri)
         self.strategy = MovingWindowRateLimiter(self.storage)
         self.namespace = namespace
+        self.in_memory = storage_uri.startswith("memory://")  # hit() does no I/O
 
     def hit(self, key_id: str, per_minute: int | None) -> RateLimitStatus | None:
         """Count one call for `key_id`; None when the key has no limit."""

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Body, Depends, File, Header, Query, Response, UploadFile
 from fastapi.responses import StreamingResponse
 from pydantic import TypeAdapter
+from starlette.concurrency import run_in_threadpool
 
 from retouch.serving.requests import WixmaRequest
 from retouch.serving.tasks import TASKS, parse_request
@@ -52,23 +53,28 @@ def create_upload(services: ServicesDep,
                         **error_responses(400, 409, *AUTH_ERRORS)},
              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
                  "schema": {"$ref": "#/components/schemas/GenerationRequest"}}}}})
-def create_generation(body: Annotated[Any, Body()], response: Response, services: ServicesDep,
-                      key: Annotated[ApiKey, Depends(api_key(WRITE))],
-                      request_id: Annotated[str, Depends(request_id_of)],
-                      idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")]
-                      = None) -> GenerationResponse:
+async def create_generation(body: Annotated[Any, Body()], response: Response,
+                            services: ServicesDep,
+                            key: Annotated[ApiKey, Depends(api_key(WRITE))],
+                            request_id: Annotated[str, Depends(request_id_of)],
+                            idempotency_key: Annotated[str | None,
+                                                       Header(alias="Idempotency-Key")] = None
+                            ) -> GenerationResponse:
     """Start an async job (generator, editor, photographer, upscaler or ai_filter).
 
     Image references are resolved before the job exists: a bad reference fails here with
     `invalid_input` naming the field. Same `Idempotency-Key` + same body → the existing job (200).
     """
-    request = parse_request(body)
-    generation, replayed = submit_generation(services, key, request,
-                                             idempotency_key=idempotency_key, surface="wixma")
-    if replayed:
-        response.status_code = 200
-    return GenerationResponse(request_id=request_id,
-                              generation=generation_object(generation, services.storage.url))
+    def create() -> GenerationResponse:  # all of the database work in one thread hop
+        request = parse_request(body)
+        generation, replayed = submit_generation(services, key, request,
+                                                 idempotency_key=idempotency_key, surface="wixma")
+        if replayed:
+            response.status_code = 200
+        return GenerationResponse(request_id=request_id,
+                                  generation=generation_object(generation, services.storage.url))
+
+    return await run_in_threadpool(create)
 
 
 @router.get("/generations/{generation_id}", response_model=GenerationResponse,
