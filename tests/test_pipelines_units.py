@@ -7,7 +7,6 @@ import pytest
 from PIL import Image
 
 from retouch.pipelines import prompts
-from retouch.pipelines.carousel import parse_shot_lines
 from retouch.pipelines.common import CHUNK_TOKENS, encode_long_prompt, prompt_chunks
 from retouch.pipelines.erase import mask_from_image, paste_back
 from retouch.pipelines.filters import apply_grade, polaroid_frame
@@ -74,13 +73,6 @@ def test_grades_are_deterministic_and_distinct():
     assert golden[..., 0].mean() - golden[..., 2].mean() > blue[..., 0].mean() - blue[..., 2].mean()
     framed = np.asarray(polaroid_frame(image))
     assert framed.shape == (40, 50, 3) and (framed[-6:] == (246, 244, 238)).all()
-
-
-def test_parse_shot_lines_keeps_readable_numbered_lines_only():
-    text = "Plan:\n1. wide shot of the beach\n2) ....\n3 - close up of the hands holding\n" \
-           "4. a b\n5. wide shot of the beach\n10. low angle hero shot at sunset\n"
-    assert parse_shot_lines(text) == ["wide shot of the beach", "close up of the hands holding",
-                                      "low angle hero shot at sunset"]
 
 
 def test_person_placement_stands_the_cut_out_person_in_the_scene(monkeypatch):
