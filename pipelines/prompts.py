@@ -44,7 +44,8 @@ TRANSPARENT_BACKGROUND_WORDS = ("transparent background", "no background", "isol
 # ---- photographer modes -----------------------------------------------------------------------
 PERSON_PLACEMENT = ("place the person from the reference photos naturally into this scene, same "
                     "identity, face and body proportions, matching perspective, scale, lighting "
-                    "direction, shadows and color grade of the scene, " + QUALITY_SUFFIX)
+                    "direction, shadows and color grade of the scene, standing on the ground with a soft "
+                    "contact shadow at the feet, " + QUALITY_SUFFIX)
 CLOTH_CHANGE = ("the same person wearing a new outfit, same pose, face, identity, body shape and "
                 "background, realistic fabric folds and fit, lighting consistent with the photo, "
                 + QUALITY_SUFFIX)
