@@ -7,7 +7,8 @@ Geometry (`reproject`): the image is unprojected to a point cloud with a pinhole
 (horizontal field of view `FOV_DEGREES`), the camera orbits around a pivot on the optical axis at
 the subject's depth (median depth of the central region), and the points are forward-warped into
 the new view with a z-buffer (nearest point wins). Pixels that no point lands on are the *hole
-mask*; isolated one-pixel cracks from rounding are closed from their neighbours.
+mask*; cracks where a surface is stretched (at most two pixels across) are closed from their
+neighbours.
 
 Requested angles: the side sets the yaw (front 0°, front-right 45°, right side 90°, rear-right
 135°, rear 180°, rear-left -135°, left side -90°, front-left -45°; positive = the camera moves to
@@ -185,26 +186,38 @@ def out_depth_is_subject(depth: np.ndarray, filled: np.ndarray) -> np.ndarray:
 
 
 def _close_cracks(rgb: np.ndarray, depth: np.ndarray, filled: np.ndarray) -> None:
-    """Fill holes that have at least 6 of 8 filled neighbours (rounding cracks, in place)."""
+    """Fill the cracks a forward warp leaves where a surface is stretched (in place).
+
+    A crack is a hole that a 3x3 morphological closing of the filled mask removes (at most two
+    pixels across); real disocclusions are wider and stay holes. Cracks take the mean of their
+    filled 8-neighbours, from the outside in.
+    """
+    image = Image.fromarray(np.where(filled, 255, 0).astype(np.uint8), "L")
+    closed = np.asarray(image.filter(ImageFilter.MaxFilter(3)).filter(ImageFilter.MinFilter(3)))
+    crack = (closed >= 128) & ~filled
     h, w = filled.shape
-    padded = np.pad(filled, 1)
-    rgb_p = np.pad(rgb, ((1, 1), (1, 1), (0, 0)))
-    depth_p = np.pad(depth, 1)
-    count = np.zeros((h, w), dtype=np.int32)
-    rgb_sum = np.zeros_like(rgb)
-    depth_sum = np.zeros_like(depth)
-    for dy in (-1, 0, 1):
-        for dx in (-1, 0, 1):
-            if dy == 0 and dx == 0:
-                continue
-            window = padded[1 + dy: 1 + dy + h, 1 + dx: 1 + dx + w]
-            count += window
-            rgb_sum += rgb_p[1 + dy: 1 + dy + h, 1 + dx: 1 + dx + w] * window[..., None]
-            depth_sum += depth_p[1 + dy: 1 + dy + h, 1 + dx: 1 + dx + w] * window
-    crack = ~filled & (count >= 6)
-    rgb[crack] = rgb_sum[crack] / count[crack][:, None]
-    depth[crack] = depth_sum[crack] / count[crack]
-    filled |= crack
+    for _ in range(3):
+        if not crack.any():
+            break
+        padded = np.pad(filled, 1)
+        rgb_p = np.pad(rgb, ((1, 1), (1, 1), (0, 0)))
+        depth_p = np.pad(depth, 1)
+        count = np.zeros((h, w), dtype=np.int32)
+        rgb_sum = np.zeros_like(rgb)
+        depth_sum = np.zeros_like(depth)
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                if dy == 0 and dx == 0:
+                    continue
+                window = padded[1 + dy: 1 + dy + h, 1 + dx: 1 + dx + w]
+                count += window
+                rgb_sum += rgb_p[1 + dy: 1 + dy + h, 1 + dx: 1 + dx + w] * window[..., None]
+                depth_sum += depth_p[1 + dy: 1 + dy + h, 1 + dx: 1 + dx + w] * window
+        now = crack & (count > 0)
+        rgb[now] = rgb_sum[now] / count[now][:, None]
+        depth[now] = depth_sum[now] / count[now]
+        filled |= now
+        crack &= ~now
 
 
 # ---- the model-backed pipeline ---------------------------------------------------------------

@@ -17,7 +17,8 @@ z forward). Depth is the scene depth `angle.depth_from_relative` makes of the es
   the floor point under the pixel, the head that point raised along the floor normal.
 - `choose_person_box(...)`: candidate foot points on a grid over the floor; each gives a box (the
   person's height at that depth, the cut-out's aspect). The cost prefers boxes that overlap no
-  occupied pixel (below the horizon but off the floor: things standing on it), then the
+  obstacle (below the horizon, off the floor, and at the feet's depth or nearer, within
+  `COLLISION_MARGIN`: a wall or furniture behind the person is background), then the
   position asked for in `text_prompt` (left/right/centre across, near/far in depth; default
   centre, `DEFAULT_DISTANCE` of the way from the horizon to the bottom).
 - `choose_object_box(...)`: an object stands on a free horizontal surface: the floor, or pixels
@@ -46,6 +47,7 @@ DEFAULT_DISTANCE = 0.65
 NEAR_DISTANCE, FAR_DISTANCE = 0.9, 0.3
 SIDE_TARGETS = {"left": 0.25, "right": 0.75}
 OVERLAP_WEIGHT = 4.0
+COLLISION_MARGIN = 0.15  # an obstacle up to 15 % deeper than the feet is still in the way
 GRID = 24
 OBJECT_SIZE = 0.3  # box side (fraction of the height) at the median surface depth
 UPWARD_NORMAL = 0.85
@@ -60,6 +62,7 @@ class GroundPlane:
     fitted: bool
     focal: float
     centre: tuple[float, float]  # (cx, cy)
+    depth: np.ndarray  # the scene depth it was fitted to
 
     @property
     def camera_height(self) -> float:
@@ -107,14 +110,14 @@ def fit_ground_plane(depth: np.ndarray) -> GroundPlane:
             floor = np.abs(design @ coef - target) < tolerance
             floor &= v > horizon
             return GroundPlane(np.array([a, -1.0, b]) / norm, c / norm, float(horizon), floor,
-                               True, f, centre)
+                               True, f, centre, depth)
     horizon = FALLBACK_HORIZON * h
     floor = np.broadcast_to(np.arange(h)[:, None] > horizon, (h, w)).copy()
     # Nominal floor: level camera at height 1 whose horizon is at FALLBACK_HORIZON.
     b = (horizon - centre[1]) / f
     norm = float(np.sqrt(1 + b * b))
     return GroundPlane(np.array([0.0, -1.0, b]) / norm, 1.0 / norm, float(horizon), floor, False,
-                       f, centre)
+                       f, centre, depth)
 
 
 def floor_point(plane: GroundPlane, pixel: tuple[float, float]) -> np.ndarray | None:
@@ -191,7 +194,7 @@ def choose_person_box(plane: GroundPlane, text_prompt: str, aspect: float,
     """The best box for a person of width/height `aspect`; None when no floor point fits."""
     h, w = plane.floor.shape
     across, distance = placement_words(text_prompt)
-    occupied = _integral(occupied_mask(plane))
+    occupied = occupied_mask(plane)
     horizon = max(plane.horizon_row, 0.0)
     best, best_cost = None, float("inf")
     for v in np.linspace(horizon + 1, h - 1, GRID).round().astype(int):
@@ -206,7 +209,12 @@ def choose_person_box(plane: GroundPlane, text_prompt: str, aspect: float,
                    int(round(u + width / 2)), int(v) + 1)
             if box[0] < 0 or box[2] > w:
                 continue
-            overlap = _box_overlap(occupied, box)
+            # In the way: things standing on the floor at the person's depth or in front of it
+            # (a wall or a cupboard behind the person is background, not an obstacle).
+            window = (slice(box[1], box[3]), slice(box[0], box[2]))
+            foot_depth = plane.depth[v, u]
+            overlap = float((occupied[window] &
+                             (plane.depth[window] <= foot_depth * (1 + COLLISION_MARGIN))).mean())
             depth_pos = (v - horizon) / max(1.0, h - 1 - horizon)
             cost = OVERLAP_WEIGHT * overlap + abs(u / (w - 1) - across) + abs(depth_pos - distance)
             if cost < best_cost:

@@ -147,7 +147,7 @@ def test_yaw_moves_a_plane_by_the_geometric_amount(angle, theta):
     x, t = (source_u - c) * z / f, np.radians(theta)
     expected = c + f * x * np.cos(t) / (z - x * np.sin(t))
     assert filled.sum() > size // 3
-    assert np.abs(np.nonzero(filled)[0] - expected).max() <= 1.0
+    assert np.abs(np.nonzero(filled)[0] - expected).max() <= 1.5  # crack fills interpolate
     # The full rotation, not the old third of it: the plane's edge moved by many pixels.
     third = c + f * x * np.cos(t / 3) / (z - x * np.sin(t / 3))
     assert np.abs(np.nonzero(filled)[0] - third).max() > 5.0
@@ -164,7 +164,7 @@ def test_pitch_moves_a_plane_by_the_geometric_amount():
     source_v = np.asarray(view.image)[filled, column, 1].astype(float)
     y, t = (source_v - c) * z / f, np.radians(-30.0)
     expected = c + f * y * np.cos(t) / (z - y * np.sin(t))
-    assert np.abs(np.nonzero(filled)[0] - expected).max() <= 1.0
+    assert np.abs(np.nonzero(filled)[0] - expected).max() <= 1.5  # crack fills interpolate
 
 
 def test_revealed_pixels_are_masked_for_the_inpaint_and_front_needs_a_prompt():
