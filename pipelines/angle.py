@@ -7,19 +7,31 @@ Geometry (`reproject`): the image is unprojected to a point cloud with a pinhole
 (horizontal field of view `FOV_DEGREES`), the camera orbits around a pivot on the optical axis at
 the subject's depth (median depth of the central region), and the points are forward-warped into
 the new view with a z-buffer (nearest point wins). Pixels that no point lands on are the *hole
-mask*; isolated one-pixel cracks from rounding are closed from their neighbours.
+mask*; cracks where a surface is stretched (at most two pixels across) are closed from their
+neighbours.
 
 Requested angles: the side sets the yaw (front 0°, front-right 45°, right side 90°, rear-right
 135°, rear 180°, rear-left -135°, left side -90°, front-left -45°; positive = the camera moves to
 the viewer's right) and the height sets the pitch (bird's eye view -60°, high angle -30°, eye level
 0°, low angle +25°, worm's eye view +50°; negative = the camera rises and looks down).
 
-A single photo only supports a small change of viewpoint before everything is a hole, so the
-*geometric* rotation is scaled: `GEOMETRY_FRACTION` (1/3) of the requested angle, capped at
-±`MAX_GEOMETRIC_YAW` (30°) and ±`MAX_GEOMETRIC_PITCH` (20°). The rest of the change is carried by
-the camera prompt. Rear views cannot be reprojected from a front photo at all: for the three rear
-sides the subject (the nearer half of the depth range) is added to the hole mask, so the inpaint
-step redraws it from behind within the depth silhouette while the background stays reprojected.
+The camera moves by the full requested angle up to a cap of ±`MAX_GEOMETRIC_YAW` (60°) yaw and
+±`MAX_GEOMETRIC_PITCH` (60°) pitch, so every height (-60°..+50°) and the front and three-quarter
+sides (±45°) are reprojected exactly; only the profile sides (±90° → 60°) and the rear-left/right
+(±135° → ±60°) are capped. Why 60°: a single photo holds one side of each surface; a surface
+facing the source camera is foreshortened by cos(yaw) in the new view, so at 90° the subject is
+seen edge-on and reprojection leaves nothing of it, while at 60° it still keeps half its width
+(the rest of the rotation is carried by the camera prompt). Rear views cannot be reprojected from
+a front photo at all: the straight rear view keeps the source camera (yaw 0) and, for the three
+rear sides, the subject (the nearer half of the depth range) is added to the hole mask, so the
+inpaint step redraws it from behind within the depth silhouette while the background stays
+reprojected.
+
+What the new view reveals (the hole mask, dilated by `HOLE_DILATION`) is inpainted with the
+depth ControlNet, the prompt being the camera phrase plus the client's `text_prompt`. When there
+is nothing to reveal (eye level, front) and `text_prompt` is set, a refine pass (the same
+pipeline over the whole frame at `REFINE_STRENGTH`) applies it; only eye level, front without a
+`text_prompt` returns the fitted source unchanged.
 """
 
 from __future__ import annotations
@@ -31,16 +43,16 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from . import prompts
-from .common import RunContext, depth_control_image, pipe_working_size, run_diffusion
+from .common import RunContext, depth_control_image, pipe_working_size, run_diffusion, \
+    steps_for_strength
 from .errors import PipelineInputError
 from .prompts import split_angle
 from .sizes import fit_to_size, output_size, resize_mask_to, resize_to
 from .vocabulary import ANGLES
 
 FOV_DEGREES = 60.0
-GEOMETRY_FRACTION = 1.0 / 3.0
-MAX_GEOMETRIC_YAW = 30.0
-MAX_GEOMETRIC_PITCH = 20.0
+MAX_GEOMETRIC_YAW = 60.0
+MAX_GEOMETRIC_PITCH = 60.0
 
 SIDE_YAW = {"front": 0.0, "front-right": 45.0, "right side": 90.0, "rear-right": 135.0,
             "rear": 180.0, "rear-left": -135.0, "left side": -90.0, "front-left": -45.0}
@@ -72,9 +84,8 @@ def camera_move(angle: str) -> CameraMove:
     height, side = split_angle(angle)
     yaw, pitch = SIDE_YAW[side], HEIGHT_PITCH[height]
     geometric_yaw = 0.0 if side == "rear" else float(np.clip(
-        yaw * GEOMETRY_FRACTION, -MAX_GEOMETRIC_YAW, MAX_GEOMETRIC_YAW))
-    geometric_pitch = float(np.clip(pitch * GEOMETRY_FRACTION, -MAX_GEOMETRIC_PITCH,
-                                    MAX_GEOMETRIC_PITCH))
+        yaw, -MAX_GEOMETRIC_YAW, MAX_GEOMETRIC_YAW))
+    geometric_pitch = float(np.clip(pitch, -MAX_GEOMETRIC_PITCH, MAX_GEOMETRIC_PITCH))
     return CameraMove(yaw, pitch, geometric_yaw, geometric_pitch, side in REAR_SIDES)
 
 
@@ -175,32 +186,46 @@ def out_depth_is_subject(depth: np.ndarray, filled: np.ndarray) -> np.ndarray:
 
 
 def _close_cracks(rgb: np.ndarray, depth: np.ndarray, filled: np.ndarray) -> None:
-    """Fill holes that have at least 6 of 8 filled neighbours (rounding cracks, in place)."""
+    """Fill the cracks a forward warp leaves where a surface is stretched (in place).
+
+    A crack is a hole that a 3x3 morphological closing of the filled mask removes (at most two
+    pixels across); real disocclusions are wider and stay holes. Cracks take the mean of their
+    filled 8-neighbours, from the outside in.
+    """
+    image = Image.fromarray(np.where(filled, 255, 0).astype(np.uint8), "L")
+    closed = np.asarray(image.filter(ImageFilter.MaxFilter(3)).filter(ImageFilter.MinFilter(3)))
+    crack = (closed >= 128) & ~filled
     h, w = filled.shape
-    padded = np.pad(filled, 1)
-    rgb_p = np.pad(rgb, ((1, 1), (1, 1), (0, 0)))
-    depth_p = np.pad(depth, 1)
-    count = np.zeros((h, w), dtype=np.int32)
-    rgb_sum = np.zeros_like(rgb)
-    depth_sum = np.zeros_like(depth)
-    for dy in (-1, 0, 1):
-        for dx in (-1, 0, 1):
-            if dy == 0 and dx == 0:
-                continue
-            window = padded[1 + dy: 1 + dy + h, 1 + dx: 1 + dx + w]
-            count += window
-            rgb_sum += rgb_p[1 + dy: 1 + dy + h, 1 + dx: 1 + dx + w] * window[..., None]
-            depth_sum += depth_p[1 + dy: 1 + dy + h, 1 + dx: 1 + dx + w] * window
-    crack = ~filled & (count >= 6)
-    rgb[crack] = rgb_sum[crack] / count[crack][:, None]
-    depth[crack] = depth_sum[crack] / count[crack]
-    filled |= crack
+    for _ in range(3):
+        if not crack.any():
+            break
+        padded = np.pad(filled, 1)
+        rgb_p = np.pad(rgb, ((1, 1), (1, 1), (0, 0)))
+        depth_p = np.pad(depth, 1)
+        count = np.zeros((h, w), dtype=np.int32)
+        rgb_sum = np.zeros_like(rgb)
+        depth_sum = np.zeros_like(depth)
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                if dy == 0 and dx == 0:
+                    continue
+                window = padded[1 + dy: 1 + dy + h, 1 + dx: 1 + dx + w]
+                count += window
+                rgb_sum += rgb_p[1 + dy: 1 + dy + h, 1 + dx: 1 + dx + w] * window[..., None]
+                depth_sum += depth_p[1 + dy: 1 + dy + h, 1 + dx: 1 + dx + w] * window
+        now = crack & (count > 0)
+        rgb[now] = rgb_sum[now] / count[now][:, None]
+        depth[now] = depth_sum[now] / count[now]
+        filled |= now
+        crack &= ~now
 
 
 # ---- the model-backed pipeline ---------------------------------------------------------------
 MAIN = "input.main_image"
 HOLE_DILATION = 3  # px at the working size, so the inpaint blends the seams
 ANGLE_CONTROL_SCALE = 0.7
+HOLE_STRENGTH = 0.99
+REFINE_STRENGTH = 0.45  # eye level, front with a text_prompt: keep the photo, apply the request
 
 
 def check_inputs(request, images: dict[str, Image.Image]) -> None:
@@ -211,33 +236,61 @@ def check_inputs(request, images: dict[str, Image.Image]) -> None:
                                  f"{request.input.angle!r} is not a dashboard cube angle")
 
 
-def angle_change(store, request, images: dict[str, Image.Image],
-                 ctx: RunContext) -> list[Image.Image]:
-    """Depth → reprojection → depth-ControlNet inpaint of the holes (skipped when there are none)."""
-    check_inputs(request, images)
-    ctx.report(0.0)
-    angle = request.input.angle
+@dataclass
+class AngleJob:
+    """What one angle change decided: the warped view and the mask the inpaint fills."""
+    view: ReprojectedView
+    mask: Image.Image | None  # "L" at the working size; None: nothing to draw (source returned)
+    strength: float
+    prompt: str
+
+
+def plan_angle(init: Image.Image, depth: np.ndarray, angle: str,
+               text_prompt: str) -> AngleJob:
+    """Reproject `init` and decide what the diffusion pass repaints (pure, no model)."""
+    view = reproject(init, depth, angle)
+    prompt = prompts.angle_prompt(angle, text_prompt)
+    if view.hole_mask.any():
+        hole = Image.fromarray(np.where(view.hole_mask, 255, 0).astype(np.uint8), "L")
+        return AngleJob(view, hole.filter(ImageFilter.MaxFilter(HOLE_DILATION)), HOLE_STRENGTH,
+                        prompt)
+    if text_prompt.strip():  # nothing revealed, but the client asked for something: refine
+        return AngleJob(view, Image.new("L", init.size, 255), REFINE_STRENGTH, prompt)
+    return AngleJob(view, None, 0.0, prompt)
+
+
+def render_angle(store, source: Image.Image, size: tuple[int, int], angle: str,
+                 text_prompt: str, quality: str, progress, ctx: RunContext,
+                 seed_offset: int = 0) -> Image.Image:
+    """`source` re-photographed from `angle` at the output `size` (also used by the carousel)."""
     pipe = store.controlnet_inpaint("depth")
-    source = images[MAIN].convert("RGB")
-    size = output_size(request.options.aspect_ratio, native_size=store.native_size,
-                       source_size=source.size)
     work = pipe_working_size(store, pipe, size)
     init = fit_to_size(source, work)
     depth = depth_from_relative(store.depth_estimator()(init))
-    view = reproject(init, depth, angle)
-    ctx.report(0.15)
+    job = plan_angle(init, depth, angle, text_prompt)
+    progress.report(0.15)
     ctx.check_cancelled()
-    if not view.hole_mask.any():  # eye level, front: the source already is that view
-        ctx.report(1.0)
-        return [fit_to_size(source, size)]
-    hole_image = Image.fromarray(np.where(view.hole_mask, 255, 0).astype(np.uint8), "L")
-    hole_image = hole_image.filter(ImageFilter.MaxFilter(HOLE_DILATION))
+    if job.mask is None:
+        progress.report(1.0)
+        return fit_to_size(source, size)
+    steps = steps_for_strength(store.quality_steps[quality], job.strength)
     result = run_diffusion(
-        pipe, ctx.stage(0.15, 1.0), ctx,
-        prompt=prompts.angle_prompt(angle, request.input.text_prompt),
-        negative_prompt=prompts.NEGATIVE_PROMPT, image=view.image,
-        mask_image=resize_mask_to(hole_image, work), control_image=depth_control_image(
-            1.0 / view.depth), width=work[0], height=work[1],
-        controlnet_conditioning_scale=ANGLE_CONTROL_SCALE, strength=0.99,
-        num_inference_steps=store.quality_steps[request.options.quality])
-    return [resize_to(result, size)]
+        pipe, progress.stage(0.15, 1.0), ctx, seed_offset=seed_offset, prompt=job.prompt,
+        negative_prompt=prompts.NEGATIVE_PROMPT, image=job.view.image,
+        mask_image=resize_mask_to(job.mask, work), control_image=depth_control_image(
+            1.0 / job.view.depth), width=work[0], height=work[1],
+        controlnet_conditioning_scale=ANGLE_CONTROL_SCALE, strength=job.strength,
+        num_inference_steps=steps)
+    return resize_to(result, size)
+
+
+def angle_change(store, request, images: dict[str, Image.Image],
+                 ctx: RunContext) -> list[Image.Image]:
+    """Depth → reprojection → depth-ControlNet inpaint of the holes (refine when there are none)."""
+    check_inputs(request, images)
+    ctx.report(0.0)
+    source = images[MAIN].convert("RGB")
+    size = output_size(request.options.aspect_ratio, native_size=store.native_size,
+                       source_size=source.size)
+    return [render_angle(store, source, size, request.input.angle, request.input.text_prompt,
+                         request.options.quality, ctx.stage(0.0, 1.0), ctx)]

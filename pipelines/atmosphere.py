@@ -35,25 +35,32 @@ def check_inputs(request, images: dict[str, Image.Image]) -> None:
         raise PipelineInputError("input.weather", f"must be one of {', '.join(WEATHERS)}")
 
 
+def render_atmosphere(store, source: Image.Image, size: tuple[int, int], time: str | None,
+                      season: str | None, weather: str | None, text_prompt: str, quality: str,
+                      progress, ctx: RunContext, seed_offset: int = 0) -> Image.Image:
+    """`source` at another time/season/weather, at the output `size` (also used by the carousel)."""
+    pipe = store.controlnet_img2img("depth")
+    work = pipe_working_size(store, pipe, size)
+    init = fit_to_size(source, work)
+    control = depth_control_image(store.depth_estimator()(init))
+    progress.report(0.1)
+    ctx.check_cancelled()
+    steps = store.quality_steps[quality]
+    result = run_diffusion(
+        pipe, progress.stage(0.1, 1.0), ctx, seed_offset=seed_offset,
+        prompt=prompts.atmosphere_prompt(time or DEFAULT_TIME, season, weather, text_prompt),
+        negative_prompt=prompts.NEGATIVE_PROMPT, image=init, control_image=control,
+        strength=ATMOSPHERE_STRENGTH, controlnet_conditioning_scale=CONTROL_SCALE,
+        num_inference_steps=steps_for_strength(steps, ATMOSPHERE_STRENGTH))
+    return resize_to(result, size)
+
+
 def time_change(store, request, images: dict[str, Image.Image], ctx: RunContext) -> list[Image.Image]:
     check_inputs(request, images)
     inp = request.input
     ctx.report(0.0)
-    pipe = store.controlnet_img2img("depth")
     source = images[MAIN].convert("RGB")
     size = output_size(request.options.aspect_ratio, native_size=store.native_size,
                        source_size=source.size)
-    work = pipe_working_size(store, pipe, size)
-    init = fit_to_size(source, work)
-    control = depth_control_image(store.depth_estimator()(init))
-    ctx.report(0.1)
-    ctx.check_cancelled()
-    steps = store.quality_steps[request.options.quality]
-    result = run_diffusion(
-        pipe, ctx.stage(0.1, 1.0), ctx,
-        prompt=prompts.atmosphere_prompt(inp.time or DEFAULT_TIME, inp.season, inp.weather,
-                                         inp.text_prompt),
-        negative_prompt=prompts.NEGATIVE_PROMPT, image=init, control_image=control,
-        strength=ATMOSPHERE_STRENGTH, controlnet_conditioning_scale=CONTROL_SCALE,
-        num_inference_steps=steps_for_strength(steps, ATMOSPHERE_STRENGTH))
-    return [resize_to(result, size)]
+    return [render_atmosphere(store, source, size, inp.time, inp.season, inp.weather,
+                              inp.text_prompt, request.options.quality, ctx.stage(0.0, 1.0), ctx)]

@@ -90,6 +90,11 @@ class StageProgress:
     def report(self, fraction: float) -> None:
         self.ctx.report(self.start + (self.end - self.start) * min(1.0, max(0.0, fraction)))
 
+    def stage(self, start: float, end: float) -> "StageProgress":
+        """A sub-range [start, end] of this stage (fractions of this stage)."""
+        span = self.end - self.start
+        return StageProgress(self.ctx, self.start + span * start, self.start + span * end)
+
     def step_callback(self, total_steps: int) -> Callable[..., Any]:
         return self.ctx.step_callback(self.start, self.end, total_steps)
 

@@ -4,18 +4,28 @@ All four inpaint one region of the main image (fitted to the output size) and pa
 pixels back bit-exact (`erase.inpaint_region`). They differ in where the region comes from and
 how `secondary_images` take part:
 
-- person_placement: `main_image` is the scene, `secondary_images[0]` the person. The person is cut
-  out of the reference with the segmenter (every non-"Background" label), scaled to
-  `PERSON_HEIGHT` of the frame and stood at the bottom centre; the inpaint then re-renders that
-  footprint at `HARMONISE_STRENGTH` so light and edges match the scene while the pasted pixels
-  keep the identity. Without a reference a person is drawn into the same box from the prompt.
+- person_placement: `main_image` is the scene, `secondary_images[0]` the person. Where the person
+  stands is decided from the scene's depth (`ground.py`: the floor plane fitted to the lower
+  image, the person's height in pixels from the depth at the foot point, the position from
+  `text_prompt`'s left/right/centre/near/far and the free floor: boxes over things standing on
+  the floor are avoided). The person is cut out of the reference with the segmenter (every
+  non-"Background" label), scaled to that box and stood on its foot point; the inpaint then
+  re-renders that footprint at `HARMONISE_STRENGTH`, plus a contact band around the feet
+  (`CONTACT_BAND`) where the shadow and the floor contact are drawn, so light and edges match the
+  scene while the pasted pixels keep the identity. Without a reference a person is drawn into
+  the same box from the prompt. Without a usable floor (none found, or no box fits) the person
+  stands bottom centre at `PERSON_HEIGHT` of the frame.
 - cloth_change: the region is the clothing labels of the segmenter (upper clothes, skirt, pants,
   dress, belt, scarf), dilated; references are pasted into the region's bounding box first
   (reference-initialised inpainting at `REFERENCE_STRENGTH`) so they set garment colour/texture.
 - location_change: the region is the "Background" label, i.e. the person stays and the
   surroundings become the `text_prompt` location; a reference pre-fills the background.
-- object_placement: the region is a box placed from words in `text_prompt` ("left", "right",
-  "top", "bottom", "center", "corner" ...; default the lower middle); a reference pre-fills it.
+- object_placement: the region is a box standing on free horizontal surface (the floor or a
+  surface whose depth normal points up, `ground.choose_object_box`), sized by its depth, on the
+  side `text_prompt` asks for and off things already standing there; words that put it off any
+  surface ("top", "above", "sky", "wall") or a scene without surfaces use the word box
+  (`object_box`: "left", "right", "top", "bottom", "center" ...; default the lower middle). A
+  reference pre-fills it.
 
 When the segmenter finds nothing usable (no clothing, no background), a fixed box stands in
 (`FALLBACK_BOXES`), so a job never silently returns its input.
@@ -32,7 +42,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageFilter
 
-from . import erase, prompts
+from . import erase, ground, prompts
+from .angle import depth_from_relative
 from .common import RunContext
 from .edit import reference_conditioning
 from .erase import INPAINT_STRENGTH
@@ -49,6 +60,9 @@ REFERENCE_SCALE = 0.6
 FALLBACK_BOXES = {"person": (0.3, 0.3, 0.7, 0.95), "clothing": (0.3, 0.35, 0.7, 0.8),
                   "surroundings_keep": (0.25, 0.15, 0.75, 1.0)}
 OBJECT_BOX_SIZE = 0.34
+PERSON_ASPECT = 0.4  # width/height of the box for a person drawn without a reference
+CONTACT_BAND = (0.15, 0.06, 0.04)  # wider by, above and below the feet, × the person's box
+OFF_SURFACE_WORDS = ("top", "above", "upper", "sky", "wall", "ceiling", "hanging")
 
 
 def secondary_images(images: dict[str, Image.Image]) -> list[Image.Image]:
@@ -157,35 +171,76 @@ def _finish_prefilled(store, request, ctx, images, base, mask, prompt) -> list[I
     return _finish(store, request, ctx, base, mask, prompt, strength, references)
 
 
+def scene_depth(store, image: Image.Image) -> tuple[np.ndarray, float]:
+    """Scene depth of `image` at a small working size, and the factor back to `image`'s pixels."""
+    work = working_size(image.size, native_size=max(store.native_size, 64), multiple=8)
+    relative = store.depth_estimator()(resize_to(image, work))
+    return depth_from_relative(relative), image.width / work[0]
+
+
+def person_layout(store, scene: Image.Image, text_prompt: str,
+                  aspect: float) -> tuple[tuple[int, int, int, int], ground.Placement | None]:
+    """The person's box in `scene` pixels, and the decision it came from (None: fallback)."""
+    depth, scale = scene_depth(store, scene)
+    placement = ground.choose_person_box(ground.fit_ground_plane(depth), text_prompt, aspect)
+    if placement is None:
+        height = max(1, round(PERSON_HEIGHT * scene.height))
+        width = max(1, min(scene.width, round(aspect * height)))
+        left, bottom = (scene.width - width) // 2, round(0.95 * scene.height)
+        return (left, max(0, bottom - height), left + width, bottom), None
+    box = tuple(int(round(c * scale)) for c in placement.box)
+    box = (max(0, box[0]), max(0, box[1]), min(scene.width, box[2]), min(scene.height, box[3]))
+    return box, placement
+
+
+def contact_band(size: tuple[int, int], box: tuple[int, int, int, int]) -> np.ndarray:
+    """The strip around the feet of a person standing in `box`, where shadow and contact go."""
+    w, h = size
+    left, top, right, bottom = box
+    bw, bh = right - left, bottom - top
+    wider, above, below = CONTACT_BAND
+    mask = np.zeros((h, w), dtype=bool)
+    mask[max(0, round(bottom - above * bh)):min(h, round(bottom + below * bh) + 1),
+         max(0, round(left - wider * bw)):min(w, round(right + wider * bw))] = True
+    return mask
+
+
 def person_placement(store, request, images, ctx: RunContext) -> list[Image.Image]:
     check_inputs(request, images)
     ctx.report(0.0)
     scene = _frame(store, request, images)
     references = secondary_images(images)
-    prompt = prompts.person_placement_prompt(request.input.text_prompt)
+    text = request.input.text_prompt
+    prompt = prompts.person_placement_prompt(text)
     if not references:
-        return _finish(store, request, ctx, scene, box_mask(scene.size, FALLBACK_BOXES["person"]),
+        box, _ = person_layout(store, scene, text, PERSON_ASPECT)
+        region = np.zeros((scene.height, scene.width), dtype=bool)
+        region[box[1]:box[3], box[0]:box[2]] = True
+        return _finish(store, request, ctx, scene, region | contact_band(scene.size, box),
                        prompt, INPAINT_STRENGTH, references)
     person = references[0]
     person_mask = segment_labels(store, person, "Background", exclude=True)
-    box = bounding_box(person_mask) or (0, 0, person.width, person.height)
-    cut, cut_mask = person.crop(box), person_mask[box[1]:box[3], box[0]:box[2]]
+    cut_box = bounding_box(person_mask) or (0, 0, person.width, person.height)
+    cut, cut_mask = person.crop(cut_box), person_mask[cut_box[1]:cut_box[3], cut_box[0]:cut_box[2]]
     if not cut_mask.any():
         cut_mask = np.ones_like(cut_mask)
-    height = max(1, round(PERSON_HEIGHT * scene.height))
+    box, _ = person_layout(store, scene, text, cut.width / cut.height)
+    height = max(1, box[3] - box[1])
     width = max(1, min(scene.width, round(cut.width * height / cut.height)))
     cut = resize_to(cut, (width, height))
     alpha = resize_mask_to(Image.fromarray(np.where(cut_mask, 255, 0).astype(np.uint8), "L"),
                            (width, height))
-    left, top = (scene.width - width) // 2, round(0.95 * scene.height) - height
+    centre = (box[0] + box[2]) // 2
+    left = min(max(0, centre - width // 2), max(0, scene.width - width))
+    top = box[3] - height
     base = scene.copy()
-    base.paste(cut, (left, max(0, top)), alpha)
+    base.paste(cut, (left, top), alpha)
     footprint = np.zeros((scene.height, scene.width), dtype=bool)
     placed = np.asarray(alpha) >= 128
-    top = max(0, top)
-    footprint[top:top + height, left:left + width] = placed[:scene.height - top]
-    return _finish(store, request, ctx, base, dilate(footprint, 0.02), prompt, HARMONISE_STRENGTH,
-                   references)
+    visible = placed[:, :scene.width - left]
+    footprint[top:top + height, left:left + visible.shape[1]] = visible[:scene.height - top]
+    mask = dilate(footprint, 0.02) | contact_band(scene.size, (left, top, left + width, box[3]))
+    return _finish(store, request, ctx, base, mask, prompt, HARMONISE_STRENGTH, references)
 
 
 def cloth_change(store, request, images, ctx: RunContext) -> list[Image.Image]:
@@ -232,10 +287,25 @@ def object_box(text_prompt: str) -> tuple[float, float, float, float]:
     return (x - half, y - half, x + half, y + half)
 
 
+def object_region(store, base: Image.Image, text_prompt: str) -> np.ndarray:
+    """Where the object goes in `base`: on free surface (depth), else the word box."""
+    words = text_prompt.lower()
+    if not any(word in words for word in OFF_SURFACE_WORDS):
+        depth, scale = scene_depth(store, base)
+        placement = ground.choose_object_box(depth, text_prompt)
+        if placement is not None:
+            left, top, right, bottom = (int(round(c * scale)) for c in placement.box)
+            mask = np.zeros((base.height, base.width), dtype=bool)
+            mask[max(0, top):bottom, max(0, left):right] = True
+            if mask.any():
+                return mask
+    return box_mask(base.size, object_box(text_prompt))
+
+
 def object_placement(store, request, images, ctx: RunContext) -> list[Image.Image]:
     check_inputs(request, images)
     ctx.report(0.0)
     base = _frame(store, request, images)
-    mask = box_mask(base.size, object_box(request.input.text_prompt))
+    mask = object_region(store, base, request.input.text_prompt)
     return _finish_prefilled(store, request, ctx, images, base, mask,
                              prompts.object_placement_prompt(request.input.text_prompt))

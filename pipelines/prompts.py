@@ -44,7 +44,8 @@ TRANSPARENT_BACKGROUND_WORDS = ("transparent background", "no background", "isol
 # ---- photographer modes -----------------------------------------------------------------------
 PERSON_PLACEMENT = ("place the person from the reference photos naturally into this scene, same "
                     "identity, face and body proportions, matching perspective, scale, lighting "
-                    "direction, shadows and color grade of the scene, " + QUALITY_SUFFIX)
+                    "direction, shadows and color grade of the scene, standing on the ground with a soft "
+                    "contact shadow at the feet, " + QUALITY_SUFFIX)
 CLOTH_CHANGE = ("the same person wearing a new outfit, same pose, face, identity, body shape and "
                 "background, realistic fabric folds and fit, lighting consistent with the photo, "
                 + QUALITY_SUFFIX)
@@ -167,25 +168,21 @@ def atmosphere_prompt(time: str, season: str | None, weather: str | None,
 
 # ---- carousel ---------------------------------------------------------------------------------
 CAROUSEL_PLANNER_INSTRUCTION = (
-    "You are a photo director planning a 10-frame social media carousel from one photo.\n"
+    "You are a photographer planning a 10-frame social media carousel re-shot from one photo.\n"
     "Photo: {description}\n"
     "Client request: {request}\n"
-    "Write exactly 10 numbered lines, one shot prompt per line, like '1. ...'. Vary the framing: "
-    "wide establishing shot, full-body hero shot, medium shots, close-up details, POV moments, "
-    "different angles. Keep the same subject, outfit and scene.\n1."
+    "Answer with one JSON object only: {{\"shots\": [10 shots]}}. Each shot is an object with\n"
+    "- \"prompt\": what the frame shows, one sentence;\n"
+    "- \"framing\": one of {framings};\n"
+    "- \"angle\": \"<height>, <side>\", height one of {heights}, side one of {sides};\n"
+    "- \"time\": one of {times}, or null; \"season\": one of {seasons}, or null;\n"
+    "  \"weather\": one of {weathers}, or null.\n"
+    "Vary the set like a photographer: wide, hero, medium, close-up and detail framings, several "
+    "camera angles, and a few frames at another time of day or weather. Keep the same subject, "
+    "outfit and scene. Example shot: {example}"
 )
-CAROUSEL_FALLBACK_SHOTS: tuple[str, ...] = (
-    "wide establishing shot of the whole scene, subject small in frame",
-    "full-body hero shot, subject centered, confident pose",
-    "medium shot from the waist up, natural expression",
-    "close-up portrait, shallow depth of field",
-    "detail shot of the outfit texture and accessories",
-    "over-the-shoulder POV moment looking into the scene",
-    "three-quarter view from the left, candid movement",
-    "low angle shot looking up at the subject, dramatic sky",
-    "high angle shot looking down, environmental context",
-    "candid in-between moment, soft natural light, storytelling frame",
-)
+CAROUSEL_PLANNER_RETRY = ("Your previous answer was rejected: {error}. Answer again with the JSON "
+                          "object only, exactly 10 shots, values spelled as listed.")
 CAROUSEL_FRAME = ("carousel frame: {shot}. Same subject, identity, outfit, scene and color grade "
                   "as the source photo, " + QUALITY_SUFFIX)
 

@@ -114,7 +114,6 @@ def test_prompts_cover_every_value_and_keep_seed_strings_verbatim():
                 assert SEASONS[season] in text and WEATHERS[weather] in text
                 assert text.endswith("Additional instruction: keep the dog")
     assert set(prompts.FILTER_RECIPES) == set(AI_FILTERS)
-    assert len(prompts.CAROUSEL_FALLBACK_SHOTS) == 10
 
 
 def test_text_prompt_is_appended_never_replacing():

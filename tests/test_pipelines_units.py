@@ -7,7 +7,6 @@ import pytest
 from PIL import Image
 
 from retouch.pipelines import prompts
-from retouch.pipelines.carousel import parse_shot_lines
 from retouch.pipelines.common import CHUNK_TOKENS, encode_long_prompt, prompt_chunks
 from retouch.pipelines.erase import mask_from_image, paste_back
 from retouch.pipelines.filters import apply_grade, polaroid_frame
@@ -76,13 +75,6 @@ def test_grades_are_deterministic_and_distinct():
     assert framed.shape == (40, 50, 3) and (framed[-6:] == (246, 244, 238)).all()
 
 
-def test_parse_shot_lines_keeps_readable_numbered_lines_only():
-    text = "Plan:\n1. wide shot of the beach\n2) ....\n3 - close up of the hands holding\n" \
-           "4. a b\n5. wide shot of the beach\n10. low angle hero shot at sunset\n"
-    assert parse_shot_lines(text) == ["wide shot of the beach", "close up of the hands holding",
-                                      "low angle hero shot at sunset"]
-
-
 def test_person_placement_stands_the_cut_out_person_in_the_scene(monkeypatch):
     """Compositing logic with a stand-in segmenter and the inpaint step captured, not run."""
     from types import SimpleNamespace
@@ -100,8 +92,14 @@ def test_person_placement_stands_the_cut_out_person_in_the_scene(monkeypatch):
             return SimpleNamespace(mask=lambda *labels: ~person if labels == ("Background",)
                                    else person, names=names)
 
+    def floor_depth(image):
+        """Relative inverse depth of a level floor (horizon at 40 % of the height), wall above."""
+        h, w = image.height, image.width
+        rows = np.arange(h, dtype=np.float32)[:, None] - 0.4 * h
+        return np.broadcast_to(np.maximum(rows, 0.5), (h, w)).astype(np.float32).copy()
+
     store = SimpleNamespace(native_size=64, segmenter=lambda: Segmenter(),
-                            quality_steps={"low": 2})
+                            depth_estimator=lambda: floor_depth, quality_steps={"low": 2})
     captured = {}
 
     def fake_inpaint(store, ctx, base, mask, prompt, negative, steps, **kwargs):
@@ -121,8 +119,16 @@ def test_person_placement_stands_the_cut_out_person_in_the_scene(monkeypatch):
                                RunContext(seed=1))
     magenta = (captured["base"][..., 0] > 200) & (captured["base"][..., 2] > 200)
     rows, cols = np.nonzero(magenta)
-    assert rows.max() - rows.min() + 1 == 48  # 60% of the scene height
-    assert rows.max() + 1 == 76 and abs((cols.min() + cols.max()) / 2 - 49.5) <= 1
+    # Stood where the scene's floor decides (ground.py is tested on its own): the box's height
+    # and foot row, centred (no placement words), feet below the horizon (row 32).
+    box, decided = placement.person_layout(store, scene, "", 20 / 40)
+    assert decided is not None and decided.plane.fitted
+    assert rows.max() + 1 == box[3] > 0.4 * 80 and rows.max() - rows.min() + 1 == box[3] - box[1]
+    assert abs((cols.min() + cols.max()) / 2 - 49.5) <= 3
+    near, _ = placement.person_layout(store, scene, "near the camera", 20 / 40)
+    assert near[3] > box[3] and near[3] - near[1] > box[3] - box[1]  # nearer: lower and taller
+    # The contact band under the feet is repainted too (shadow, floor contact).
+    assert captured["mask"][box[3]:box[3] + 2, cols.min():cols.max()].all()
     assert not (captured["base"][..., 2] > 200)[~magenta].any()  # the reference's blue stays out
-    assert captured["mask"][magenta].all() and captured["mask"].mean() < 0.3
+    assert captured["mask"][magenta].all() and captured["mask"].mean() < 0.35
     assert captured["strength"] == placement.HARMONISE_STRENGTH

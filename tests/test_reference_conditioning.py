@@ -123,7 +123,7 @@ def test_placement_is_deterministic_and_without_references_is_the_plain_inpaint(
     assert encoded_batches == [2, 2]  # no references: no adapter call
     text = MODE_INPUTS["object_placement"]["text_prompt"]
     base = photo(2)
-    region = placement.box_mask(base.size, placement.object_box(text))
+    region = placement.object_region(tiny_store, base, text)  # the depth-chosen box
     expected = inpaint_region(tiny_store, RunContext(seed=5), base, region,
                               prompts.object_placement_prompt(text), prompts.NEGATIVE_PROMPT,
                               tiny_store.quality_steps["low"], strength=INPAINT_STRENGTH)
