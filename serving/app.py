@@ -22,7 +22,7 @@ from retouch.pipelines.vocabulary import IMAGE_MEDIA_TYPES
 from .core.errors import InvalidInput
 from .core.job_signals import PostgresListener
 from .core.webhook_outbox import WebhookWorker
-from .errors import install_error_handlers
+from .errors import error_responses, install_error_handlers
 from .metrics import Metrics
 from .request_guards import install_request_guards
 from .services import Services, build_services
@@ -97,7 +97,8 @@ def build_app(settings: Settings, *, services: Services | None = None) -> FastAP
         return Response(services.metrics.render(), media_type=CONTENT_TYPE)
 
     @app.get("/files/{key:path}", tags=["files"], response_class=Response,
-             responses={200: {"content": {media: {} for media in IMAGE_MEDIA_TYPES.values()}}})
+             responses={200: {"content": {media: {} for media in IMAGE_MEDIA_TYPES.values()}},
+                        **error_responses(400, 404)})
     def get_file(key: str) -> Response:
         """A stored upload or output (local storage). Keys are unguessable UUID paths."""
         storage = services.storage
