@@ -68,6 +68,7 @@ class Tally:
     operations: set = field(default_factory=set)
     statuses: Counter = field(default_factory=Counter)
     failures: list = field(default_factory=list)
+    kinds: Counter = field(default_factory=Counter)  # (check title, operation) -> failures
 
 
 def no_dns(host, port):
@@ -168,6 +169,7 @@ def fuzz_operation(api, operation, auth: dict, ids: dict, tally: Tally) -> None:
                 case.validate_response(response, checks=CHECKS, headers=kwargs.get("headers"))
             except BaseExceptionGroup as group:
                 for failure in group.exceptions:
+                    tally.kinds[failure.title, operation.label] += 1
                     tally.failures.append(
                         f"{operation.label} [{label}] {failure.title} → {response.status_code} "
                         f"{response.text[:300]}\n    request: {kwargs['method']} "
@@ -196,7 +198,8 @@ def test_every_operation_answers_as_documented(api, secrets, resource_ids):
         fuzz_operation(api, operation, auth, resource_ids, tally)
     elapsed = time.monotonic() - started
     print(f"\nfuzz: {len(labels)} operations, {tally.requests} requests in {elapsed:.0f} s, "
-          f"statuses {dict(sorted(tally.statuses.items()))}, {len(tally.failures)} failures")
+          f"statuses {dict(sorted(tally.statuses.items()))}, {len(tally.failures)} failures "
+          f"({len(tally.kinds)} distinct: {dict(Counter(title for title, _ in tally.kinds))})")
     # Both surfaces are in the schema and were reached.
     assert any(" /api/v1/" in label for label in labels)
     assert any(" /v1/" in label for label in labels)
