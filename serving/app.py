@@ -23,7 +23,7 @@ from .core.errors import InvalidInput
 from .core.etags import etag_matches, etag_of
 from .core.job_signals import PostgresListener
 from .core.webhook_outbox import WebhookWorker
-from .errors import install_error_handlers
+from .errors import error_responses, install_error_handlers
 from .metrics import Metrics
 from .request_guards import install_request_guards
 from .services import Services, build_services
@@ -98,7 +98,9 @@ def build_app(settings: Settings, *, services: Services | None = None) -> FastAP
         return Response(services.metrics.render(), media_type=CONTENT_TYPE)
 
     @app.get("/files/{key:path}", tags=["files"], response_class=Response,
-             responses={200: {"content": {media: {} for media in IMAGE_MEDIA_TYPES.values()}}})
+             responses={200: {"content": {media: {} for media in IMAGE_MEDIA_TYPES.values()}},
+                        304: {"description": "Not modified: `If-None-Match` matched the `ETag`"},
+                        **error_responses(400, 404)})
     def get_file(key: str, if_none_match: Annotated[str | None, Header()] = None) -> Response:
         """A stored upload or output (local storage). Keys are unguessable UUID paths. The
         `ETag` is the sha256 of the bytes; `If-None-Match` with it answers 304."""

@@ -10,18 +10,19 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from retouch.pipelines.errors import PipelineInputError
 
-from .core.errors import (InvalidInput, RetouchError, ServiceUnavailable, invalid_input_from,
-                          invalid_input_from_validation)
+from .core.errors import (ERROR_STATUS, InvalidInput, RetouchError, ServiceUnavailable,
+                          invalid_input_from, invalid_input_from_validation)
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,36 @@ def request_id(request: Request) -> str:
 async def request_id_of(request: Request) -> str:
     """`request_id` as a route dependency (async: FastAPI runs it on the loop, no thread hop)."""
     return request_id(request)
+
+
+# ---- the error shape in OpenAPI (both surfaces) ---------------------------------------------
+class ErrorDetail(BaseModel):
+    code: Literal[tuple(ERROR_STATUS)]  # type: ignore[valid-type]
+    message: str
+    details: dict[str, Any] | None = None
+
+
+class ErrorResponse(BaseModel):
+    object: Literal["error"] = "error"
+    error: ErrorDetail
+    request_id: str = Field(examples=["req_0123456789abcdef0123456789abcdef"])
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` entries for the error statuses a route can answer."""
+    codes_by_status: dict[int, list[str]] = {}
+    for code, status in ERROR_STATUS.items():
+        codes_by_status.setdefault(status, []).append(code)
+    codes_by_status.setdefault(404, []).append("invalid_input")
+    return {status: {"model": ErrorResponse,
+                     "description": "Error: " + ", ".join(codes_by_status.get(status, []))}
+            for status in sorted(set(statuses))}
+
+
+def cancel_conflict_response() -> dict[int | str, dict[str, Any]]:
+    """The 409 of a cancel route: the job had already finished (nothing changed)."""
+    return {409: {"model": ErrorResponse, "description": "Error: invalid_input (the job has "
+                                                         "already finished; `details.status`)"}}
 
 
 def error_body(error: RetouchError, request_id: str) -> dict[str, Any]:

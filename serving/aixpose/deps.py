@@ -6,7 +6,7 @@ uploads, credits."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Header
 from fastapi.security import HTTPBearer
@@ -14,12 +14,26 @@ from fastapi.security import HTTPBearer
 from retouch.serving.core.tables import ApiKey
 from retouch.serving.core.webhook_outbox import check_webhook_url as vet_webhook_url
 from retouch.serving.deps import surface_key
+from retouch.serving.errors import error_responses
 
 bearer_scheme = HTTPBearer(auto_error=False, scheme_name="AIXposeApiKey",
                            bearerFormat="aix_live_...",
                            description="An AIXpose API key: `Authorization: Bearer aix_live_...`")
 
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]
+
+# Every route authenticates (401, 402, 403, 429, 503) and refuses a malformed parameter or header
+# with 400 (a NUL anywhere, a bad `Idempotency-Key`).
+AUTH_ERRORS = (400, 401, 402, 403, 429, 503)
+REPLAY = {200: {"description": "Idempotent replay (same `Idempotency-Key` and body): the "
+                               "existing resource",
+                "content": {"application/json": {"schema": {"type": "object"}}}}}
+
+
+def responses(*statuses: int, replay: bool = False) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` for an AIXpose route: the errors it can answer (the shared error
+    shape), and the 200 of an idempotent replay for creating routes."""
+    return {**(REPLAY if replay else {}), **error_responses(*AUTH_ERRORS, *statuses)}
 
 
 def aixpose_key(scope: str) -> Callable[..., ApiKey]:

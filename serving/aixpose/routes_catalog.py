@@ -11,7 +11,7 @@ from retouch.pipelines.vocabulary import ASPECT_RATIO_LABELS, ASPECT_RATIOS
 from retouch.serving.core.tables import ApiKey
 from retouch.serving.deps import READ, ServicesDep
 
-from .deps import aixpose_key
+from .deps import aixpose_key, responses
 from .schemas import list_payload
 
 router = APIRouter(tags=["aixpose catalog"])
@@ -26,7 +26,7 @@ ENHANCEMENT_USES = {
 }
 
 
-@router.get("/catalog/models")
+@router.get("/catalog/models", responses=responses())
 def catalog_models(services: ServicesDep,
                    key: Annotated[ApiKey, Depends(aixpose_key(READ))]) -> dict:
     """The models this server hosts (its model profile), with what each is for."""
@@ -40,7 +40,7 @@ def catalog_models(services: ServicesDep,
     return {**list_payload(data), "profile": profile.name}
 
 
-@router.get("/catalog/actions")
+@router.get("/catalog/actions", responses=responses())
 def catalog_actions(key: Annotated[ApiKey, Depends(aixpose_key(READ))]) -> dict:
     """Action groups with ids, labels, the scene types each fits and its credit cost per
     variant."""
@@ -49,7 +49,7 @@ def catalog_actions(key: Annotated[ApiKey, Depends(aixpose_key(READ))]) -> dict:
             "custom_prompt_credits": actions.CUSTOM_PROMPT_CREDITS}
 
 
-@router.get("/catalog/aspect-ratios")
+@router.get("/catalog/aspect-ratios", responses=responses())
 def catalog_aspect_ratios(key: Annotated[ApiKey, Depends(aixpose_key(READ))]) -> dict:
     """Aspect ratios with their output size at each resolution (`original`: the source's)."""
     data = []

@@ -13,13 +13,13 @@ from retouch.serving.core.tables import ApiKey, Picture, Video
 from retouch.serving.core.timestamps import format_timestamp
 from retouch.serving.deps import CREDITS, ServicesDep
 
-from .deps import aixpose_key
+from .deps import aixpose_key, responses
 from .schemas import list_payload
 
 router = APIRouter(tags=["aixpose credits"])
 
 
-@router.get("/credits/balance")
+@router.get("/credits/balance", responses=responses())
 def credit_balance(services: ServicesDep,
                    key: Annotated[ApiKey, Depends(aixpose_key(CREDITS))]) -> dict:
     with services.session_factory() as session:
@@ -28,7 +28,7 @@ def credit_balance(services: ServicesDep,
             "queue": summary["queue"], "key": summary["key"]}
 
 
-@router.get("/credits/ledger")
+@router.get("/credits/ledger", responses=responses())
 def credit_ledger(services: ServicesDep,
                   key: Annotated[ApiKey, Depends(aixpose_key(CREDITS))],
                   limit: Annotated[int, Query(ge=1, le=credits.MAX_LEDGER_PAGE)] = 50,

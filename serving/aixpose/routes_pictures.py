@@ -11,6 +11,7 @@ import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.responses import StreamingResponse
 from fastapi.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
@@ -26,9 +27,10 @@ from retouch.serving.core.image_refs import (check_base64_size, read_upload, sto
 from retouch.serving.core.pagination import MAX_PAGE_SIZE
 from retouch.serving.core.tables import ApiKey
 from retouch.serving.deps import READ, UPLOAD, WRITE, ServicesDep
-from retouch.serving.event_streams import job_event_stream
+from retouch.serving.errors import cancel_conflict_response
+from retouch.serving.event_streams import MEDIA_TYPE as EVENT_STREAM, job_event_stream
 
-from .deps import IdempotencyKey, aixpose_key, check_webhook_url, model_revision
+from .deps import IdempotencyKey, aixpose_key, check_webhook_url, model_revision, responses
 from .schemas import (Base64Source, EnhancementCreate, FeedbackCreate, PictureCreate, PictureForm,
                       inline_schema, list_payload, parse_model)
 
@@ -136,7 +138,8 @@ def auto_enhance(services, key: ApiKey, picture_id: str) -> None:
         log.warning("agent auto-enhancement of %s skipped: %s", picture_id, exc.message)
 
 
-@router.post("/projects/{project_id}/pictures", status_code=201, openapi_extra={
+@router.post("/projects/{project_id}/pictures", status_code=201,
+             responses=responses(404, 409, replay=True), openapi_extra={
     "requestBody": {"required": True, "content": {
         "application/json": {"schema": inline_schema(PictureCreate)},
         "multipart/form-data": {"schema": {
@@ -159,7 +162,7 @@ async def create_picture(project_id: str, request: Request, response: Response,
     return await run_in_threadpool(payload, services, picture_id, key.account_id)
 
 
-@router.get("/projects/{project_id}/pictures")
+@router.get("/projects/{project_id}/pictures", responses=responses(404))
 def list_pictures(project_id: str, services: ServicesDep,
                   key: Annotated[ApiKey, Depends(aixpose_key(READ))],
                   limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 20,
@@ -171,14 +174,15 @@ def list_pictures(project_id: str, services: ServicesDep,
                              for p in items], next_cursor)
 
 
-@router.get("/pictures/{picture_id}")
+@router.get("/pictures/{picture_id}", responses=responses(404))
 def get_picture(picture_id: str, services: ServicesDep,
                 key: Annotated[ApiKey, Depends(aixpose_key(READ))]) -> dict:
     return payload(services, picture_id, key.account_id)
 
 
 # ---- enhancements -----------------------------------------------------------------------------
-@router.post("/pictures/{picture_id}/enhancements", status_code=201)
+@router.post("/pictures/{picture_id}/enhancements", status_code=201,
+             responses=responses(404, 409, replay=True))
 def create_enhancement(picture_id: str, body: EnhancementCreate, response: Response,
                        services: ServicesDep,
                        key: Annotated[ApiKey, Depends(aixpose_key(WRITE))],
@@ -210,7 +214,7 @@ def create_enhancement(picture_id: str, body: EnhancementCreate, response: Respo
                              for p in pictures])
 
 
-@router.get("/pictures/{picture_id}/lineage")
+@router.get("/pictures/{picture_id}/lineage", responses=responses(404))
 def get_lineage(picture_id: str, services: ServicesDep,
                 key: Annotated[ApiKey, Depends(aixpose_key(READ))]) -> dict:
     """The picture and its ancestors up to the original (newest first): parent, instruction,
@@ -227,7 +231,7 @@ def get_lineage(picture_id: str, services: ServicesDep,
 
 
 # ---- review -----------------------------------------------------------------------------------
-@router.post("/pictures/{picture_id}/feedback")
+@router.post("/pictures/{picture_id}/feedback", responses=responses(404, 409))
 def give_feedback(picture_id: str, body: FeedbackCreate, services: ServicesDep,
                   key: Annotated[ApiKey, Depends(aixpose_key(WRITE))],
                   idempotency_key: IdempotencyKey = None) -> dict:
@@ -242,7 +246,7 @@ def give_feedback(picture_id: str, body: FeedbackCreate, services: ServicesDep,
     return payload(services, picture_id, key.account_id)
 
 
-@router.post("/pictures/{picture_id}/approve")
+@router.post("/pictures/{picture_id}/approve", responses=responses(404, 409))
 def approve_picture(picture_id: str, services: ServicesDep,
                     key: Annotated[ApiKey, Depends(aixpose_key(WRITE))],
                     idempotency_key: IdempotencyKey = None) -> dict:
@@ -258,7 +262,11 @@ def approve_picture(picture_id: str, services: ServicesDep,
 
 
 # ---- live progress and cancel -----------------------------------------------------------------
-@router.get("/pictures/{picture_id}/events", response_model=None)
+@router.get("/pictures/{picture_id}/events", response_class=StreamingResponse,
+            responses={200: {"content": {EVENT_STREAM: {}}, "description":
+                             "Server-Sent Events: `status` and `progress` events, then a "
+                             "`picture` event with the picture object"},
+                       **responses(404)})
 def picture_events(picture_id: str, services: ServicesDep,
                    key: Annotated[ApiKey, Depends(aixpose_key(READ))],
                    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
@@ -271,7 +279,8 @@ def picture_events(picture_id: str, services: ServicesDep,
                             lambda: payload(services, picture_id, key.account_id))
 
 
-@router.post("/pictures/{picture_id}/cancel")
+@router.post("/pictures/{picture_id}/cancel",
+             responses={**responses(404), **cancel_conflict_response()})
 def cancel_picture(picture_id: str, services: ServicesDep,
                    key: Annotated[ApiKey, Depends(aixpose_key(WRITE))]) -> dict:
     """Cancel the picture's pending or processing enhancement job: it (and its sibling variants,

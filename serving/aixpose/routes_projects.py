@@ -20,13 +20,13 @@ from retouch.serving.core.tables import ApiKey
 from retouch.serving.core.timestamps import format_timestamp
 from retouch.serving.deps import READ, WRITE, ServicesDep
 
-from .deps import IdempotencyKey, aixpose_key
+from .deps import IdempotencyKey, aixpose_key, responses
 from .schemas import ProjectCreate, list_payload, project_payload
 
 router = APIRouter(tags=["aixpose projects"])
 
 
-@router.post("/projects", status_code=201)
+@router.post("/projects", status_code=201, responses=responses(409, replay=True))
 def create_project(body: ProjectCreate, response: Response, services: ServicesDep,
                    key: Annotated[ApiKey, Depends(aixpose_key(WRITE))],
                    idempotency_key: IdempotencyKey = None) -> dict:
@@ -49,14 +49,14 @@ def create_project(body: ProjectCreate, response: Response, services: ServicesDe
         return project_payload(projects.get_project(session, key.account_id, project_id))
 
 
-@router.get("/projects/{project_id}")
+@router.get("/projects/{project_id}", responses=responses(404))
 def get_project(project_id: str, services: ServicesDep,
                 key: Annotated[ApiKey, Depends(aixpose_key(READ))]) -> dict:
     with services.session_factory() as session:
         return project_payload(projects.get_project(session, key.account_id, project_id))
 
 
-@router.get("/projects")
+@router.get("/projects", responses=responses())
 def list_projects(services: ServicesDep, key: Annotated[ApiKey, Depends(aixpose_key(READ))],
                   limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 20,
                   cursor: str | None = None) -> dict:
@@ -67,7 +67,7 @@ def list_projects(services: ServicesDep, key: Annotated[ApiKey, Depends(aixpose_
         return list_payload([project_payload(p) for p in items], next_cursor)
 
 
-@router.post("/projects/{project_id}/publish")
+@router.post("/projects/{project_id}/publish", responses=responses(404, 409))
 def publish_project(project_id: str, response: Response, services: ServicesDep,
                     key: Annotated[ApiKey, Depends(aixpose_key(WRITE))],
                     idempotency_key: IdempotencyKey = None) -> dict:
@@ -87,7 +87,8 @@ def publish_project(project_id: str, response: Response, services: ServicesDep,
 
 
 @router.get("/projects/{project_id}/media", responses={304: {"description": "Not modified "
-                                                             "(`If-None-Match` matched)"}})
+                                                             "(`If-None-Match` matched)"},
+                                                      **responses(400, 404)})
 def list_published_media(project_id: str, request: Request, services: ServicesDep,
                          key: Annotated[ApiKey, Depends(aixpose_key(READ))],
                          limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 20,

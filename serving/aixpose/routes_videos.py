@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, Depends, Header, Query, Response
+from fastapi.responses import StreamingResponse
 from pydantic import Field
 
 from retouch.pipelines.reel import ASPECT_RATIOS, MAX_DURATION_S, MAX_PICTURES, MIN_DURATION_S
@@ -15,9 +16,10 @@ from retouch.serving.core.public_objects import video_object
 from retouch.serving.core.tables import ApiKey
 from retouch.serving.core.webhook_outbox import check_webhook_url
 from retouch.serving.deps import READ, WRITE, ServicesDep
-from retouch.serving.event_streams import job_event_stream
+from retouch.serving.errors import cancel_conflict_response
+from retouch.serving.event_streams import MEDIA_TYPE as EVENT_STREAM, job_event_stream
 
-from .deps import IdempotencyKey, aixpose_key
+from .deps import IdempotencyKey, aixpose_key, responses
 from .schemas import _Strict, list_payload
 
 router = APIRouter(tags=["aixpose videos"])
@@ -42,7 +44,7 @@ class VideoCreate(_Strict):
     webhook_url: str | None = None
 
 
-@router.post("/videos", status_code=201)
+@router.post("/videos", status_code=201, responses=responses(404, 409, replay=True))
 def create_video(body: Annotated[VideoCreate, Body()], response: Response, services: ServicesDep,
                  key: Annotated[ApiKey, Depends(aixpose_key(WRITE))],
                  idempotency_key: IdempotencyKey = None) -> dict:
@@ -59,7 +61,7 @@ def create_video(body: Annotated[VideoCreate, Body()], response: Response, servi
         return video_object(session, services.storage, video)
 
 
-@router.get("/videos/{video_id}")
+@router.get("/videos/{video_id}", responses=responses(404))
 def get_video(video_id: str, services: ServicesDep,
               key: Annotated[ApiKey, Depends(aixpose_key(READ))]) -> dict:
     """Status, progress and, once completed, the MP4's `public_url`."""
@@ -68,7 +70,11 @@ def get_video(video_id: str, services: ServicesDep,
         return video_object(session, services.storage, video)
 
 
-@router.get("/videos/{video_id}/events", response_model=None)
+@router.get("/videos/{video_id}/events", response_class=StreamingResponse,
+            responses={200: {"content": {EVENT_STREAM: {}}, "description":
+                             "Server-Sent Events: `status` and `progress` events, then a "
+                             "`video` event with the video object"},
+                       **responses(404)})
 def video_events(video_id: str, services: ServicesDep,
                  key: Annotated[ApiKey, Depends(aixpose_key(READ))],
                  last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
@@ -84,7 +90,8 @@ def video_events(video_id: str, services: ServicesDep,
     return job_event_stream(services, job_id, last_event_id, "video", final_video)
 
 
-@router.post("/videos/{video_id}/cancel")
+@router.post("/videos/{video_id}/cancel",
+             responses={**responses(404), **cancel_conflict_response()})
 def cancel_video(video_id: str, services: ServicesDep,
                  key: Annotated[ApiKey, Depends(aixpose_key(WRITE))]) -> dict:
     """Cancel a pending or rendering video: `failed` with `error_code` `canceled`, refunded in
@@ -96,7 +103,7 @@ def cancel_video(video_id: str, services: ServicesDep,
     return get_video(video_id, services, key)
 
 
-@router.get("/videos")
+@router.get("/videos", responses=responses(404))
 def list_videos(services: ServicesDep, key: Annotated[ApiKey, Depends(aixpose_key(READ))],
                 project_id: str | None = None,
                 limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 20,

@@ -14,7 +14,7 @@ from retouch.serving.core.tables import ApiKey
 from retouch.serving.core.timestamps import event_time
 from retouch.serving.deps import READ, WRITE, ServicesDep
 
-from .deps import IdempotencyKey, aixpose_key
+from .deps import IdempotencyKey, aixpose_key, responses
 from .schemas import list_payload
 
 router = APIRouter(tags=["aixpose webhooks"])
@@ -26,14 +26,14 @@ def _secret_payload(row) -> dict:
             if row.previous_valid_until else None}
 
 
-@router.get("/webhooks/secret")
+@router.get("/webhooks/secret", responses=responses())
 def get_secret(services: ServicesDep, key: Annotated[ApiKey, Depends(aixpose_key(WRITE))]) -> dict:
     """The `whsec_...` secret that signs this account's webhooks (Standard Webhooks)."""
     with transaction(services.session_factory) as session:
         return {"secret": webhook_signing.account_secret(session, key.account_id).secret}
 
 
-@router.post("/webhooks/secret/rotate")
+@router.post("/webhooks/secret/rotate", responses=responses(409))
 def rotate_secret(response: Response, services: ServicesDep,
                   key: Annotated[ApiKey, Depends(aixpose_key(WRITE))],
                   idempotency_key: IdempotencyKey = None) -> dict:
@@ -49,7 +49,7 @@ def rotate_secret(response: Response, services: ServicesDep,
         return _secret_payload(webhook_signing.account_secret(session, key.account_id))
 
 
-@router.get("/webhooks/deliveries")
+@router.get("/webhooks/deliveries", responses=responses())
 def list_deliveries(services: ServicesDep, key: Annotated[ApiKey, Depends(aixpose_key(READ))],
                     status: Literal["pending", "delivered", "failed"] | None = None,
                     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 20,
@@ -63,7 +63,7 @@ def list_deliveries(services: ServicesDep, key: Annotated[ApiKey, Depends(aixpos
                             next_cursor)
 
 
-@router.get("/webhooks/deliveries/{delivery_id}")
+@router.get("/webhooks/deliveries/{delivery_id}", responses=responses(404))
 def get_delivery(delivery_id: str, services: ServicesDep,
                  key: Annotated[ApiKey, Depends(aixpose_key(READ))]) -> dict:
     with services.session_factory() as session:
@@ -71,7 +71,8 @@ def get_delivery(delivery_id: str, services: ServicesDep,
         return webhook_outbox.delivery_object(session, delivery)
 
 
-@router.post("/webhooks/deliveries/{delivery_id}/redeliver", status_code=202)
+@router.post("/webhooks/deliveries/{delivery_id}/redeliver", status_code=202,
+             responses=responses(404, 409, replay=True))
 def redeliver(delivery_id: str, response: Response, services: ServicesDep,
               key: Annotated[ApiKey, Depends(aixpose_key(WRITE))],
               idempotency_key: IdempotencyKey = None) -> dict:

@@ -10,39 +10,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from retouch.serving.core.errors import ERROR_STATUS
 from retouch.serving.core.timestamps import format_timestamp
+from retouch.serving.errors import (ErrorDetail, ErrorResponse,  # noqa: F401 (the error shape)
+                                    cancel_conflict_response, error_responses)
 from retouch.serving.tasks import TASKS
-
-
-# ---- errors -----------------------------------------------------------------------------------
-class ErrorDetail(BaseModel):
-    code: Literal[tuple(ERROR_STATUS)]  # type: ignore[valid-type]
-    message: str
-    details: dict[str, Any] | None = None
-
-
-class ErrorResponse(BaseModel):
-    object: Literal["error"] = "error"
-    error: ErrorDetail
-    request_id: str = Field(examples=["req_0123456789abcdef0123456789abcdef"])
-
-
-def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses=` entries for the error statuses a route can answer."""
-    codes_by_status: dict[int, list[str]] = {}
-    for code, status in ERROR_STATUS.items():
-        codes_by_status.setdefault(status, []).append(code)
-    codes_by_status.setdefault(404, []).append("invalid_input")
-    return {status: {"model": ErrorResponse,
-                     "description": "Error: " + ", ".join(codes_by_status.get(status, []))}
-            for status in sorted(set(statuses))}
-
-
-def cancel_conflict_response() -> dict[int | str, dict[str, Any]]:
-    """The 409 of a cancel route: the job had already finished (nothing changed)."""
-    return {409: {"model": ErrorResponse, "description": "Error: invalid_input (the job has "
-                                                         "already finished; `details.status`)"}}
 
 
 # ---- uploads ----------------------------------------------------------------------------------
