@@ -31,6 +31,7 @@ ROUTES = {
     ("POST", "/api/v1/generations/{generation_id}/cancel"): ("generation", {}),
     ("GET", "/v1/projects/{project_id}"): ("project", {}),
     ("POST", "/v1/projects/{project_id}/publish"): ("project", {}),
+    ("GET", "/v1/projects/{project_id}/media"): ("project", {}),
     ("GET", "/v1/projects/{project_id}/pictures"): ("project", {}),
     ("POST", "/v1/projects/{project_id}/pictures"): ("project", {"json": {
         "source": {"type": "base64", "media_type": "image/png",
