@@ -1,6 +1,7 @@
 """`retouch serve`: the whole worker in the foreground (models, Ray Serve deployments, the
-dispatcher and the HTTP API) until Ctrl-C / SIGTERM, then the dispatcher stops, Serve and Ray
-shut down and it exits. The Ray pieces are `serving.runtime`'s; the HTTP app is `serving.app`'s.
+dispatcher and the HTTP API) until Ctrl-C / SIGTERM, then it drains (no new connections, running
+jobs get `drain_seconds` to finish, the rest go back to `pending`), Serve and Ray shut down and
+it exits 0. The Ray pieces are `serving.runtime`'s; the HTTP app is `serving.app`'s.
 """
 
 from __future__ import annotations
@@ -37,8 +38,11 @@ def serve_forever(settings) -> int:
     else:
         services.executor = make_default_executor(services)
     app = build_app(settings, services=services)
+    # SIGTERM drains: uvicorn stops accepting and gives open requests (event streams too) up
+    # to `drain_seconds`; then the app's lifespan stops the executor, whose dispatcher lets
+    # running jobs finish for up to `drain_seconds` and requeues the rest.
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
-                            lifespan="on")
+                            lifespan="on", timeout_graceful_shutdown=settings.drain_seconds)
     server = uvicorn.Server(config)
 
     def announce_when_ready() -> None:
