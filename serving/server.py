@@ -23,6 +23,11 @@ def serve_forever(settings) -> int:
     """Run the worker in the foreground; returns the exit code after Ctrl-C / SIGTERM."""
     started = time.perf_counter()
     console = Console(stderr=True)
+    # Plain log lines on stderr, configured before anything else does: the MCP SDK would
+    # install rich's traceback rendering, whose slow formatting under its handler lock stalled
+    # every thread (the event loop too) while a database outage logged one error per call.
+    logging.basicConfig(level=logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings.home.mkdir(parents=True, exist_ok=True)
     ensure_models(settings, console)
     with console.status("preparing the database" if settings.migrate_on_start
