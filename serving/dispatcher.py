@@ -9,6 +9,11 @@ the backend (`RayBackend`: the Serve deployment of the tool's family; `InProcess
 dispatcher stops heartbeating and leaves the job alone: its lease expires and `expire_leases`
 retries it, or fails it with a refund once attempts run out. A job is never stuck in processing.
 
+Outputs or inputs that storage cannot write or read (a full disk, an S3 endpoint past its
+timeouts) fail the job `storage_unavailable`, refunded. A worker whose settle fails because the
+database went away lives on; the job's lease expires and it is retried. `stop()` drains: no new
+leases, running jobs get `drain_seconds` to finish, the rest go back to `pending`.
+
 With the app's `JobSignals` (`signals=`), an idle worker sleeps until a job is created (in this
 process, or in another one through PostgreSQL NOTIFY) instead of polling; `poll_seconds` is then
 only a safety net. A running job's progress (each denoising step) is published to the signals for
