@@ -374,7 +374,6 @@ def test_sigterm_drains_running_jobs_and_requeues_the_rest(tmp_path, tiny_cache_
     build_tiny_models(tiny_cache_dir)
     monkeypatch.setenv("RETOUCH_DATABASE_URL", database_url)
     env = {"RETOUCH_MODEL_CACHE": str(tiny_cache_dir), "RETOUCH_DISPATCHER_CONCURRENCY": "1"}
-    slow = {"tool": "photographer", "options": {"mode": "carousel", "quality": "high"}}
 
     # A long grace period: the running job finishes, the server stops accepting, exits 0.
     with retouch_serve(tmp_path, *SERVE_ARGS, "--drain-seconds", "90", env=env) as serve, \
@@ -388,13 +387,10 @@ def test_sigterm_drains_running_jobs_and_requeues_the_rest(tmp_path, tiny_cache_
         with pytest.raises(httpx.ConnectError):
             create(http, secret, body(3))
 
-    # A short one: the slow job is stopped and put back to pending, lease cleared.
+    # A short one: the (high quality, slower) job is stopped and put back to pending, lease cleared.
     with retouch_serve(tmp_path, *SERVE_ARGS, "--drain-seconds", "0.5", env=env) as serve, \
             httpx.Client(base_url=serve.base_url, timeout=20) as http:
-        upload = http.post("/api/v1/uploads", headers={"Authorization": f"Bearer {secret}"},
-                           files={"file": ("a.png", image_bytes(), "image/png")}).json()
-        long_job = create(http, secret, {**slow, "input": {"main_image": {
-            "upload_id": upload["upload"]["id"]}}}).json()["generation"]["id"]
+        long_job = create(http, secret, body(4, quality="high")).json()["generation"]["id"]
         wait_status(http, secret, long_job, ("processing",))
         stopped = time.monotonic()
         serve.process.send_signal(signal.SIGTERM)
