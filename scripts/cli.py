@@ -33,6 +33,10 @@ def serve(
         None, "--migrate/--no-migrate",
         help="migrate the database before serving (default); --no-migrate where "
              "`retouch db upgrade` runs once for all API pods (RETOUCH_MIGRATE_ON_START=0)"),
+    drain_seconds: float = typer.Option(
+        None, "--drain-seconds",
+        help="on SIGTERM, how long running jobs may finish before the rest are put back to "
+             "pending (RETOUCH_DRAIN_SECONDS; default 30)"),
 ) -> None:
     """Run the worker: models, Ray Serve deployments, the dispatcher and the HTTP API."""
     from retouch.serving.server import serve_forever
@@ -40,9 +44,18 @@ def serve(
 
     given = {"host": host, "port": port, "home": home, "profile": profile, "device": device,
              "allow_private_urls": allow_private_urls, "executor": executor,
-             "serve_config": serve_config, "migrate_on_start": migrate}
+             "serve_config": serve_config, "migrate_on_start": migrate,
+             "drain_seconds": drain_seconds}
     settings = Settings(**{k: v for k, v in given.items() if v is not None})
-    raise typer.Exit(serve_forever(settings))
+    code = serve_forever(settings)
+    # Everything is settled and committed by now; a job thread still inside torch (drained
+    # while loading models) would abort the interpreter's shutdown (SIGABRT), so leave at once.
+    import os
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 @app.command()

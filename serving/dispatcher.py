@@ -9,6 +9,11 @@ the backend (`RayBackend`: the Serve deployment of the tool's family; `InProcess
 dispatcher stops heartbeating and leaves the job alone: its lease expires and `expire_leases`
 retries it, or fails it with a refund once attempts run out. A job is never stuck in processing.
 
+Outputs or inputs that storage cannot write or read (a full disk, an S3 endpoint past its
+timeouts) fail the job `storage_unavailable`, refunded. A worker whose settle fails because the
+database went away lives on; the job's lease expires and it is retried. `stop()` drains: no new
+leases, running jobs get `drain_seconds` to finish, the rest go back to `pending`.
+
 With the app's `JobSignals` (`signals=`), an idle worker sleeps until a job is created (in this
 process, or in another one through PostgreSQL NOTIFY) instead of polling; `poll_seconds` is then
 only a safety net. A running job's progress (each denoising step) is published to the signals for
@@ -39,6 +44,9 @@ log = logging.getLogger(__name__)
 
 OUT_OF_MEMORY = "out_of_memory"  # a job's error_code when its replica ran out of memory
 DEADLINE_EXCEEDED = "deadline_exceeded"  # ... when it ran past its tool's deadline
+STORAGE_UNAVAILABLE = "storage_unavailable"  # ... when its inputs or outputs could not be
+# read or written (a full or unwritable disk, an object store that does not answer)
+FAULT_EXIT_CODE = 70  # the exit status of a process killed by `fault_exit_at`
 ProgressFn = Callable[[float], None]
 CancelledFn = Callable[[], bool]
 
@@ -177,6 +185,7 @@ class JobTracker:
         self.stopping = threading.Event()
         self.cancelled = threading.Event()
         self.deadline_s = deadline_s
+        self.worker_id = ""  # the dispatcher worker holding the job's lease
         self._deadline = time.monotonic() + deadline_s if deadline_s else None
 
     def report(self, fraction: float) -> None:
@@ -213,13 +222,17 @@ class DispatcherConfig:
     poll_seconds: float = 0.05
     expire_every_seconds: float = 1.0  # how often a worker sweeps expired leases
     deadlines_s: dict[str, float] = field(default_factory=dict)  # per tool; "*" for the rest
+    # `stop()` lets running jobs finish for this long, then requeues the rest (`pending`).
+    drain_seconds: float = 0.0
+    fault_exit_at: str = ""  # tests: die at this point of the first settle (see settings)
 
     @classmethod
     def from_settings(cls, settings) -> "DispatcherConfig":
         return cls(lease_seconds=settings.lease_seconds, max_attempts=settings.max_attempts,
                    concurrency=settings.dispatcher_concurrency,
                    deadlines_s=dict(settings.job_deadlines_s),
-                   poll_seconds=settings.dispatch_poll_seconds)
+                   poll_seconds=settings.dispatch_poll_seconds,
+                   drain_seconds=settings.drain_seconds, fault_exit_at=settings.fault_exit_at)
 
     def deadline_for(self, tool: str) -> float | None:
         return self.deadlines_s.get(tool, self.deadlines_s.get("*"))
@@ -264,18 +277,34 @@ class Dispatcher:
             self._threads.append(thread)
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop leasing; running jobs are asked to cancel and their leases left to expire."""
+        """Drain: stop leasing, let running jobs finish for up to `config.drain_seconds`, then
+        stop the rest and put them back to `pending` (lease cleared, the attempt not counted),
+        so another or a restarted server runs them. Nothing is left `processing`."""
+        from .core.jobs import requeue_job
+
         self._stop.set()
         if self.signals is not None:
             self.signals.wake_all_workers()
+        drain_until = time.monotonic() + max(0.0, self.config.drain_seconds)
+        for thread in self._threads:
+            thread.join(max(0.0, drain_until - time.monotonic()))
         for tracker in list(self._trackers.values()):
-            tracker.stopping.set()
+            tracker.stopping.set()  # run_job requeues it once its backend call returns
         for thread in self._threads:
             thread.join(timeout)
+        for tracker in list(self._trackers.values()):  # a backend that did not stop in time
+            self._requeue(requeue_job, tracker)
         self._threads.clear()
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
+
+    def _requeue(self, requeue_job, tracker: JobTracker) -> None:
+        try:
+            if requeue_job(self.session_factory, tracker.job_id, tracker.worker_id):
+                log.info("job %s put back to pending (server stopping)", tracker.job_id)
+        except Exception:
+            log.exception("requeueing job %s failed; its lease will expire", tracker.job_id)
 
     def _cancel_running(self, job_id: str) -> None:
         """A job was cancelled: if it runs here, stop it at its next denoising step."""
@@ -302,7 +331,12 @@ class Dispatcher:
                 else:
                     self._stop.wait(self.config.poll_seconds)
                 continue
-            self.run_job(job, worker_id)
+            try:
+                self.run_job(job, worker_id)
+            except Exception:
+                # The database went away while settling: the worker lives on, and the job's
+                # lease expires and it is retried (or failed and refunded) once it is back.
+                log.exception("dispatcher: settling job %s failed", job.id)
             try:
                 self._sweep_if_due()
             except Exception:
@@ -323,8 +357,12 @@ class Dispatcher:
         """Run one leased job to a settled state (or leave it to lease expiry if the worker died)."""
         from .core.jobs import complete_job, fail_job
 
+        from .core.jobs import requeue_job
+        from .core.storage import StorageUnavailable
+
         tracker = JobTracker(job.id, int(job.attempts or 0), self.signals,
                              deadline_s=self.config.deadline_for(job.tool))
+        tracker.worker_id = worker_id
         self._trackers[job.id] = tracker
         heartbeat = threading.Thread(target=self._heartbeat_loop, args=(job.id, worker_id, tracker),
                                      name=f"heartbeat-{job.id[:8]}", daemon=True)
@@ -338,7 +376,8 @@ class Dispatcher:
             if tracker.cancelled.is_set():
                 raise Cancelled("the job was cancelled")
             keys = self.store_outputs(job, outcome.outputs)
-            complete_job(self.session_factory, job.id, worker_id, keys,
+            self._fault_point("outputs_stored")
+            complete_job(self._settle_sessions(), job.id, worker_id, keys,
                          model_revisions=outcome.model_revisions or None)
         except ReplicaLost as exc:
             log.warning("%s; leaving job %s to lease expiry", exc, job.id)
@@ -349,13 +388,19 @@ class Dispatcher:
                 fail_job(self.session_factory, job.id, worker_id, DEADLINE_EXCEEDED,
                          f"the job ran longer than its {tracker.deadline_s:g} s deadline; it "
                          "was stopped and refunded")
-            elif tracker.stopping.is_set() or tracker.lease_lost.is_set():
+            elif tracker.lease_lost.is_set():
                 log.info("job %s stopped; its lease decides what happens next", job.id)
+            elif tracker.stopping.is_set():
+                self._requeue(requeue_job, tracker)
             else:
                 fail_job(self.session_factory, job.id, worker_id, "service_unavailable",
                          "the job was cancelled")
         except InvalidInput as exc:
             fail_job(self.session_factory, job.id, worker_id, "invalid_input", exc.message)
+        except StorageUnavailable as exc:
+            log.warning("job %s: %s", job.id, exc.message)
+            fail_job(self.session_factory, job.id, worker_id, STORAGE_UNAVAILABLE,
+                     f"{exc.message}; the job was refunded, try again later")
         except OutOfMemory:
             fail_job(self.session_factory, job.id, worker_id, OUT_OF_MEMORY,
                      "the GPU ran out of memory running this job; it was refunded, try a "
@@ -372,6 +417,27 @@ class Dispatcher:
             if self.signals is not None:
                 self.signals.forget_progress(job.id)
             self._observe_latency(job)
+
+    def _fault_point(self, point: str) -> None:
+        """Fault injection (tests): die here, as a crash or `kill -9` would."""
+        if self.config.fault_exit_at == point:
+            log.warning("fault injection: exiting at %s", point)
+            logging.shutdown()
+            os._exit(FAULT_EXIT_CODE)
+
+    def _settle_sessions(self):
+        """The session factory for settling; with the `settle_commit` fault, its sessions die
+        inside the transaction, after its statements ran and before it commits."""
+        if self.config.fault_exit_at != "settle_commit":
+            return self.session_factory
+        from sqlalchemy import event
+
+        def factory():
+            session = self.session_factory()
+            event.listen(session, "before_commit", lambda _s: self._fault_point("settle_commit"))
+            return session
+
+        return factory
 
     def _observe_latency(self, job) -> None:
         from .core.db import utcnow

@@ -48,7 +48,9 @@ class InProcessExecutor:
         config = DispatcherConfig(lease_seconds=settings.lease_seconds,
                                   max_attempts=settings.max_attempts,
                                   concurrency=self.concurrency, poll_seconds=poll_seconds,
-                                  deadlines_s=dict(settings.job_deadlines_s))
+                                  deadlines_s=dict(settings.job_deadlines_s),
+                                  drain_seconds=settings.drain_seconds,
+                                  fault_exit_at=settings.fault_exit_at)
         metrics = self.services.metrics
         backend = InProcessBackend(self.runner_factory(), metrics=metrics,
                                    max_batch_size=min(settings.max_batch_size,

@@ -1,6 +1,7 @@
 """`retouch serve`: the whole worker in the foreground (models, Ray Serve deployments, the
-dispatcher and the HTTP API) until Ctrl-C / SIGTERM, then the dispatcher stops, Serve and Ray
-shut down and it exits. The Ray pieces are `serving.runtime`'s; the HTTP app is `serving.app`'s.
+dispatcher and the HTTP API) until Ctrl-C / SIGTERM, then it drains (no new connections, running
+jobs get `drain_seconds` to finish, the rest go back to `pending`), Serve and Ray shut down and
+it exits 0. The Ray pieces are `serving.runtime`'s; the HTTP app is `serving.app`'s.
 """
 
 from __future__ import annotations
@@ -22,6 +23,11 @@ def serve_forever(settings) -> int:
     """Run the worker in the foreground; returns the exit code after Ctrl-C / SIGTERM."""
     started = time.perf_counter()
     console = Console(stderr=True)
+    # Plain log lines on stderr, configured before anything else does: the MCP SDK would
+    # install rich's traceback rendering, whose slow formatting under its handler lock stalled
+    # every thread (the event loop too) while a database outage logged one error per call.
+    logging.basicConfig(level=logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings.home.mkdir(parents=True, exist_ok=True)
     ensure_models(settings, console)
     with console.status("preparing the database" if settings.migrate_on_start
@@ -37,8 +43,11 @@ def serve_forever(settings) -> int:
     else:
         services.executor = make_default_executor(services)
     app = build_app(settings, services=services)
+    # SIGTERM drains: uvicorn stops accepting and gives open requests (event streams too) up
+    # to `drain_seconds`; then the app's lifespan stops the executor, whose dispatcher lets
+    # running jobs finish for up to `drain_seconds` and requeues the rest.
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
-                            lifespan="on")
+                            lifespan="on", timeout_graceful_shutdown=settings.drain_seconds)
     server = uvicorn.Server(config)
 
     def announce_when_ready() -> None:

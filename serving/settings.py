@@ -29,6 +29,12 @@ class Settings(BaseSettings):
     s3_region: str = "us-east-1"
     s3_public_base_url: str | None = None  # serve S3 objects from here instead of presigned URLs
     s3_presign_seconds: int = 7 * 24 * 3600  # lifetime of presigned GET URLs (S3's maximum)
+    # Bounds on every S3 call, so an endpoint that stops answering fails the call (503 for an
+    # upload, the job failed and refunded) instead of hanging: boto3's connect and read timeouts
+    # and its total attempts per call (standard retry mode).
+    s3_connect_timeout_seconds: float = 5.0
+    s3_read_timeout_seconds: float = 20.0
+    s3_max_attempts: int = 2
     # Keys under `accounts/<account_id>/` (uploads, outputs, music): per-tenant lifecycle rules,
     # deletion and IAM policies by prefix. Off: the flat `uploads/`, `outputs/` layout.
     storage_account_prefixes: bool = False
@@ -67,6 +73,12 @@ class Settings(BaseSettings):
     # failed `deadline_exceeded` and refunded. "*" applies to every tool without its own.
     job_deadlines_s: dict[str, float] = Field(default_factory=dict)
     fault_oom_calls: list[int] = Field(default_factory=list)  # tests: calls that run out of memory
+    # Tests: the process dies (`os._exit`) at this point of the first job it settles: once its
+    # outputs are stored (`outputs_stored`) or inside the settling transaction (`settle_commit`).
+    fault_exit_at: Literal["", "outputs_stored", "settle_commit"] = ""
+    # On SIGTERM the server stops accepting, waits up to this long for running jobs to finish
+    # and puts the rest back to `pending` (lease cleared) for the next server to run.
+    drain_seconds: float = 30.0
     # Job wake-ups (`core.job_signals`): an idle dispatcher is woken when a job is created and
     # looks on its own only this often (a safety net); event streams likewise re-read a job's
     # row at least this often, and send a keep-alive comment after this long without an event.

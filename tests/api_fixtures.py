@@ -23,7 +23,9 @@ ERROR_KEYS = {"object", "error", "request_id"}
 
 
 def make_settings(tmp_path, **overrides) -> Settings:
-    values = dict(home=tmp_path, public_base_url="http://testserver", executor="inprocess")
+    # drain_seconds=0: a test app that shuts down with a job running requeues it at once.
+    values = dict(home=tmp_path, public_base_url="http://testserver", executor="inprocess",
+                  drain_seconds=0)
     values.update(overrides)
     return Settings(**values)
 

@@ -338,6 +338,20 @@ def fail_job(session_factory: SessionFactory, job_id: str, worker_id: str, error
         return True
 
 
+def requeue_job(session_factory: SessionFactory, job_id: str, worker_id: str) -> bool:
+    """Put a job its worker stops on purpose (the server drains) back to `pending`: lease
+    cleared, progress reset, the attempt not counted; its credits and slots stay reserved.
+    False (and nothing changes) when `worker_id` no longer holds the job's lease."""
+    with transaction(session_factory) as session:
+        if not _update_leased(session, job_id, worker_id, status="pending", lease_owner=None,
+                              lease_expires_at=None, progress=0.0, step=None, steps=None,
+                              attempts=Generation.attempts - 1):
+            return False
+        note(session, "created", job_id)  # pending again: a worker may take it
+        note(session, "changed", job_id)
+        return True
+
+
 def cancel_job(session_factory: SessionFactory, account_id: str, job_id: str, *,
                field: str = "id", subject: str | None = None) -> Generation:
     """Cancel the account's pending or processing job on its owner's request.

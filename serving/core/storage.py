@@ -8,7 +8,9 @@ a presigned GET URL. With `account_prefixes`, writers put each account's objects
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 from pathlib import Path
 from typing import Protocol
 
@@ -19,6 +21,12 @@ from .errors import InvalidInput, ServiceUnavailable
 # Stored objects by extension: the images and the reels (MP4).
 MEDIA_TYPES = {**IMAGE_MEDIA_TYPES, "mp4": "video/mp4"}
 EXTENSIONS = {v: k for k, v in MEDIA_TYPES.items()}
+
+
+class StorageUnavailable(ServiceUnavailable):
+    """Objects cannot be written or read: a full or unwritable disk, an object store that does
+    not answer in time. The API answers it 503 `service_unavailable`; a job fails with the
+    dispatcher's `storage_unavailable` and is refunded."""
 
 
 class Storage(Protocol):
@@ -65,11 +73,22 @@ class LocalStorage:
 
     def put(self, key: str, data: bytes, media_type: str) -> None:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".part")
-        tmp.write_bytes(data)
-        tmp.replace(path)
-        path.with_name(path.name + ".meta").write_text(json.dumps({"media_type": media_type}))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._write(tmp, data)
+            self._write(path.with_name(path.name + ".meta"),
+                        json.dumps({"media_type": media_type}).encode())
+            tmp.replace(path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            reason = ("the disk is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+                      else f"it cannot be written ({os.strerror(exc.errno or errno.EIO)})")
+            raise StorageUnavailable(f"file storage is unavailable: {reason}") from exc
+
+    @staticmethod
+    def _write(path: Path, data: bytes) -> None:
+        path.write_bytes(data)
 
     def get(self, key: str) -> bytes:
         path = self._path(key)
@@ -98,14 +117,21 @@ class S3Storage:
 
     def __init__(self, endpoint_url: str | None, bucket: str, region: str,
                  public_base_url: str | None = None, *, presign_seconds: int = 7 * 24 * 3600,
-                 account_prefixes: bool = False, client=None):
+                 account_prefixes: bool = False, client=None, connect_timeout: float = 5.0,
+                 read_timeout: float = 20.0, max_attempts: int = 2):
         import boto3  # imported here: local-only deployments never load it
+        from botocore.config import Config
 
         self.account_prefixes = account_prefixes
         self.bucket = bucket
         self.public_base_url = public_base_url.rstrip("/") if public_base_url else None
         self.presign_seconds = presign_seconds
-        self.client = client or boto3.client("s3", endpoint_url=endpoint_url, region_name=region)
+        # Bounded calls: each attempt connects and reads within these timeouts, `max_attempts`
+        # in all, so an endpoint that never answers fails the call instead of hanging.
+        config = Config(connect_timeout=connect_timeout, read_timeout=read_timeout,
+                        retries={"max_attempts": max_attempts, "mode": "standard"})
+        self.client = client or boto3.client("s3", endpoint_url=endpoint_url, region_name=region,
+                                             config=config)
         self._bucket_ready = False
 
     def _ensure_bucket(self) -> None:
@@ -127,7 +153,7 @@ class S3Storage:
             self.client.put_object(Bucket=self.bucket, Key=_check_key(key), Body=data,
                                    ContentType=media_type)
         except (BotoCoreError, ClientError) as exc:
-            raise ServiceUnavailable(f"object storage is unavailable: {exc}") from exc
+            raise StorageUnavailable(f"object storage is unavailable: {exc}") from exc
 
     def get(self, key: str) -> bytes:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -137,18 +163,20 @@ class S3Storage:
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 raise KeyError(key) from exc
-            raise ServiceUnavailable(f"object storage is unavailable: {exc}") from exc
+            raise StorageUnavailable(f"object storage is unavailable: {exc}") from exc
         except BotoCoreError as exc:
-            raise ServiceUnavailable(f"object storage is unavailable: {exc}") from exc
+            raise StorageUnavailable(f"object storage is unavailable: {exc}") from exc
 
     def exists(self, key: str) -> bool:
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             self.client.head_object(Bucket=self.bucket, Key=_check_key(key))
             return True
         except ClientError:
             return False
+        except BotoCoreError as exc:
+            raise StorageUnavailable(f"object storage is unavailable: {exc}") from exc
 
     def media_type(self, key: str) -> str:
         head = self.client.head_object(Bucket=self.bucket, Key=_check_key(key))
@@ -167,6 +195,9 @@ def make_storage(settings) -> Storage:
     if settings.storage == "s3":
         return S3Storage(settings.s3_endpoint_url, settings.s3_bucket, settings.s3_region,
                          settings.s3_public_base_url, presign_seconds=settings.s3_presign_seconds,
-                         account_prefixes=settings.storage_account_prefixes)
+                         account_prefixes=settings.storage_account_prefixes,
+                         connect_timeout=settings.s3_connect_timeout_seconds,
+                         read_timeout=settings.s3_read_timeout_seconds,
+                         max_attempts=settings.s3_max_attempts)
     return LocalStorage(settings.home / "files", settings.resolved_public_base_url,
                         account_prefixes=settings.storage_account_prefixes)
