@@ -35,6 +35,40 @@ SEGFORMER_CLOTHES_LABELS = (
     "Scarf",
 )
 
+# ADE20K's 150 scene classes in the order of the published `id2label` (huggingface/label-files
+# ade20k-id2label.json, which the openmmlab UperNet checkpoints carry; its "bed " has a trailing
+# space, stripped here and when the pipelines read a model's labels).
+ADE20K_LABELS = (
+    "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass",
+    "cabinet", "sidewalk", "person", "earth", "door", "table", "mountain", "plant", "curtain",
+    "chair", "car", "water", "painting", "sofa", "shelf", "house", "sea", "mirror", "rug", "field",
+    "armchair", "seat", "fence", "desk", "rock", "wardrobe", "lamp", "bathtub", "railing",
+    "cushion", "base", "box", "column", "signboard", "chest of drawers", "counter", "sand", "sink",
+    "skyscraper", "fireplace", "refrigerator", "grandstand", "path", "stairs", "runway", "case",
+    "pool table", "pillow", "screen door", "stairway", "river", "bridge", "bookcase", "blind",
+    "coffee table", "toilet", "flower", "book", "hill", "bench", "countertop", "stove", "palm",
+    "kitchen island", "computer", "swivel chair", "boat", "bar", "arcade machine", "hovel", "bus",
+    "towel", "light", "truck", "tower", "chandelier", "awning", "streetlight", "booth",
+    "television receiver", "airplane", "dirt track", "apparel", "pole", "land", "bannister",
+    "escalator", "ottoman", "bottle", "buffet", "poster", "stage", "van", "ship", "fountain",
+    "conveyer belt", "canopy", "washer", "plaything", "swimming pool", "stool", "barrel", "basket",
+    "waterfall", "tent", "bag", "minibike", "cradle", "oven", "ball", "food", "step", "tank",
+    "trade name", "microwave", "pot", "animal", "bicycle", "lake", "dishwasher", "screen",
+    "blanket", "sculpture", "hood", "sconce", "vase", "traffic light", "tray", "ashcan", "fan",
+    "pier", "crt screen", "plate", "monitor", "bulletin board", "shower", "radiator", "glass",
+    "clock", "flag",
+)
+
+U2NET_RELEASE = "https://github.com/xuebinqin/U-2-Net/releases/download/v1.0/u2net.pth"
+# U²-Net's published architecture (`U2NET(3, 1)` of the official model/u2net.py): per stage
+# (mid, out) channels of its RSU blocks; the tiny twin keeps the layout with fewer channels.
+U2NET_CONFIG = {"arch": "U2NET", "in_ch": 3, "out_ch": 1,
+                "encoder": ((32, 64), (32, 128), (64, 256), (128, 512), (256, 512), (256, 512)),
+                "decoder": ((256, 512), (128, 256), (64, 128), (32, 64), (16, 64))}
+TINY_U2NET = {"arch": "U2NET", "in_ch": 3, "out_ch": 1,
+              "encoder": ((2, 4), (2, 4), (2, 4), (2, 4), (2, 4), (2, 4)),
+              "decoder": ((2, 4), (2, 4), (2, 4), (2, 4), (2, 4))}
+
 UPSCALER_NAMES = ("realesrgan_x2plus", "realesrgan_x4plus", "realesr_general_x4v3",
                   "realesr_general_wdn_x4v3")
 
@@ -44,7 +78,8 @@ class ModelSpec:
     """One model: `loader` is the class (or `"realesrgan"` for a `.pth` network) that loads it."""
 
     name: str
-    family: str  # diffusion | controlnet | ip_adapter | depth | segmentation | llm | upscaler
+    family: str  # diffusion | controlnet | ip_adapter | depth | segmentation | matting | llm
+    #              | upscaler
     loader: str
     source: str
     subfolder: str | None = None
@@ -108,6 +143,10 @@ _PURPOSES = {
     "image_encoder": "CLIP vision encoder for the IP-Adapter",
     "depth": "monocular depth (relative, larger = nearer) for angle change and ControlNet",
     "segmenter": "person / clothes semantic segmentation (18 labels) for masks",
+    "scene_segmenter": "scene semantic segmentation (ADE20K, 150 classes): enhancement regions "
+                       "(walls, floor, ceiling, sky, lawn, furniture, people)",
+    "matting": "salient-object matting (U²-Net): a soft alpha for transparent backgrounds and "
+               "cut-outs",
     "planner": "small instruct LLM that plans carousel shots",
     "realesrgan_x2plus": "Real-ESRGAN 2x (RRDBNet)",
     "realesrgan_x4plus": "Real-ESRGAN 4x (RRDBNet)",
@@ -128,6 +167,11 @@ SDXL_REVISIONS = {
     "mattmdjaga/segformer_b2_clothes": "584abc1e1d260e23c0fc627c5217a09b2b461046",
     "Qwen/Qwen2.5-0.5B-Instruct": "7ae557604adf67be50417f59c2c2f167def9a775",
 }
+
+# Hub repositories the `sdxl` profile names without a pinned commit: no public record of a
+# snapshot hash was found; `retouch fetch-models` takes the default branch and
+# `ModelStore.revision` records the commit it resolved to (docs/models.md).
+UNPINNED_SOURCES = ("openmmlab/upernet-convnext-small",)
 
 # The inpaint pipeline loads only these from its own repository; the text encoders, tokenizers and
 # VAE are the base model's (`ModelStore.inpaint` shares them through `from_pipe`).
@@ -165,6 +209,11 @@ def _sdxl_profile() -> Profile:
         ModelSpec("segmenter", "segmentation", "SegformerForSemanticSegmentation",
                   "mattmdjaga/segformer_b2_clothes", dtype="float32",
                   purpose=_PURPOSES["segmenter"]),
+        ModelSpec("scene_segmenter", "segmentation", "UperNetForSemanticSegmentation",
+                  "openmmlab/upernet-convnext-small", dtype="float32",
+                  purpose=_PURPOSES["scene_segmenter"]),
+        ModelSpec("matting", "matting", "u2net", U2NET_RELEASE, dtype="float32",
+                  purpose=_PURPOSES["matting"], options=MappingProxyType(dict(U2NET_CONFIG))),
         ModelSpec("planner", "llm", "AutoModelForCausalLM", "Qwen/Qwen2.5-0.5B-Instruct",
                   purpose=_PURPOSES["planner"]),
         _realesrgan("realesrgan_x2plus", f"{REALESRGAN_RELEASES}/v0.2.1/RealESRGAN_x2plus.pth",
@@ -195,7 +244,7 @@ TINY_SOURCES = {
     "base": "sdxl-base", "inpaint": "sdxl-inpaint", "controlnet_depth": "controlnet-depth",
     "controlnet_canny": "controlnet-canny", "ip_adapter": "ip-adapter",
     "image_encoder": "ip-adapter", "depth": "depth-anything", "segmenter": "segformer-clothes",
-    "planner": "planner-lm", "realesrgan_x2plus": "realesrgan/RealESRGAN_x2plus.pth",
+    "scene_segmenter": "upernet-ade20k", "matting": "u2net/u2net.pth", "planner": "planner-lm", "realesrgan_x2plus": "realesrgan/RealESRGAN_x2plus.pth",
     "realesrgan_x4plus": "realesrgan/RealESRGAN_x4plus.pth",
     "realesr_general_x4v3": "realesrgan/realesr-general-x4v3.pth",
     "realesr_general_wdn_x4v3": "realesrgan/realesr-general-wdn-x4v3.pth",
@@ -213,6 +262,8 @@ def _tiny_profile() -> Profile:
                 options["scale"] = 2
             elif name == "realesrgan_x4plus":
                 options["scale"] = 4
+        elif spec.family == "matting":
+            options = dict(TINY_U2NET)
         subfolder = "image_encoder" if name == "image_encoder" else None
         weight_name = "ip-adapter_sdxl.safetensors" if name == "ip_adapter" else None
         specs[name] = dataclasses.replace(
@@ -235,6 +286,8 @@ RANDOM_CONFIGS = {
     "image_encoder": "ip-adapter-sdxl-image-encoder",
     "depth": "depth-anything-v2-small-hf",
     "segmenter": "segformer-b2-clothes",
+    "scene_segmenter": "upernet-convnext-small",
+    "matting": "u2net",  # an arch config in the spec's options, like the upscalers
     "planner": "qwen2.5-0.5b-instruct",
 }
 RANDOM_SEED = 0

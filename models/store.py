@@ -89,12 +89,15 @@ class DepthEstimator:
 
 
 class Segmenter:
-    """`segmenter(image)` → `Segmentation` with a label for every pixel of the input image."""
+    """`segmenter(image)` → `Segmentation` with a label for every pixel of the input image.
+
+    Works for any transformers semantic-segmentation model whose output has `logits`
+    (SegFormer, UperNet); label names are the model's `id2label`, stripped of spaces."""
 
     def __init__(self, model: Any, processor: Any, device: torch.device):
         self.model, self.processor, self.device = model, processor, device
         id2label = model.config.id2label
-        self.names = tuple(id2label[i] for i in range(len(id2label)))
+        self.names = tuple(id2label[i].strip() for i in range(len(id2label)))
 
     @torch.inference_mode()
     def __call__(self, image: Image.Image) -> Segmentation:
@@ -106,6 +109,18 @@ class Segmenter:
             logits.float(), size=(rgb.height, rgb.width), mode="bilinear", align_corners=False)
         labels = logits.argmax(dim=1)[0].cpu().numpy().astype(np.int32)
         return Segmentation(labels=labels, names=self.names)
+
+
+class Matter:
+    """`matter(image)` → float32 H×W alpha in [0, 1] (1 = the salient object), image-sized."""
+
+    def __init__(self, network: torch.nn.Module):
+        self.network = network
+
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        from retouch.models.u2net_arch import salient_alpha
+
+        return salient_alpha(self.network, image)
 
 
 class ModelStore:
@@ -468,6 +483,42 @@ class ModelStore:
             return Segmenter(model, self._image_processor(spec), self.device)
 
         return self._cached(("segmenter",), load)
+
+    def scene_segmenter(self) -> Segmenter:
+        """ADE20K scene segmentation (150 classes: wall, floor, ceiling, sky, grass, furniture...)."""
+        from transformers import AutoModelForSemanticSegmentation
+
+        spec = self.spec("scene_segmenter")
+
+        def load() -> Segmenter:
+            model = self._transformers_model(AutoModelForSemanticSegmentation, spec)
+            self._loaded_from("scene_segmenter")
+            return Segmenter(model, self._image_processor(spec), self.device)
+
+        return self._cached(("scene_segmenter",), load)
+
+    def matter(self) -> Matter:
+        """The salient-object matting network (U²-Net): a soft alpha of the main subject."""
+        spec = self.spec("matting")
+
+        def load() -> Matter:
+            from retouch.models.u2net_arch import build_u2net, read_state_dict
+
+            config = dict(spec.options)
+            if spec.is_random:
+                from retouch.models.random_weights import seeded_init
+
+                with seeded_init(self.device, self.dtype_for(spec), self._seed_of(spec)):
+                    network = build_u2net(**config)
+            else:
+                with torch.device("meta"):  # every tensor comes from the file
+                    network = build_u2net(**config)
+                network = network.to_empty(device=self.device).to(self.dtype_for(spec))
+                network.load_state_dict(read_state_dict(self._weight_file(spec)), strict=True)
+            self._loaded_from("matting")
+            return Matter(network.eval())
+
+        return self._cached(("matting",), load)
 
     def planner(self) -> Planner:
         from transformers import AutoModelForCausalLM, AutoTokenizer

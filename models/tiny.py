@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-from retouch.models.registry import (SEGFORMER_CLOTHES_LABELS, TINY_RRDB, TINY_SOURCES,
-                                     TINY_SRVGG)
+from retouch.models.registry import (ADE20K_LABELS, SEGFORMER_CLOTHES_LABELS, TINY_RRDB,
+                                     TINY_SOURCES, TINY_SRVGG, TINY_U2NET)
 
-BUILDER_VERSION = "2"  # bump whenever any twin changes: caches rebuild on a new version
+BUILDER_VERSION = "3"  # bump whenever any twin changes: caches rebuild on a new version
 MARKER_NAME = "BUILD_VERSION"
 TINY_DIR_NAME = "tiny"
 
@@ -90,6 +90,8 @@ def _build_each(out: Path) -> None:
         _save_controlnet(out / TINY_SOURCES["controlnet_canny"], seed=12)
         _save_depth_anything(out / TINY_SOURCES["depth"])
         _save_segformer(out / TINY_SOURCES["segmenter"])
+        _save_upernet(out / TINY_SOURCES["scene_segmenter"])
+        _save_u2net(out / TINY_SOURCES["matting"])
         _save_planner(out / TINY_SOURCES["planner"])
         _save_realesrgan(out)
         _save_ip_adapter(out / TINY_SOURCES["ip_adapter"], base_unet)
@@ -318,6 +320,43 @@ def _save_segformer(out: Path) -> None:
         do_resize=True, size={"height": 64, "width": 64}, do_rescale=True, do_normalize=True,
         image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
         do_reduce_labels=False).save_pretrained(out)
+
+
+def upernet_config(depths: list[int], hidden_sizes: list[int], **options):
+    """An ADE20K UperNet + ConvNeXt config as transformers' conversion script builds the
+    openmmlab checkpoints (150 labels, four backbone stages feeding the head)."""
+    from transformers import ConvNextConfig, UperNetConfig
+
+    id2label = dict(enumerate(ADE20K_LABELS))
+    backbone = ConvNextConfig(depths=depths, hidden_sizes=hidden_sizes,
+                              out_features=["stage1", "stage2", "stage3", "stage4"])
+    return UperNetConfig(backbone_config=backbone, num_labels=len(id2label), id2label=id2label,
+                         label2id={v: k for k, v in id2label.items()}, **options)
+
+
+def _save_upernet(out: Path) -> None:
+    from transformers import UperNetForSemanticSegmentation
+    from transformers.models.segformer.image_processing_pil_segformer import (
+        SegformerImageProcessorPil)
+
+    config = upernet_config([1, 1, 1, 1], [8, 16, 24, 32], hidden_size=16,
+                            auxiliary_in_channels=24, auxiliary_channels=8)
+    torch.manual_seed(13)
+    UperNetForSemanticSegmentation(config).eval().save_pretrained(out)
+    SegformerImageProcessorPil(
+        do_resize=True, size={"height": 64, "width": 64}, do_rescale=True, do_normalize=True,
+        image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
+        do_reduce_labels=False).save_pretrained(out)
+
+
+def _save_u2net(path: Path) -> None:
+    """A `.pth` state dict in the official U²-Net layout, tiny widths."""
+    from retouch.models.u2net_arch import build_u2net
+
+    torch.manual_seed(14)
+    network = build_u2net(**TINY_U2NET)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(network.state_dict(), path)
 
 
 def _save_planner(out: Path) -> None:

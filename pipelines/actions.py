@@ -6,12 +6,13 @@ diffusion pass: prompts are joined, regions are united, the strongest strength w
 
 Regions:
 - `frame`: the whole picture, re-rendered with a depth ControlNet so walls, windows and
-  perspective stay where they are (styles, twilight, lighting, facade refresh).
-- `floor` / `walls` / `ground` / `room`: a band of the frame (lower, middle, lowest, all but the
-  ceiling), narrowed by depth where that helps (the floor is the near, lower part of the room);
-  inpainted, every other pixel kept bit-exact.
-- `sky`: the far, upper part of an exterior (depth + brightness), inpainted.
-- `people`: every non-background label of the segmenter (people in the shot), inpainted away.
+  perspective stay where they are (twilight, lighting, kitchen, facade refresh).
+- every other region is a set of ADE20K classes found by the scene segmenter
+  (`scene.REGION_CLASSES`: `walls`, `floor`, `ceiling`, `sky`, `ground` (the lawn), `people`,
+  `furnishings`, `surfaces`, `windows`; `interior` = all but the view through windows and
+  people), grown and feathered, inpainted; every pixel outside the feather is kept bit-exact.
+  `keep_layout` recipes (interior styles) inpaint with the depth ControlNet, so the room's
+  geometry stays put inside the region.
 
 `exclusive` groups allow one action per instruction (one style, one decoration level).
 """
@@ -29,7 +30,8 @@ SCENE_LOCATIONS = (
     "kids_room", "attic", "basement", "garage", "facade", "garden", "terrace", "balcony", "pool",
     "street", "aerial", "other",
 )
-REGIONS = ("frame", "floor", "walls", "ground", "room", "sky", "people")
+REGIONS = ("frame", "walls", "floor", "ceiling", "sky", "ground", "people", "furnishings",
+           "surfaces", "windows", "interior")
 RESOLUTION_LONG_SIDE = {"1K": 1024, "2K": 2048, "4K": 4096}
 CUSTOM_PROMPT_CREDITS = 40  # an instruction with a custom prompt and no preset actions
 CUSTOM_PROMPT_STRENGTH = 0.6
@@ -54,6 +56,7 @@ class ActionRecipe:
     strength: float
     prompt: str
     negative: str = ""
+    keep_layout: bool = False  # region passes: inpaint under the depth ControlNet
 
 
 ACTION_GROUPS: tuple[ActionGroup, ...] = (
@@ -69,26 +72,22 @@ _STYLE = ("{style} interior design, same room, same walls, windows and floor pla
           "architectural photography")
 _EMPTY = "furniture, clutter, people, distorted walls, warped windows"
 
+
+def _style(name: str, label: str, style: str) -> ActionRecipe:
+    return ActionRecipe(f"interior-style-{name}", "interior-style", label, ("interior",), 40,
+                        "interior", 0.55, _STYLE.format(style=style), keep_layout=True)
+
+
 ACTIONS: tuple[ActionRecipe, ...] = (
-    # interior styles: the whole room restyled, layout held by depth
-    ActionRecipe("interior-style-japandi", "interior-style", "Japandi", ("interior",), 40, "frame",
-                 0.55, _STYLE.format(style="japandi, light oak wood, linen, muted earth tones, "
-                                           "minimal low furniture")),
-    ActionRecipe("interior-style-scandinavian", "interior-style", "Scandinavian", ("interior",),
-                 40, "frame", 0.55,
-                 _STYLE.format(style="scandinavian, white walls, pale wood, cosy textiles")),
-    ActionRecipe("interior-style-modern", "interior-style", "Modern", ("interior",), 40, "frame",
-                 0.55, _STYLE.format(style="modern, clean lines, neutral palette, matte black "
-                                           "accents")),
-    ActionRecipe("interior-style-industrial", "interior-style", "Industrial", ("interior",), 40,
-                 "frame", 0.55, _STYLE.format(style="industrial loft, exposed brick, steel, "
-                                                    "leather")),
-    ActionRecipe("interior-style-coastal", "interior-style", "Coastal", ("interior",), 40, "frame",
-                 0.55, _STYLE.format(style="coastal, white and sand tones, rattan, soft blue "
-                                           "accents")),
-    ActionRecipe("interior-style-mid-century", "interior-style", "Mid-century", ("interior",), 40,
-                 "frame", 0.55, _STYLE.format(style="mid-century modern, walnut, tapered legs, "
-                                                    "mustard and teal accents")),
+    # interior styles: the room restyled (not the view through its windows), layout held by depth
+    _style("japandi", "Japandi", "japandi, light oak wood, linen, muted earth tones, minimal low "
+                                 "furniture"),
+    _style("scandinavian", "Scandinavian", "scandinavian, white walls, pale wood, cosy textiles"),
+    _style("modern", "Modern", "modern, clean lines, neutral palette, matte black accents"),
+    _style("industrial", "Industrial", "industrial loft, exposed brick, steel, leather"),
+    _style("coastal", "Coastal", "coastal, white and sand tones, rattan, soft blue accents"),
+    _style("mid-century", "Mid-century", "mid-century modern, walnut, tapered legs, mustard and "
+                                         "teal accents"),
     # virtual staging: furniture and decor placed on the floor area
     ActionRecipe("interior-decoration-light", "interior-decoration", "Light staging",
                  ("interior",), 30, "floor", 0.6,
@@ -103,10 +102,10 @@ ACTIONS: tuple[ActionRecipe, ...] = (
                  "and art, styled for a listing photo"),
     # decluttering
     ActionRecipe("decluttering-light", "decluttering", "Tidy up", ("interior", "exterior"), 30,
-                 "floor", 0.7, "tidy clean surfaces, no clutter, no loose items",
+                 "surfaces", 0.7, "tidy clean surfaces, no clutter, no loose items",
                  negative="clutter, mess, cables, boxes, laundry"),
     ActionRecipe("decluttering-empty-room", "decluttering", "Empty the room", ("interior",), 50,
-                 "room", 0.95, "empty room, bare clean floor and walls, no furniture",
+                 "furnishings", 0.95, "empty room, bare clean floor and walls, no furniture",
                  negative=_EMPTY),
     ActionRecipe("decluttering-remove-people", "decluttering", "Remove people",
                  ("interior", "exterior"), 30, "people", 0.99,

@@ -8,10 +8,14 @@ Flow: fit the source to the output size → `compose_actions` merges the recipes
 united regions, strongest strength) → either
 - a whole-frame pass (some action works on the `frame`, or only a custom prompt): depth ControlNet
   img2img, so the room's geometry stays put while style and light change; or
-- a region pass: the union of the actions' masks (depth bands, sky, people from the segmenter) is
-  inpainted and every pixel outside it is pasted back bit-exact (`erase.inpaint_region`).
+- a region pass: the scene segmenter (ADE20K) labels the picture once; the union of the actions'
+  regions (`scene.REGION_CLASSES`) is grown and feathered into an alpha, the area under it is
+  inpainted (under the depth ControlNet for `keep_layout` recipes such as interior styles) and
+  blended back through the alpha, so every pixel outside the feather stays bit-exact. A region
+  the segmenter does not find (under `scene.MIN_REGION_FRACTION` of the frame) falls back to a
+  fixed band of the frame (`FALLBACK_BANDS`), so a job never silently returns its input.
 Masks and the depth condition are computed once and shared by all variants; masks come from the
-working size, and band edges are cut exactly at the output size.
+working size, their alpha is resized to the output size.
 """
 
 from __future__ import annotations
@@ -24,21 +28,24 @@ from PIL import Image
 from . import prompts
 from .actions import (CUSTOM_PROMPT_STRENGTH, PHOTO_STYLE, ActionRecipe, check_instruction,
                       enhancement_size)
+from . import scene
 from .common import RunContext, depth_control_image, pipe_working_size, run_diffusion, \
     steps_for_strength
 from .erase import inpaint_region
 from .errors import PipelineInputError
-from .placement import box_mask, segment_labels
-from .sizes import fit_to_size, resize_mask_to, resize_to, working_size
+from .sizes import fit_to_size, resize_to, working_size
 
 IMAGE = "input.image"
 MAX_VARIANTS = 4
 CONTROL_SCALE = 0.8
-MIN_REGION_FRACTION = 0.03  # a depth-narrowed region smaller than this falls back to its band
-# Bands as (top, bottom) fractions of the height; people fall back to a centre box.
-BANDS = {"floor": (0.45, 1.0), "walls": (0.1, 0.7), "ground": (0.6, 1.0), "room": (0.1, 1.0),
-         "sky": (0.0, 0.45)}
-PEOPLE_FALLBACK_BOX = (0.3, 0.3, 0.7, 0.95)
+# Where a region is assumed to be when the segmenter finds none of it: (left, top, right,
+# bottom) fractions of the frame.
+FALLBACK_BANDS = {
+    "walls": (0.0, 0.1, 1.0, 0.7), "floor": (0.0, 0.6, 1.0, 1.0), "ceiling": (0.0, 0.0, 1.0, 0.12),
+    "sky": (0.0, 0.0, 1.0, 0.35), "ground": (0.0, 0.7, 1.0, 1.0), "people": (0.3, 0.3, 0.7, 0.95),
+    "furnishings": (0.1, 0.45, 0.9, 1.0), "surfaces": (0.0, 0.55, 1.0, 1.0),
+    "windows": (0.3, 0.2, 0.7, 0.6), "interior": (0.0, 0.0, 1.0, 1.0),
+}
 
 
 # ---- composition ------------------------------------------------------------------------------
@@ -51,6 +58,7 @@ class ComposedRecipe:
     strength: float
     whole_frame: bool
     regions: tuple[str, ...]  # used when not whole_frame
+    keep_layout: bool = False  # region pass under the depth ControlNet
 
 
 def compose_actions(recipes: list[ActionRecipe], custom_prompt: str | None) -> ComposedRecipe:
@@ -64,31 +72,38 @@ def compose_actions(recipes: list[ActionRecipe], custom_prompt: str | None) -> C
     regions = tuple(dict.fromkeys(r.region for r in recipes if r.region != "frame"))
     whole_frame = any(r.region == "frame" for r in recipes) or not regions
     return ComposedRecipe(prompt=prompt, negative_prompt=negative, strength=max(strengths),
-                          whole_frame=whole_frame, regions=() if whole_frame else regions)
+                          whole_frame=whole_frame, regions=() if whole_frame else regions,
+                          keep_layout=any(r.keep_layout for r in recipes))
 
 
 # ---- masks ------------------------------------------------------------------------------------
-def band_mask(size: tuple[int, int], band: tuple[float, float]) -> np.ndarray:
-    return box_mask(size, (0.0, band[0], 1.0, band[1]))
+def fallback_mask(shape: tuple[int, int], region: str) -> np.ndarray:
+    height, width = shape
+    left, top, right, bottom = FALLBACK_BANDS[region]
+    mask = np.zeros((height, width), dtype=bool)
+    mask[round(top * height):max(round(bottom * height), round(top * height) + 1),
+         round(left * width):max(round(right * width), round(left * width) + 1)] = True
+    return mask
 
 
-def region_mask(store, region: str, image: Image.Image, inverse_depth: np.ndarray) -> np.ndarray:
-    """Boolean mask of `region` at `image`'s size (`inverse_depth` has the same size)."""
-    if region == "people":
-        mask = segment_labels(store, image, "Background", exclude=True)
-        return mask if mask.mean() >= MIN_REGION_FRACTION / 3 else box_mask(image.size,
-                                                                            PEOPLE_FALLBACK_BOX)
-    band = band_mask(image.size, BANDS[region])
-    if region in ("walls", "room"):
-        return band
-    if region == "sky":
-        luminance = np.asarray(image.convert("L"), dtype=np.float32)
-        far = inverse_depth <= np.percentile(inverse_depth, 35)
-        bright = luminance >= 0.75 * float(luminance.max())
-        mask = band & (far | bright)
-    else:  # floor, ground: the near part of the lower band
-        mask = band & (inverse_depth >= np.percentile(inverse_depth[band], 40))
-    return mask if mask.mean() >= MIN_REGION_FRACTION else band
+def regions_mask(segmentation, regions) -> np.ndarray:
+    """Union of `regions` in the label map; each region the segmenter does not find falls back
+    to its band."""
+    mask = np.zeros(segmentation.labels.shape, dtype=bool)
+    for region in regions:
+        found = scene.region_mask(segmentation, region)
+        if found.mean() < scene.MIN_REGION_FRACTION:
+            found = fallback_mask(found.shape, region)
+        mask |= found
+    return mask
+
+
+def enhancement_alpha(store, base: Image.Image, regions) -> np.ndarray:
+    """The feathered alpha (float32, `base`'s size) a region pass edits under."""
+    work = working_size(base.size, native_size=max(store.native_size, 64), multiple=8)
+    segmentation = store.scene_segmenter()(resize_to(base, work))
+    return scene.resize_alpha(scene.feathered_alpha(regions_mask(segmentation, regions)),
+                              base.size)
 
 
 # ---- the pipeline -----------------------------------------------------------------------------
@@ -125,17 +140,15 @@ def enhance(store, request, images: dict[str, Image.Image], ctx: RunContext) -> 
         return outputs
 
     base = fit_to_size(source, size)
-    work = working_size(size, native_size=max(store.native_size, 64), multiple=8)
-    small = resize_to(base, work)
-    inverse_depth = store.depth_estimator()(small)
-    mask = np.zeros((size[1], size[0]), dtype=bool)
-    for region in composed.regions:
-        small_mask = region_mask(store, region, small, inverse_depth)
-        region_image = Image.fromarray(np.where(small_mask, 255, 0).astype(np.uint8), "L")
-        full = np.asarray(resize_mask_to(region_image, size)) >= 128
-        if region in BANDS:  # band edges exact at the output size, not rounded at the work size
-            full &= band_mask(size, BANDS[region])
-        mask |= full
+    alpha = enhancement_alpha(store, base, composed.regions)
+    mask = alpha > 0
+    pipe, layout = store.inpaint(), {}
+    if composed.keep_layout:
+        pipe = store.controlnet_inpaint("depth")
+        work = pipe_working_size(store, pipe, size)
+        layout = {"control_image": depth_control_image(
+                      store.depth_estimator()(resize_to(base, work))),
+                  "controlnet_conditioning_scale": CONTROL_SCALE}
     ctx.report(0.1)
     outputs = []
     for variant in range(options.variants):
@@ -143,5 +156,6 @@ def enhance(store, request, images: dict[str, Image.Image], ctx: RunContext) -> 
                              0.1 + 0.9 * (variant + 1) / options.variants)
         outputs.append(inpaint_region(store, ctx, base, mask, composed.prompt,
                                       composed.negative_prompt, steps, progress=progress,
-                                      strength=composed.strength, seed_offset=variant))
+                                      strength=composed.strength, seed_offset=variant,
+                                      pipe=pipe, alpha=alpha, **layout))
     return outputs

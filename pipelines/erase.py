@@ -59,13 +59,17 @@ def paste_back(source: Image.Image, generated: Image.Image, mask: np.ndarray) ->
 
 def inpaint_region(store, ctx: RunContext, base: Image.Image, mask: np.ndarray, prompt: str,
                    negative_prompt: str, steps: int, *, progress=None,
-                   strength: float = INPAINT_STRENGTH, seed_offset: int = 0,
-                   **pipeline_kwargs) -> Image.Image:
+                   strength: float = INPAINT_STRENGTH, seed_offset: int = 0, pipe=None,
+                   alpha: np.ndarray | None = None, **pipeline_kwargs) -> Image.Image:
     """Inpaint `mask` of `base` at the working size and paste back at `base`'s size.
 
-    `pipeline_kwargs` go to the inpaint pipeline call as they are (e.g. `ip_adapter_image`).
+    `pipe` defaults to the store's inpaint pipeline (a ControlNet inpaint one takes its
+    `control_image` through `pipeline_kwargs`, at `pipe_working_size`). With `alpha` (float,
+    `base`-sized, 0 outside `mask`) the result is blended through it (`scene.soft_paste`), else
+    pasted back hard. `pipeline_kwargs` go to the pipeline call as they are (e.g.
+    `ip_adapter_image`).
     """
-    pipe = store.inpaint()
+    pipe = pipe or store.inpaint()
     work = pipe_working_size(store, pipe, base.size)
     work_mask = resize_mask_to(mask_to_image(mask), work)
     generated = run_diffusion(
@@ -73,6 +77,10 @@ def inpaint_region(store, ctx: RunContext, base: Image.Image, mask: np.ndarray, 
         negative_prompt=negative_prompt, image=resize_to(base, work), mask_image=work_mask,
         width=work[0], height=work[1], num_inference_steps=steps_for_strength(steps, strength),
         strength=strength, **pipeline_kwargs)
+    if alpha is not None:
+        from .scene import soft_paste
+
+        return soft_paste(base, resize_to(generated, base.size), alpha)
     return paste_back(base, resize_to(generated, base.size), mask)
 
 

@@ -8,10 +8,11 @@ output size with Lanczos (see `sizes`). `quality` picks the number of denoising 
 - `opaque` (default): always an RGB image.
 - `auto`: if the prompt asks for a cut-out subject (it contains one of
   `prompts.TRANSPARENT_BACKGROUND_WORDS`, e.g. "transparent background", "isolated", "sticker")
-  *and* the output format can carry alpha (png or webp), the segmenter separates the subject from
-  its "Background" label and the result is RGBA with the background fully transparent. Otherwise
-  the image stays opaque (jpeg can never be transparent). If the segmenter finds no subject, or
-  nothing but subject, there is nothing to cut and the image stays opaque.
+  *and* the output format can carry alpha (png or webp), the matting model (salient-object
+  U²-Net, `scene.subject_alpha`) gives the subject a soft alpha and the result is RGBA: the
+  backdrop transparent, soft edges (hair, fur, glass) partly so. Otherwise the image stays opaque
+  (jpeg can never be transparent). If the matte holds no subject, or nothing but subject
+  (`subject_share` outside (0, 1)), there is nothing to cut and the image stays opaque.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from . import prompts
+from . import prompts, scene
 from .common import RunContext, pipe_working_size, run_diffusion
 from .errors import PipelineInputError
 from .sizes import output_size, resize_to
@@ -39,16 +40,17 @@ def wants_transparent_background(prompt: str, background: str, output_format: st
     return any(word in text for word in prompts.TRANSPARENT_BACKGROUND_WORDS)
 
 
+def subject_share(alpha: np.ndarray) -> float:
+    """The share of the frame the matte counts as subject (alpha ≥ 0.5)."""
+    return float((alpha >= 0.5).mean())
+
+
 def cut_out_subject(store, image: Image.Image) -> Image.Image:
-    """RGBA with alpha 0 on the segmenter's Background label; the RGB image if nothing to cut."""
-    segmentation = store.segmenter()(image)
-    background = segmentation.mask("Background")
-    if background.all() or not background.any():
+    """RGBA with the matting model's soft alpha; the RGB image if there is nothing to cut."""
+    alpha = scene.subject_alpha(store, image)
+    if subject_share(alpha) in (0.0, 1.0):
         return image
-    alpha = Image.fromarray(np.where(background, 0, 255).astype(np.uint8), "L")
-    cut = image.convert("RGBA")
-    cut.putalpha(alpha)
-    return cut
+    return scene.cut_out(image, alpha)
 
 
 def generate(store, request, images: dict[str, Image.Image], ctx: RunContext) -> list[Image.Image]:

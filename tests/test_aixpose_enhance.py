@@ -10,7 +10,8 @@ from PIL import Image
 from retouch.pipelines.actions import (ACTIONS, ACTIONS_BY_ID, GROUPS_BY_ID, check_instruction,
                                        enhancement_size)
 from retouch.pipelines.common import RunContext
-from retouch.pipelines.enhance import BANDS, compose_actions
+from retouch.pipelines.actions import REGIONS
+from retouch.pipelines.enhance import compose_actions
 from retouch.pipelines.errors import PipelineInputError
 from retouch.serving.core.errors import InvalidInput
 from retouch.serving.tasks import TASKS, parse_request, price
@@ -51,13 +52,14 @@ def test_every_action_is_a_complete_recipe():
     for action in ACTIONS:
         assert action.group in GROUPS_BY_ID and action.credits > 0
         assert 0.2 <= action.strength <= 1.0 and action.prompt
-        assert action.region == "frame" or action.region in BANDS or action.region == "people"
+        assert action.region in REGIONS
 
 
 def test_actions_compose_into_one_pass():
     staged = compose_actions([ACTIONS_BY_ID["interior-style-japandi"],
                               ACTIONS_BY_ID["interior-decoration-medium"]], None)
-    assert staged.whole_frame and staged.regions == () and staged.strength == 0.75
+    assert not staged.whole_frame and staged.regions == ("interior", "floor")
+    assert staged.keep_layout and staged.strength == 0.75
     assert "japandi" in staged.prompt and "sofa" in staged.prompt
     outdoor = compose_actions([ACTIONS_BY_ID["exterior-sky-blue"],
                                ACTIONS_BY_ID["exterior-lawn"]], "tidy hedges")
@@ -99,12 +101,15 @@ def test_region_pass_repaints_the_floor_and_keeps_the_rest_bit_exact(tiny_store)
                                          RunContext(seed=5, progress=reported.append))
     size = enhancement_size("3:2", "1K", source.size)
     assert [o.size for o in outputs] == [size, size] and reported[-1] == 1.0
-    fitted = np.asarray(fit_to_size(source, size))
-    top = int(BANDS["floor"][0] * size[1]) - 1
+    base = fit_to_size(source, size)
+    fitted = np.asarray(base)
+    from retouch.pipelines.enhance import enhancement_alpha
+
+    alpha = enhancement_alpha(tiny_store, base, ["floor"])
     for output in outputs:
         pixels = np.asarray(output)
-        assert np.array_equal(pixels[:top], fitted[:top])  # above the floor band: untouched
-        assert not np.array_equal(pixels[top:], fitted[top:])  # the floor was repainted
+        assert np.array_equal(pixels[alpha == 0], fitted[alpha == 0])  # outside: untouched
+        assert not np.array_equal(pixels[alpha == 1], fitted[alpha == 1])  # repainted
     assert not np.array_equal(np.asarray(outputs[0]), np.asarray(outputs[1]))  # seed + i
     again = TaskRunner(tiny_store).run(request, {"input.image": source}, RunContext(seed=5))
     assert np.array_equal(np.asarray(again[0]), np.asarray(outputs[0]))
@@ -114,7 +119,7 @@ def test_whole_frame_pass_changes_the_frame_deterministically(tiny_store):
     from retouch.serving.runner import TaskRunner
 
     source = gradient()
-    request = parse_request(body(["interior-style-japandi", "interior-decoration-light"],
+    request = parse_request(body(["light-bright-natural", "interior-decoration-light"],
                                  aspect_ratio="1:1"), surface=None)
     first = TaskRunner(tiny_store).run(request, {"input.image": source}, RunContext(seed=9))
     second = TaskRunner(tiny_store).run(request, {"input.image": source}, RunContext(seed=9))
@@ -124,13 +129,9 @@ def test_whole_frame_pass_changes_the_frame_deterministically(tiny_store):
     assert np.abs(np.asarray(first[0], dtype=np.int16) - fitted)[:200].mean() > 1.0
 
 
-@pytest.mark.parametrize("region", ["floor", "walls", "ground", "room", "sky", "people"])
-def test_region_masks_are_non_empty_and_stay_in_their_band(tiny_store, region):
-    from retouch.pipelines.enhance import band_mask, region_mask
+@pytest.mark.parametrize("region", ["floor", "walls", "ground", "furnishings", "sky", "people"])
+def test_region_alphas_are_non_empty_with_the_tiny_segmenter(tiny_store, region):
+    from retouch.pipelines.enhance import enhancement_alpha
 
-    image = gradient(64, 48)
-    inverse_depth = tiny_store.depth_estimator()(image)
-    mask = region_mask(tiny_store, region, image, inverse_depth)
-    assert mask.shape == (48, 64) and mask.dtype == bool and mask.any()
-    if region in BANDS:
-        assert not (mask & ~band_mask(image.size, BANDS[region])).any()
+    alpha = enhancement_alpha(tiny_store, gradient(64, 48), [region])
+    assert alpha.shape == (48, 64) and alpha.dtype == np.float32 and (alpha == 1).any()

@@ -117,7 +117,7 @@ def test_missing_real_checkpoint_is_not_downloaded(tmp_path):
 
 def test_fetch_plan_lists_only_the_files_the_loaders_read(tmp_path):
     plan = {item.spec_names: item for item in fetch_plan(resolve_profile("sdxl"), tmp_path)}
-    assert len(plan) == 12  # the IP-Adapter weights and its image encoder share one repo
+    assert len(plan) == 14  # the IP-Adapter weights and its image encoder share one repo
     base = plan[("base",)]
     assert base.source == "stabilityai/stable-diffusion-xl-base-1.0" and not base.is_url
     assert "*/diffusion_pytorch_model.fp16.safetensors" in base.allow_patterns

@@ -191,9 +191,13 @@ def test_sdxl_profile_is_pinned_and_resolves_hub_snapshots(tmp_path, monkeypatch
     import huggingface_hub.constants
 
     profile = resolve_profile("sdxl")
-    hub_specs = [s for s in profile.specs.values() if not s.source.startswith("https://")]
+    from retouch.models.registry import UNPINNED_SOURCES
+
+    hub_specs = [s for s in profile.specs.values() if not s.source.startswith("https://")
+                 and s.source not in UNPINNED_SOURCES]
     assert hub_specs and all(len(s.revision) == 40 for s in hub_specs)
-    assert all(item.revision for item in fetch_plan(profile, tmp_path) if not item.is_url)
+    assert all(item.revision for item in fetch_plan(profile, tmp_path)
+               if not item.is_url and item.source not in UNPINNED_SOURCES)
 
     cache = tmp_path / "hub"
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
