@@ -18,7 +18,7 @@ from retouch.serving.deps import READ, WRITE, ServicesDep
 from retouch.serving.event_streams import job_event_stream
 
 from .deps import IdempotencyKey, aixpose_key
-from .schemas import _Strict, list_payload
+from .schemas import VideoFormat, _Strict, list_payload
 
 router = APIRouter(tags=["aixpose videos"])
 
@@ -39,6 +39,9 @@ class VideoCreate(_Strict):
                           description="Seconds; the reel has duration × 24 frames")
     aspect_ratio: Literal[tuple(ASPECT_RATIOS)] = "16:9"  # type: ignore[valid-type]
     resolution: Literal[tuple(VIDEO_RESOLUTIONS)] = "720p"  # type: ignore[valid-type]
+    output_format: VideoFormat | None = Field(
+        default=None, description="`mp4` (H.264 + AAC) or `webm` (VP9 + Opus); the project's "
+                                  "`video_format` when omitted")
     webhook_url: str | None = None
 
 

@@ -203,6 +203,9 @@ class Project(Base):
     output: Mapped[str] = mapped_column(String(16), default="picture")
     picture_aspect_ratio: Mapped[str] = mapped_column(String(16), default="original")
     picture_resolution: Mapped[str] = mapped_column(String(4), default="2K")
+    # Shared output defaults: the file format of enhancements and videos that name none.
+    picture_format: Mapped[str] = mapped_column(String(8), default="jpeg")
+    video_format: Mapped[str] = mapped_column(String(8), default="mp4")
     status: Mapped[str] = mapped_column(String(16), default="draft")  # draft | published
     published_media: Mapped[list[Any]] = mapped_column(default=list)
     published_at: Mapped[datetime | None] = mapped_column()
