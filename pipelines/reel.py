@@ -6,9 +6,10 @@ exactly `spec.duration_s * spec.fps`. Each picture gets an equal share of the ti
 overlap by the transition, during which they are blended. A picture's camera move (zoom in or out,
 pan direction) is drawn from `ctx.seed`, so the same seed renders the same reel.
 
-Music (WAV or MP3 bytes) is decoded, resampled to 44.1 kHz stereo, looped or cut to the video's
-length, faded out over the last second and encoded as AAC. Without music the file has no audio
-stream. No HTTP, no database: the caller supplies decoded pictures and audio bytes.
+Music (WAV or MP3 bytes) is decoded, resampled to stereo at the container's audio rate, looped
+or cut to the video's length, faded out over the last second and encoded. Without music the file
+has no audio stream. `output_format` picks the container: `mp4` (H.264 yuv420p + AAC 44.1 kHz)
+or `webm` (VP9 yuv420p + Opus 48 kHz). No HTTP, no database: the caller supplies decoded pictures and audio bytes.
 """
 
 from __future__ import annotations
@@ -230,8 +231,27 @@ def music_format(data: bytes, field: str = "music_url") -> str:
     return name
 
 
-def decode_music(data: bytes, field: str = "music_url") -> np.ndarray:
-    """WAV/MP3 bytes → float32 stereo samples `(2, n)` at 44.1 kHz; `PipelineInputError` otherwise."""
+@dataclass(frozen=True)
+class Container:
+    """How one output format is encoded."""
+
+    video_codec: str
+    video_options: dict
+    audio_codec: str
+    audio_rate: int
+
+
+CONTAINERS: dict[str, Container] = {
+    "mp4": Container("libx264", {"preset": "veryfast", "crf": "20"}, "aac", AUDIO_RATE),
+    # Realtime VP9 keeps CPU encoding about as fast as x264 veryfast; Opus only runs at 48 kHz.
+    "webm": Container("libvpx-vp9", {"deadline": "realtime", "cpu-used": "8", "crf": "32",
+                                     "b": "0", "row-mt": "1"}, "libopus", 48_000),
+}
+
+
+def decode_music(data: bytes, field: str = "music_url", rate: int = AUDIO_RATE) -> np.ndarray:
+    """WAV/MP3 bytes → float32 stereo samples `(2, n)` at `rate` Hz; `PipelineInputError`
+    otherwise."""
     import av
 
     if len(data) > MAX_MUSIC_BYTES:
@@ -242,7 +262,7 @@ def decode_music(data: bytes, field: str = "music_url") -> np.ndarray:
         with av.open(io.BytesIO(data), mode="r") as container:
             if not container.streams.audio:
                 raise PipelineInputError(field, "the file has no audio track")
-            resampler = av.AudioResampler(format="fltp", layout="stereo", rate=AUDIO_RATE)
+            resampler = av.AudioResampler(format="fltp", layout="stereo", rate=rate)
             for frame in container.decode(audio=0):
                 for out in resampler.resample(frame):
                     chunks.append(out.to_ndarray())
@@ -259,33 +279,38 @@ def decode_music(data: bytes, field: str = "music_url") -> np.ndarray:
     return samples.astype(np.float32)
 
 
-def fit_music(samples: np.ndarray, duration_s: int) -> np.ndarray:
+def fit_music(samples: np.ndarray, duration_s: int, rate: int = AUDIO_RATE) -> np.ndarray:
     """Loop or cut `samples` to exactly `duration_s` and fade out over the last second."""
-    needed = duration_s * AUDIO_RATE
+    needed = duration_s * rate
     repeats = -(-needed // samples.shape[1])
     track = np.tile(samples, (1, repeats))[:, :needed].copy()
-    fade = min(needed, int(FADE_OUT_S * AUDIO_RATE))
+    fade = min(needed, int(FADE_OUT_S * rate))
     track[:, needed - fade:] *= np.linspace(1.0, 0.0, fade, dtype=np.float32)
     return track
 
 
 def render_reel(pictures: list[Image.Image], spec: ReelSpec, ctx: RunContext,
-                music: bytes | None = None) -> bytes:
-    """The reel as MP4 bytes: H.264 yuv420p video, plus AAC music when `music` is given."""
+                music: bytes | None = None, output_format: str = "mp4") -> bytes:
+    """The reel's file bytes (`mp4` or `webm`), with the music track when `music` is given."""
     import av
 
     check_inputs(pictures, spec)
-    track = fit_music(decode_music(music), spec.duration_s) if music is not None else None
+    if output_format not in CONTAINERS:
+        raise PipelineInputError("output_format", f"must be one of {', '.join(CONTAINERS)}")
+    kind = CONTAINERS[output_format]
+    track = (fit_music(decode_music(music, rate=kind.audio_rate), spec.duration_s,
+                       kind.audio_rate) if music is not None else None)
     ctx.report(0.0)
     buffer = io.BytesIO()
-    with av.open(buffer, mode="w", format="mp4") as container:
-        video = container.add_stream("libx264", rate=spec.fps)
+    with av.open(buffer, mode="w", format=output_format) as container:
+        video = container.add_stream(kind.video_codec, rate=spec.fps)
         video.width, video.height, video.pix_fmt = spec.width, spec.height, "yuv420p"
         video.codec_context.time_base = Fraction(1, spec.fps)
-        video.options = {"preset": "veryfast", "crf": "20"}
+        video.options = dict(kind.video_options)
         audio = None
         if track is not None:
-            audio = container.add_stream("aac", rate=AUDIO_RATE, layout="stereo")
+            audio = container.add_stream(kind.audio_codec, rate=kind.audio_rate,
+                                         layout="stereo")
         for n, pixels in enumerate(render_frames(pictures, spec, ctx)):
             frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
             frame.pts = n  # in 1/fps units: frame n is shown at n/fps seconds
@@ -300,10 +325,11 @@ def render_reel(pictures: list[Image.Image], spec: ReelSpec, ctx: RunContext,
 def _encode_audio(container, stream, track: np.ndarray) -> None:
     import av
 
+    rate = stream.codec_context.sample_rate
     for start in range(0, track.shape[1], AUDIO_FRAME_SAMPLES):
         chunk = np.ascontiguousarray(track[:, start:start + AUDIO_FRAME_SAMPLES])
         frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout="stereo")
-        frame.sample_rate = AUDIO_RATE
+        frame.sample_rate = rate
         frame.pts = start
         container.mux(stream.encode(frame))
     container.mux(stream.encode(None))
@@ -311,9 +337,10 @@ def _encode_audio(container, stream, track: np.ndarray) -> None:
 
 def reel(store, request, inputs: dict, ctx: RunContext) -> list[bytes]:
     """The `video` task: `inputs` holds the decoded `input.pictures[i]` and optionally the
-    `input.music` bytes; returns `[mp4 bytes]`. No model is used (`store` is unused)."""
+    `input.music` bytes; returns `[file bytes]` in `options.output_format`. No model is used (`store` is unused)."""
     options = request.options
     pictures = [inputs[f"input.pictures[{n}]"] for n in range(len(request.input.pictures))]
     spec = ReelSpec(width=options.width, height=options.height, duration_s=options.duration,
                     fps=options.fps)
-    return [render_reel(pictures, spec, ctx, music=inputs.get("input.music"))]
+    return [render_reel(pictures, spec, ctx, music=inputs.get("input.music"),
+                        output_format=options.output_format)]

@@ -267,7 +267,7 @@ class ReelOptions(_Strict):
     width: int
     height: int
     fps: int
-    output_format: Literal["mp4"] = "mp4"
+    output_format: Literal["mp4", "webm"] = "mp4"
 
 
 class VideoRequest(_Request):

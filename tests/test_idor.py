@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
 
 import httpx
 import pytest
 
 from retouch.serving.core import keys
 from retouch.serving.core.db import transaction
+from retouch.serving.core.webhook_endpoints import create_endpoint
 from retouch.serving.core.webhook_outbox import enqueue_event
 
 from api_fixtures import GENERATOR_BODY, image_bytes
@@ -50,6 +52,13 @@ ROUTES = {
     ("POST", "/v1/videos/{video_id}/cancel"): ("video", {}),
     ("GET", "/v1/webhooks/deliveries/{delivery_id}"): ("delivery", {}),
     ("POST", "/v1/webhooks/deliveries/{delivery_id}/redeliver"): ("delivery", {}),
+    ("GET", "/v1/webhooks/endpoints/{endpoint_id}"): ("endpoint", {}),
+    ("PATCH", "/v1/webhooks/endpoints/{endpoint_id}"): ("endpoint", {"json": {"enabled": False}}),
+    ("DELETE", "/v1/webhooks/endpoints/{endpoint_id}"): ("endpoint", {}),
+    ("POST", "/v1/webhooks/endpoints/{endpoint_id}/secret/rotate"): ("endpoint", {}),
+    ("GET", "/v1/webhooks/endpoints/{endpoint_id}/deliveries"): ("endpoint", {}),
+    ("POST", "/v1/webhooks/endpoints/{endpoint_id}/deliveries/{delivery_id}/redeliver"): (
+        "endpoint", {}),
 }
 # Ids in a query or a body: (method, path, request extras with "{kind}" placeholders, field).
 REFERENCES = [
@@ -139,10 +148,12 @@ class Account:
         quick = self.ok("POST", "/v1/quick-actions", json={"name": "q", "instruction": {
             "prompt": "brighter"}})
         with transaction(app.services.session_factory) as session:
+            endpoint = create_endpoint(session, self.id, "https://hooks.example/endpoint").id
             delivery = enqueue_event(session, self.id, "picture.completed", {"id": picture["id"]},
                                      "https://hooks.example/aixpose").id
         return {"upload": upload["id"], "generation": generation["id"], "project": project["id"],
                 "picture": picture["id"], "video": video["id"], "delivery": delivery,
+                "endpoint": endpoint,
                 "quick_action": quick["id"]}
 
     def snapshot(self, ids: dict) -> dict:
@@ -152,6 +163,7 @@ class Account:
             "project": self.ok("GET", f"/v1/projects/{ids['project']}"),
             "pictures": self.ok("GET", f"/v1/projects/{ids['project']}/pictures")["data"],
             "video": self.ok("GET", f"/v1/videos/{ids['video']}"),
+            "endpoint": self.ok("GET", f"/v1/webhooks/endpoints/{ids['endpoint']}"),
             "credits": self.ok("GET", "/api/v1/credits")["credits"]["balance"],
             "generations": [g["id"] for g in self.ok("GET", "/api/v1/generations")["data"]],
         }
@@ -211,6 +223,7 @@ def test_account_b_cannot_reach_account_a_s_resources(world):
     tried = 0
     for (method, path), (kind, extras) in ROUTES.items():
         url = path.replace(path[path.index("{"):path.index("}") + 1], ids_a[kind])
+        url = re.sub(r"\{(\w+)_id\}", lambda m: ids_b[m.group(1)], url)  # the rest: B's own
         response = b.call(method, url, **fill(extras, ids_b))
         assert response.status_code == 404, (method, path, response.text)
         assert_not_found(response, f"{kind}_id", "id")  # Wixma names a generation `id`

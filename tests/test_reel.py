@@ -161,3 +161,33 @@ def test_the_video_task_runs_a_stored_job_body():
                                             lambda _: None, lambda: False)
     frames, audio = decode(data)
     assert len(frames) == 24 and frames[0].shape == (36, 64, 3) and audio == []
+
+
+def test_a_webm_reel_is_vp9_with_opus_music_and_the_same_frames():
+    """`output_format="webm"`: an EBML (Matroska/WebM) file, VP9 video, Opus music at 48 kHz."""
+    import io as _io
+    import wave
+
+    import av
+    import numpy as _np
+    from PIL import Image as _Image
+
+    from retouch.pipelines.common import RunContext as _Ctx
+    from retouch.pipelines.reel import ReelSpec as _Spec, render_reel as _render
+
+    buffer = _io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1), out.setsampwidth(2), out.setframerate(22050)
+        tone = (_np.sin(_np.arange(22050) * 2 * _np.pi * 440 / 22050) * 8000).astype("<i2")
+        out.writeframes(tone.tobytes())
+    pictures = [_Image.new("RGB", (64, 48), (200, 30, 40)),
+                _Image.new("RGB", (64, 48), (20, 130, 40))]
+    data = _render(pictures, _Spec(64, 48, 2), _Ctx(seed=1), music=buffer.getvalue(),
+                   output_format="webm")
+    assert data[:4] == b"\x1a\x45\xdf\xa3"  # EBML magic
+    with av.open(_io.BytesIO(data)) as container:
+        assert "webm" in container.format.name
+        assert container.streams.video[0].codec_context.name == "vp9"
+        assert container.streams.audio[0].codec_context.name == "opus"
+        assert container.streams.audio[0].codec_context.sample_rate == 48000
+        assert sum(1 for _ in container.decode(video=0)) == 48

@@ -60,3 +60,16 @@ def catalog_aspect_ratios(key: Annotated[ApiKey, Depends(aixpose_key(READ))]) ->
         data.append({"id": ratio, "object": "aspect_ratio", "label": ASPECT_RATIO_LABELS[ratio],
                      "sizes": sizes})
     return list_payload(data)
+
+
+@router.get("/catalog/output-formats", responses=responses())
+def catalog_output_formats(key: Annotated[ApiKey, Depends(aixpose_key(READ))]) -> dict:
+    """The file formats of enhancements (`output_format`: jpeg, png, webp) and videos (mp4,
+    webm), with their media types; the first of each kind is the project default."""
+    from retouch.serving.core.storage import MEDIA_TYPES, PICTURE_FORMATS, VIDEO_FORMATS
+
+    data = [{"id": fmt, "object": "output_format", "output": output,
+             "media_type": MEDIA_TYPES[fmt], "default": n == 0}
+            for output, formats in (("picture", PICTURE_FORMATS), ("video", VIDEO_FORMATS))
+            for n, fmt in enumerate(formats)]
+    return list_payload(data)

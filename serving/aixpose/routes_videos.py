@@ -20,7 +20,7 @@ from retouch.serving.errors import cancel_conflict_response
 from retouch.serving.event_streams import MEDIA_TYPE as EVENT_STREAM, job_event_stream
 
 from .deps import IdempotencyKey, aixpose_key, responses
-from .schemas import _Strict, list_payload
+from .schemas import VideoFormat, _Strict, list_payload
 
 router = APIRouter(tags=["aixpose videos"])
 
@@ -41,6 +41,9 @@ class VideoCreate(_Strict):
                           description="Seconds; the reel has duration × 24 frames")
     aspect_ratio: Literal[tuple(ASPECT_RATIOS)] = "16:9"  # type: ignore[valid-type]
     resolution: Literal[tuple(VIDEO_RESOLUTIONS)] = "720p"  # type: ignore[valid-type]
+    output_format: VideoFormat | None = Field(
+        default=None, description="`mp4` (H.264 + AAC) or `webm` (VP9 + Opus); the project's "
+                                  "`video_format` when omitted")
     webhook_url: str | None = None
 
 

@@ -13,12 +13,15 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from retouch.pipelines.actions import SCENE_LOCATIONS, SCENE_TYPES
 from retouch.pipelines.vocabulary import IMAGE_MEDIA_TYPES
+from retouch.serving.core.storage import PICTURE_FORMATS, VIDEO_FORMATS
 from retouch.serving.requests import AspectRatio
 from retouch.serving.core.timestamps import format_timestamp
 
 SceneType = Literal[SCENE_TYPES]  # type: ignore[valid-type]
 SceneLocation = Literal[SCENE_LOCATIONS]  # type: ignore[valid-type]
 Resolution = Literal["1K", "2K", "4K"]
+PictureFormat = Literal[PICTURE_FORMATS]  # type: ignore[valid-type]
+VideoFormat = Literal[VIDEO_FORMATS]  # type: ignore[valid-type]
 
 
 class _Strict(BaseModel):
@@ -30,6 +33,8 @@ class ProjectCreate(_Strict):
     output: Literal["picture", "video"] = "picture"
     picture_aspect_ratio: AspectRatio = "original"
     picture_resolution: Resolution = "2K"
+    picture_format: PictureFormat = "jpeg"
+    video_format: VideoFormat = "mp4"
 
 
 class UrlSource(_Strict):
@@ -80,6 +85,7 @@ class EnhancementCreate(_Strict):
     variants: int = Field(default=1, ge=1, le=4)
     aspect_ratio: AspectRatio | None = None
     resolution: Resolution | None = None
+    output_format: PictureFormat | None = None  # the project's `picture_format` when omitted
     webhook_url: str | None = None
 
 
@@ -130,7 +136,9 @@ class QuickActionCreate(_Strict):
 def project_payload(project) -> dict[str, Any]:
     return {"id": project.id, "object": "project", "name": project.name,
             "output": project.output, "picture_aspect_ratio": project.picture_aspect_ratio,
-            "picture_resolution": project.picture_resolution, "status": project.status,
+            "picture_resolution": project.picture_resolution,
+            "picture_format": project.picture_format, "video_format": project.video_format,
+            "status": project.status,
             "published_media": project.published_media or [],
             "published_at": format_timestamp(project.published_at)
             if project.published_at else None,

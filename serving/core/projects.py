@@ -40,10 +40,12 @@ MAX_PREFERRED_ACTIONS = 3
 
 # ---- projects ---------------------------------------------------------------------------------
 def create_project(session: Session, account_id: str, *, name: str, output: str,
-                   picture_aspect_ratio: str, picture_resolution: str) -> Project:
+                   picture_aspect_ratio: str, picture_resolution: str,
+                   picture_format: str = "jpeg", video_format: str = "mp4") -> Project:
     project = Project(account_id=account_id, name=name, output=output,
                       picture_aspect_ratio=picture_aspect_ratio,
-                      picture_resolution=picture_resolution, status="draft", published_media=[],
+                      picture_resolution=picture_resolution, picture_format=picture_format,
+                      video_format=video_format, status="draft", published_media=[],
                       created_at=utcnow())
     session.add(project)
     session.flush()
@@ -169,12 +171,14 @@ def create_enhancement(session_factory, storage, key, picture_id: str, *, action
                        prompt: str | None, instruction: dict[str, Any], variants: int,
                        aspect_ratio: str | None, resolution: str | None,
                        webhook_url: str | None, model_revision: str,
+                       output_format: str | None = None,
                        idempotency_key: str | None, idempotency_ttl_hours: float
                        ) -> tuple[list[Picture], bool]:
     """Start one enhancement job of `variants` outputs and its pictures; `(pictures, replayed)`.
 
     Charged, reserved and idempotent through `jobs.create_job`; the pictures are written
-    in the job's creation transaction. Aspect ratio and resolution default to the project's.
+    in the job's creation transaction. Aspect ratio, resolution and output format default to the
+    project's.
     """
     with transaction(session_factory) as session:
         picture = get_picture(session, key.account_id, picture_id)
@@ -183,7 +187,8 @@ def create_enhancement(session_factory, storage, key, picture_id: str, *, action
         options = {"actions": list(action_ids), "variants": variants,
                    "aspect_ratio": aspect_ratio or project.picture_aspect_ratio,
                    "resolution": resolution or project.picture_resolution,
-                   "quality": "medium", "output_format": "jpeg"}
+                   "quality": "medium",
+                   "output_format": output_format or project.picture_format}
         if prompt:
             options["prompt"] = prompt
         body = {"tool": "enhance", "input": {"image": {"upload_id": upload.id}},

@@ -44,10 +44,23 @@ def picture_payload(session: Session, picture: Picture, url_for: StorageUrl) -> 
         "approved": picture.approved_at is not None,
         "feedback": ({"rating": picture.feedback_rating, "comment": picture.feedback_comment}
                      if picture.feedback_rating is not None else None),
+        "media_type": media_type_of(state["storage_key"]),
         "error_code": state["error_code"],
         "seed": picture.seed, "model_revision": picture.model_revision,
         "created_at": format_timestamp(picture.created_at),
     }
+
+
+def media_type_of(storage_key: str | None) -> str | None:
+    """The media type a stored file is served with (from its extension), None without one."""
+    if not storage_key or "." not in storage_key:
+        return None
+    return MEDIA_TYPES.get(storage_key.rsplit(".", 1)[1].lower())
+
+
+def video_format(job: Generation) -> str:
+    """`mp4` or `webm`: what the video's job renders."""
+    return ((job.request or {}).get("options") or {}).get("output_format") or "mp4"
 
 
 def video_object(session: Session, storage, video: Video) -> dict[str, Any]:
@@ -65,7 +78,7 @@ def video_object(session: Session, storage, video: Video) -> dict[str, Any]:
         "duration": video.duration_seconds, "fps": video.fps,
         "frame_count": video.duration_seconds * video.fps,
         "aspect_ratio": video.aspect_ratio, "resolution": video.resolution,
-        "width": video.width, "height": video.height, "media_type": MEDIA_TYPES["mp4"],
+        "width": video.width, "height": video.height, "media_type": MEDIA_TYPES[video_format(job)],
         "cost_credits": job.cost_credits, "error_code": job.error_code,
         "webhook_url": video.webhook_url,
         "created_at": format_timestamp(video.created_at),

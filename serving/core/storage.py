@@ -19,7 +19,11 @@ from retouch.pipelines.vocabulary import IMAGE_MEDIA_TYPES
 from .errors import InvalidInput, ServiceUnavailable
 
 # Stored objects by extension: the images and the reels (MP4).
-MEDIA_TYPES = {**IMAGE_MEDIA_TYPES, "mp4": "video/mp4"}
+VIDEO_MEDIA_TYPES = {"mp4": "video/mp4", "webm": "video/webm"}
+MEDIA_TYPES = {**IMAGE_MEDIA_TYPES, **VIDEO_MEDIA_TYPES}
+# The output formats AIXpose offers (`GET /v1/catalog/output-formats`), the default first.
+PICTURE_FORMATS = ("jpeg", "png", "webp")
+VIDEO_FORMATS = ("mp4", "webm")
 EXTENSIONS = {v: k for k, v in MEDIA_TYPES.items()}
 
 

@@ -203,6 +203,9 @@ class Project(Base):
     output: Mapped[str] = mapped_column(String(16), default="picture")
     picture_aspect_ratio: Mapped[str] = mapped_column(String(16), default="original")
     picture_resolution: Mapped[str] = mapped_column(String(4), default="2K")
+    # Shared output defaults: the file format of enhancements and videos that name none.
+    picture_format: Mapped[str] = mapped_column(String(8), default="jpeg")
+    video_format: Mapped[str] = mapped_column(String(8), default="mp4")
     status: Mapped[str] = mapped_column(String(16), default="draft")  # draft | published
     published_media: Mapped[list[Any]] = mapped_column(default=list)
     published_at: Mapped[datetime | None] = mapped_column()
@@ -321,6 +324,31 @@ class WebhookSecret(Base):
     rotated_at: Mapped[datetime | None] = mapped_column()
 
 
+class WebhookEndpoint(Base):
+    """An account-level subscription: every event of the listed types the account emits is
+    also sent to `url`, signed with this endpoint's own secret (rotatable like the account's).
+    A deleted endpoint keeps its row (`deleted_at`) so its delivery log stays readable."""
+
+    __tablename__ = "webhook_endpoints"
+    __table_args__ = (
+        Index("ix_webhook_endpoints_account_created", "account_id", "created_at", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True,
+                                    default=lambda: new_prefixed_id("whe"))
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    url: Mapped[str] = mapped_column(Text)
+    description: Mapped[str | None] = mapped_column(String(500))
+    events: Mapped[list[str]] = mapped_column(JSON)  # subscribed event types
+    enabled: Mapped[bool] = mapped_column(default=True)
+    secret: Mapped[str] = mapped_column(String(100))
+    previous_secret: Mapped[str | None] = mapped_column(String(100))
+    previous_valid_until: Mapped[datetime | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    deleted_at: Mapped[datetime | None] = mapped_column()
+
+
 class WebhookDelivery(Base):
     """One event for one URL in the outbox: enqueued in the transaction that caused it, sent by
     the delivery worker until it is `delivered` or its retry schedule runs out (`failed`)."""
@@ -337,6 +365,10 @@ class WebhookDelivery(Base):
     event_id: Mapped[str] = mapped_column(String(40), unique=True)  # `webhook-id`, `evt_...`
     event_type: Mapped[str] = mapped_column(String(40))
     url: Mapped[str] = mapped_column(Text)
+    # Set when the event goes to a subscribed endpoint (signed with its secret), else the
+    # account secret signs it (a per-resource `webhook_url`).
+    endpoint_id: Mapped[str | None] = mapped_column(ForeignKey("webhook_endpoints.id"),
+                                                    index=True)
     # The exact JSON body sent. Events of a settled job are enqueued with only `subject_id`
     # (the picture or video); the worker renders the body on the first attempt (it needs
     # storage for public URLs) and every retry sends that same body.

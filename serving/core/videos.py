@@ -46,6 +46,7 @@ class VideoSettings:
     duration: int = 15
     aspect_ratio: str = "16:9"
     resolution: str = "720p"
+    output_format: str | None = None  # None: the project's `video_format`
     webhook_url: str | None = None
 
 
@@ -98,7 +99,7 @@ def store_music(fetcher, storage, url: str, account_id: str) -> str:
 
 
 def video_request(settings: VideoSettings, pictures: list[tuple[Picture, str]],
-                  music_key: str | None) -> VideoRequest:
+                  music_key: str | None, output_format: str = "mp4") -> VideoRequest:
     """The typed `video` job request: storage keys only, so the worker never reads the internet."""
     with pipeline_input_errors():
         width, height = frame_size(settings.aspect_ratio, settings.resolution)
@@ -111,7 +112,7 @@ def video_request(settings: VideoSettings, pictures: list[tuple[Picture, str]],
                                 music_url=settings.music_url),
         options=ReelOptions(duration=settings.duration, aspect_ratio=settings.aspect_ratio,
                             resolution=settings.resolution, width=width, height=height,
-                            fps=FPS),
+                            fps=FPS, output_format=output_format),
         webhook_url=settings.webhook_url)
 
 
@@ -121,9 +122,11 @@ def create_video(services, key, settings: VideoSettings, *,
     with services.session_factory() as session:
         pictures = video_pictures(session, key.account_id, settings.project_id,
                                   settings.picture_ids)
+        output_format = (settings.output_format
+                         or get_project(session, key.account_id, settings.project_id).video_format)
     music_key = (store_music(services.fetcher, services.storage, settings.music_url,
                              key.account_id) if settings.music_url else None)
-    request = video_request(settings, pictures, music_key)
+    request = video_request(settings, pictures, music_key, output_format)
     options = request.options
 
     def add_video(session: Session, job: Generation) -> None:

@@ -10,6 +10,8 @@
   immediately, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h — times `retry_scale` (tests shrink it).
   Each attempt is logged with its status code, error and duration. A URL that is not allowed
   fails the delivery at once (it will not become allowed by waiting). `redeliver` restarts it.
+- Account-level endpoints (`webhook_endpoints`) get their own row per event they subscribe
+  to, signed with the endpoint's secret; one disabled or deleted since fails without a send.
 - `WebhookWorker` runs `deliver_due` in a background thread for the app.
 """
 
@@ -30,8 +32,10 @@ from sqlalchemy.orm import Session
 from .db import transaction, utcnow
 from .errors import InvalidInput, NotFound
 from .pagination import check_limit, newest_first_page
-from .tables import WEBHOOK_EVENT_TYPES, Picture, Video, WebhookAttempt, WebhookDelivery
+from .tables import (WEBHOOK_EVENT_TYPES, Picture, Video, WebhookAttempt, WebhookDelivery,
+                     WebhookEndpoint)
 from .timestamps import event_time
+from .webhook_endpoints import endpoint_signing_secrets, subscribed_endpoints
 from .webhook_payloads import event_payload, new_event_id, render_event_data, serialise
 from .webhook_signing import account_secret, signed_headers, signing_secrets
 
@@ -60,29 +64,40 @@ def check_webhook_url(fetcher, url: str | None, field: str = "webhook_url") -> s
 def enqueue_event(session: Session, account_id: str, event_type: str,
                   data: dict[str, Any] | None, webhook_url: str | None, *,
                   subject_id: str | None = None) -> WebhookDelivery | None:
-    """Put one event in the outbox inside the caller's transaction; None without a URL.
+    """Put an event in the outbox inside the caller's transaction: one row for `webhook_url`
+    and one per enabled endpoint of the account subscribed to `event_type`
+    (`webhook_endpoints`). Returns the `webhook_url` row (None without a URL).
 
     `data` is the event's `data` object; pass `subject_id` instead to have it rendered on the
     first attempt (see the module docstring). `project.published` without a URL goes to every
     webhook URL the project's pictures and videos were created with.
     """
+    if event_type not in WEBHOOK_EVENT_TYPES:
+        raise ValueError(f"unknown webhook event type {event_type!r}")
+    for endpoint in subscribed_endpoints(session, account_id, event_type):
+        _enqueue_one(session, account_id, event_type, data, endpoint.url, subject_id,
+                     endpoint.id)
     if not webhook_url and event_type == "project.published" and data and data.get("id"):
-        sent = [enqueue_event(session, account_id, event_type, data, url)
+        sent = [_enqueue_one(session, account_id, event_type, data, url, subject_id, None)
                 for url in project_webhook_urls(session, data["id"])]
         return sent[0] if sent else None
     if not webhook_url:
         return None
-    if event_type not in WEBHOOK_EVENT_TYPES:
-        raise ValueError(f"unknown webhook event type {event_type!r}")
+    return _enqueue_one(session, account_id, event_type, data, webhook_url, subject_id, None)
+
+
+def _enqueue_one(session: Session, account_id: str, event_type: str,
+                 data: dict[str, Any] | None, url: str, subject_id: str | None,
+                 endpoint_id: str | None) -> WebhookDelivery:
     now = utcnow()
     event_id = new_event_id(now)
     payload = None
     if data is not None:
         payload = event_payload(event_id, event_type, now, data)
     delivery = WebhookDelivery(account_id=account_id, event_id=event_id, event_type=event_type,
-                               url=webhook_url, payload=payload, subject_id=subject_id,
-                               status="pending", attempt_count=0, schedule_step=0,
-                               next_attempt_at=now, created_at=now)
+                               url=url, endpoint_id=endpoint_id, payload=payload,
+                               subject_id=subject_id, status="pending", attempt_count=0,
+                               schedule_step=0, next_attempt_at=now, created_at=now)
     session.add(delivery)
     session.flush()
     return delivery
@@ -157,6 +172,10 @@ def attempt_delivery(services, client: httpx.Client, delivery_id: str, *, now: d
     """One signed POST of a claimed delivery, logged and scheduled."""
     try:
         url, event_id, payload, keys = _prepare(services, delivery_id)
+    except EndpointGone as exc:
+        return record_attempt(services.session_factory, delivery_id, now=now, status_code=None,
+                              error=str(exc), duration_ms=0, permanent=True,
+                              retry_scale=retry_scale)
     except Exception as exc:
         log.exception("webhook delivery %s could not be prepared", delivery_id)
         return record_attempt(services.session_factory, delivery_id, now=now, status_code=None,
@@ -187,6 +206,10 @@ def attempt_delivery(services, client: httpx.Client, delivery_id: str, *, now: d
                           permanent=permanent, retry_scale=retry_scale)
 
 
+class EndpointGone(Exception):
+    """The delivery's endpoint was disabled or deleted after the event was enqueued."""
+
+
 def _prepare(services, delivery_id: str) -> tuple[str, str, dict[str, Any], list[str]]:
     """`(url, event id, body, signing secrets)`; a job event's body is rendered once, here."""
     with transaction(services.session_factory) as session:
@@ -196,7 +219,14 @@ def _prepare(services, delivery_id: str) -> tuple[str, str, dict[str, Any], list
                                      delivery.subject_id)
             delivery.payload = event_payload(delivery.event_id, delivery.event_type,
                                              delivery.created_at, data)
-        keys = signing_secrets(account_secret(session, delivery.account_id), utcnow())
+        if delivery.endpoint_id is None:
+            keys = signing_secrets(account_secret(session, delivery.account_id), utcnow())
+        else:
+            endpoint = session.get_one(WebhookEndpoint, delivery.endpoint_id)
+            if endpoint.deleted_at is not None or not endpoint.enabled:
+                state = "deleted" if endpoint.deleted_at is not None else "disabled"
+                raise EndpointGone(f"the webhook endpoint is {state}; nothing was sent")
+            keys = endpoint_signing_secrets(endpoint, utcnow())
         return delivery.url, delivery.event_id, dict(delivery.payload), keys
 
 
@@ -267,7 +297,8 @@ def delivery_object(session: Session, delivery: WebhookDelivery) -> dict[str, An
     """The delivery log entry as the API shows it."""
     return {
         "id": delivery.id, "object": "webhook_delivery", "event_id": delivery.event_id,
-        "event_type": delivery.event_type, "url": delivery.url, "status": delivery.status,
+        "event_type": delivery.event_type, "url": delivery.url,
+        "endpoint_id": delivery.endpoint_id, "status": delivery.status,
         "attempt_count": delivery.attempt_count,
         "next_attempt_at": event_time(delivery.next_attempt_at)
         if delivery.next_attempt_at and delivery.status == "pending" else None,
