@@ -43,6 +43,9 @@ class EngineConfig(BaseModel):
     max_batch_size: int = Field(1, ge=1)  # compatible jobs denoised together (`@serve.batch`)
     batch_wait_timeout_s: float = Field(0.0, ge=0.0)
     fault_oom_calls: tuple[int, ...] = ()  # fault injection: these pipeline calls run out of memory
+    # Fault injection: each job holds its replica this long first, idle (a slow accelerator), so
+    # load tests keep replicas busy without spending CPU.
+    fault_job_delay_s: float = Field(0.0, ge=0.0)
 
     def build_runner(self):
         import os
@@ -145,6 +148,7 @@ class _FamilyDeployment:
         from ray import serve
 
         self._runner = engine_config.build_runner()
+        self._job_delay_s = engine_config.fault_job_delay_s
         self._board = None  # the progress board's handle, looked up on the first job
         self._run_batch = serve.batch(
             self._run_collected, max_batch_size=max(1, engine_config.max_batch_size),
@@ -173,6 +177,8 @@ class _FamilyDeployment:
         if self._board is None:
             self._board = ray.get_actor(BOARD_NAME, namespace=RAY_NAMESPACE)
         board = self._board
+        if self._job_delay_s:
+            time.sleep(self._job_delay_s * len(calls))  # in the batch thread: the loop stays free
         jobs = []
         for job_id, request, images, seed in calls:
             reporter = _BoardReporter(board, job_id)
