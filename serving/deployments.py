@@ -318,7 +318,8 @@ def connect_families(app_names: dict[str, str], *, detached_board: bool = False,
     """Serve handles to each family's application, looked up by application name.
 
     Waits up to `wait_s` for applications that do not exist yet (just deployed, or a RayService
-    still starting them); the handles queue requests while replicas start.
+    still starting them); the handles queue requests while replicas start. The handles are
+    ready for concurrent use: each one's router is started here.
     """
     from ray import serve
     from ray.serve.exceptions import RayServeException
@@ -329,13 +330,19 @@ def connect_families(app_names: dict[str, str], *, detached_board: bool = False,
     for family, app_name in app_names.items():
         while True:
             try:
-                handles[family] = serve.get_app_handle(app_name)
+                handle = serve.get_app_handle(app_name)
                 break
             except RayServeException:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"the Serve application {app_name!r} ({family} family) "
                                        f"did not appear within {wait_s:g} s") from None
                 time.sleep(poll_s)
+        # Start the handle's router now, in this thread. A handle starts it on first use, and
+        # dispatcher workers using a fresh handle at the same moment would each start one
+        # under the same handle id; their autoscaling reports then overwrite each other at
+        # the Serve controller, which sees a share of the queue and may never scale up.
+        handle.options()
+        handles[family] = handle
     return RayFamilies(handles=handles, board=board)
 
 

@@ -76,12 +76,21 @@ def replica_states(names) -> dict[str, int]:
     return {state: count for state, count in states.items() if count}
 
 
-def wait_for(condition, what: str, timeout_s: float = WAIT_S) -> float:
+def wait_for_replicas(names, condition, what: str, timeout_s: float = WAIT_S) -> float:
+    """Seconds until `condition(replica_states)` holds; on timeout the message lists every
+    change of the replica states seen meanwhile."""
     started = time.monotonic()
-    while not condition():
-        assert time.monotonic() - started < timeout_s, f"{what} within {timeout_s:g} s"
+    seen: list[tuple[float, dict[str, int]]] = []
+    while True:
+        states = replica_states(names)
+        elapsed = time.monotonic() - started
+        if not seen or seen[-1][1] != states:
+            seen.append((elapsed, states))
+        if condition(states):
+            return elapsed
+        history = ", ".join(f"{at:.0f} s: {states}" for at, states in seen)
+        assert elapsed < timeout_s, f"{what} within {timeout_s:g} s; replicas seen: {history}"
         time.sleep(0.25)
-    return time.monotonic() - started
 
 
 def assert_images(outputs: list[bytes], size: tuple[int, int]) -> None:
@@ -115,7 +124,10 @@ def test_families_scale_up_under_load_back_down_and_from_zero(tmp_path, tiny_cac
     done: dict[str, list[bytes]] = {}
     failures: list[BaseException] = []
     try:
-        backend = RayBackend(deploy_families(config))
+        families = deploy_families(config)
+        # Routers started before the workers share the handles: one set of queue reports.
+        assert all(handle.is_initialized for handle in families.handles.values())
+        backend = RayBackend(families)
         deployed = time.monotonic() - started
         assert replica_states(DIFFUSION) == {"RUNNING": 1}
         assert replica_states(UPSCALER) == {}  # min_replicas: 0: no replica until a job comes
@@ -139,7 +151,8 @@ def test_families_scale_up_under_load_back_down_and_from_zero(tmp_path, tiny_cac
                    for i in range(in_flight - 4)]
         for thread in workers:
             thread.start()
-        up = wait_for(lambda: replica_states(DIFFUSION).get("RUNNING") == 2, "a second replica")
+        up = wait_for_replicas(DIFFUSION, lambda states: states.get("RUNNING") == 2,
+                               "a second replica")
         stop.set()
         for thread in workers:
             thread.join(WAIT_S)
@@ -148,8 +161,8 @@ def test_families_scale_up_under_load_back_down_and_from_zero(tmp_path, tiny_cac
         assert sorted(done) == sorted(sent)  # every job sent came back with its image
         for outputs in done.values():
             assert_images(outputs, (64, 64))
-        down = wait_for(lambda: replica_states(DIFFUSION) == {"RUNNING": 1},
-                        "back to one replica (the other one gone)")
+        down = wait_for_replicas(DIFFUSION, lambda states: states == {"RUNNING": 1},
+                                 "back to one replica (the other one gone)")
 
         cold_started = time.monotonic()
         upscale = parse_request({"tool": "upscaler", "input": {"image": {"upload_id": "u"}},
