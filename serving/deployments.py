@@ -43,6 +43,9 @@ class EngineConfig(BaseModel):
     max_batch_size: int = Field(1, ge=1)  # compatible jobs denoised together (`@serve.batch`)
     batch_wait_timeout_s: float = Field(0.0, ge=0.0)
     fault_oom_calls: tuple[int, ...] = ()  # fault injection: these pipeline calls run out of memory
+    # Fault injection: each job holds its replica this long first, idle (a slow accelerator), so
+    # load tests keep replicas busy without spending CPU.
+    fault_job_delay_s: float = Field(0.0, ge=0.0)
 
     def build_runner(self):
         import os
@@ -145,6 +148,7 @@ class _FamilyDeployment:
         from ray import serve
 
         self._runner = engine_config.build_runner()
+        self._job_delay_s = engine_config.fault_job_delay_s
         self._board = None  # the progress board's handle, looked up on the first job
         self._run_batch = serve.batch(
             self._run_collected, max_batch_size=max(1, engine_config.max_batch_size),
@@ -173,6 +177,8 @@ class _FamilyDeployment:
         if self._board is None:
             self._board = ray.get_actor(BOARD_NAME, namespace=RAY_NAMESPACE)
         board = self._board
+        if self._job_delay_s:
+            time.sleep(self._job_delay_s * len(calls))  # in the batch thread: the loop stays free
         jobs = []
         for job_id, request, images, seed in calls:
             reporter = _BoardReporter(board, job_id)
@@ -312,7 +318,8 @@ def connect_families(app_names: dict[str, str], *, detached_board: bool = False,
     """Serve handles to each family's application, looked up by application name.
 
     Waits up to `wait_s` for applications that do not exist yet (just deployed, or a RayService
-    still starting them); the handles queue requests while replicas start.
+    still starting them); the handles queue requests while replicas start. The handles are
+    ready for concurrent use: each one's router is started here.
     """
     from ray import serve
     from ray.serve.exceptions import RayServeException
@@ -323,13 +330,19 @@ def connect_families(app_names: dict[str, str], *, detached_board: bool = False,
     for family, app_name in app_names.items():
         while True:
             try:
-                handles[family] = serve.get_app_handle(app_name)
+                handle = serve.get_app_handle(app_name)
                 break
             except RayServeException:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"the Serve application {app_name!r} ({family} family) "
                                        f"did not appear within {wait_s:g} s") from None
                 time.sleep(poll_s)
+        # Start the handle's router now, in this thread. A handle starts it on first use, and
+        # dispatcher workers using a fresh handle at the same moment would each start one
+        # under the same handle id; their autoscaling reports then overwrite each other at
+        # the Serve controller, which sees a share of the queue and may never scale up.
+        handle.options()
+        handles[family] = handle
     return RayFamilies(handles=handles, board=board)
 
 
