@@ -47,15 +47,7 @@ def serve(
              "serve_config": serve_config, "migrate_on_start": migrate,
              "drain_seconds": drain_seconds}
     settings = Settings(**{k: v for k, v in given.items() if v is not None})
-    code = serve_forever(settings)
-    # Everything is settled and committed by now; a job thread still inside torch (drained
-    # while loading models) would abort the interpreter's shutdown (SIGABRT), so leave at once.
-    import os
-    import sys
-
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    raise typer.Exit(serve_forever(settings))  # serve_forever leaves the process itself
 
 
 @app.command()

@@ -6,8 +6,12 @@ it exits 0. The Ray pieces are `serving.runtime`'s; the HTTP app is `serving.app
 
 from __future__ import annotations
 
+from typing import NoReturn
+
 import logging
+import os
 import signal
+import sys
 import threading
 import time
 
@@ -19,8 +23,18 @@ from .runtime import ensure_models, make_executor, start_ray
 from .services import build_services
 
 
-def serve_forever(settings) -> int:
-    """Run the worker in the foreground; returns the exit code after Ctrl-C / SIGTERM."""
+def serve_forever(settings) -> NoReturn:
+    """Run the worker in the foreground until Ctrl-C / SIGTERM, then leave the process with its
+    exit code. Everything is settled and committed by then; a job thread still inside torch
+    (drained while loading models) would abort the interpreter's shutdown (SIGABRT), so the
+    process exits at once instead of returning."""
+    code = _run(settings)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _run(settings) -> int:
     started = time.perf_counter()
     console = Console(stderr=True)
     # Plain log lines on stderr, configured before anything else does: the MCP SDK would
