@@ -46,6 +46,7 @@ class EngineConfig(BaseModel):
     # Fault injection: each job holds its replica this long first, idle (a slow accelerator), so
     # load tests keep replicas busy without spending CPU.
     fault_job_delay_s: float = Field(0.0, ge=0.0)
+    fault_step_delay_s: float = Field(0.0, ge=0.0)  # fault injection: a pause at every step
 
     def build_runner(self):
         import os
@@ -58,7 +59,8 @@ class EngineConfig(BaseModel):
         store = ModelStore(profile=self.profile, device=self.device, dtype=self.dtype,
                            cache_dir=Path(self.cache_dir) if self.cache_dir else None,
                            overrides=self.overrides or None)
-        return TaskRunner(store, fault_oom_calls=tuple(self.fault_oom_calls))
+        return TaskRunner(store, fault_oom_calls=tuple(self.fault_oom_calls),
+                          fault_step_delay_s=self.fault_step_delay_s)
 
 
 class ProgressBoard:

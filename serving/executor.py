@@ -83,7 +83,8 @@ def runner_config(settings):
                         max_batch_size=min(settings.max_batch_size,
                                            max(1, settings.dispatcher_concurrency)),
                         batch_wait_timeout_s=settings.batch_wait_timeout_s,
-                        fault_oom_calls=tuple(settings.fault_oom_calls))
+                        fault_oom_calls=tuple(settings.fault_oom_calls),
+                        fault_step_delay_s=settings.fault_step_delay_s)
 
 
 def runner_factory_for(settings) -> Callable[[], Any]:

@@ -42,7 +42,13 @@ class _StepTimer:
         self.progress(fraction)
 
 
-def _context(seed: int, progress, is_cancelled, on_step) -> RunContext:
+def _context(seed: int, progress, is_cancelled, on_step, step_delay_s: float = 0.0) -> RunContext:
+    if step_delay_s:  # fault injection: every progress report (each denoising step) is slow
+        report = progress
+
+        def progress(fraction: float) -> None:
+            time.sleep(step_delay_s)
+            report(fraction)
     ctx = RunContext(seed=seed, progress=progress, is_cancelled=is_cancelled)
     if on_step is not None:
         ctx.on_step = on_step
@@ -51,15 +57,17 @@ def _context(seed: int, progress, is_cancelled, on_step) -> RunContext:
 
 class TaskRunner:
     """`fault_oom_calls`: pipeline calls (1-based) that raise a CUDA out-of-memory error, to test
-    that one bad job fails alone (a setting, off by default)."""
+    that one bad job fails alone; `fault_step_delay_s`: a pause at every progress report, to
+    test what happens to a long job (settings, off by default)."""
 
     MAX_CONSECUTIVE_FAILURES = 3  # then `healthy()` is False and Serve restarts the replica
 
     def __init__(self, store, registry: TaskRegistry = TASKS, *,
-                 fault_oom_calls: tuple[int, ...] = ()):
+                 fault_oom_calls: tuple[int, ...] = (), fault_step_delay_s: float = 0.0):
         self.store = store
         self.registry = registry
         self.fault_oom_calls = frozenset(fault_oom_calls)
+        self.fault_step_delay_s = fault_step_delay_s
         self.pipeline_calls = 0
         self.consecutive_failures = 0
 
@@ -106,7 +114,7 @@ class TaskRunner:
         spec = self.registry.for_request(request)
         with pipeline_input_errors():
             inputs = spec.decode_inputs(request, raw_inputs)
-        ctx = _context(seed, progress, is_cancelled, on_step)
+        ctx = _context(seed, progress, is_cancelled, on_step, self.fault_step_delay_s)
         outputs = self.run(request, inputs, ctx)
         return spec.encode_outputs(request, outputs)
 
@@ -137,7 +145,7 @@ class TaskRunner:
                 with pipeline_input_errors():
                     inputs = spec.decode_inputs(job.request, job.raw_inputs)
                 ready.append((i, inputs, _context(job.seed, job.progress, job.is_cancelled,
-                                                  job.on_step)))
+                                                  job.on_step, self.fault_step_delay_s)))
             except Exception as exc:  # noqa: BLE001 - a bad job fails alone
                 outcomes[i] = Outcome(error=exc)
         try:

@@ -6,14 +6,13 @@ it exits 0. The Ray pieces are `serving.runtime`'s; the HTTP app is `serving.app
 
 from __future__ import annotations
 
-from typing import NoReturn
-
 import logging
 import os
 import signal
 import sys
 import threading
 import time
+from typing import NoReturn
 
 import uvicorn
 from rich.console import Console

@@ -387,8 +387,10 @@ def test_sigterm_drains_running_jobs_and_requeues_the_rest(tmp_path, tiny_cache_
         with pytest.raises(httpx.ConnectError):
             create(http, secret, body(3))
 
-    # A short one: the (high quality, slower) job is stopped and put back to pending, lease cleared.
-    with retouch_serve(tmp_path, *SERVE_ARGS, "--drain-seconds", "0.5", env=env) as serve, \
+    # A short one: the job (each step slowed to 1 s) is stopped and put back to pending, lease
+    # cleared.
+    with retouch_serve(tmp_path, *SERVE_ARGS, "--drain-seconds", "0.5",
+                       env={**env, "RETOUCH_FAULT_STEP_DELAY_S": "1"}) as serve, \
             httpx.Client(base_url=serve.base_url, timeout=20) as http:
         long_job = create(http, secret, body(4, quality="high")).json()["generation"]["id"]
         wait_status(http, secret, long_job, ("processing",))

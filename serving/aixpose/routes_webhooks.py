@@ -183,7 +183,7 @@ def delete_endpoint(endpoint_id: str, services: ServicesDep,
         return {"id": endpoint.id, "object": "webhook_endpoint", "deleted": True}
 
 
-@router.post("/webhooks/endpoints/{endpoint_id}/secret/rotate", responses=responses(404))
+@router.post("/webhooks/endpoints/{endpoint_id}/secret/rotate", responses=responses(404, 409))
 def rotate_endpoint_secret(endpoint_id: str, response: Response, services: ServicesDep,
                            key: Annotated[ApiKey, Depends(aixpose_key(WRITE))],
                            idempotency_key: IdempotencyKey = None) -> dict:
