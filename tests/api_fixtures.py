@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,6 +19,8 @@ from retouch.serving.core import accounts, keys
 from retouch.serving.core.db import transaction
 from retouch.serving.services import Services, build_services
 from retouch.serving.settings import Settings
+
+from db_fixtures import postgres_schema
 
 ERROR_KEYS = {"object", "error", "request_id"}
 
@@ -145,3 +148,33 @@ def finish_next_job(api: Api, outputs: list[bytes] | None = None) -> str:
         output_keys.append(key)
     assert jobs.complete_job(api.services.session_factory, job.id, "test-worker", output_keys)
     return job.id
+
+
+def settle(api: Api, secret: str, body: dict, timeout: float = 90) -> dict:
+    """Create a generation and poll it until it is `completed` or `failed`."""
+    created = api.generate(secret, body)
+    assert created.status_code == 201, created.text
+    job_id = created.json()["generation"]["id"]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = api.client.get(f"/api/v1/generations/{job_id}",
+                             headers=api.headers(secret)).json()["generation"]
+        if job["status"] in ("completed", "failed"):
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"{job_id} did not settle")
+
+
+def services_on(backend: str, tmp_path, schema_prefix: str, **settings):
+    """Services on SQLite, or on a fresh PostgreSQL schema (a generator for a fixture)."""
+    if backend == "sqlite":
+        services = build_services(make_settings(tmp_path, **settings))
+        yield services
+        services.engine.dispose()
+        return
+    with postgres_schema(schema_prefix) as url:
+        services = build_services(make_settings(tmp_path, database_url=url, **settings))
+        try:
+            yield services
+        finally:
+            services.engine.dispose()

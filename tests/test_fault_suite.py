@@ -25,7 +25,8 @@ from retouch.serving.core.db import make_engine, make_session_factory
 from retouch.serving.core.tables import Account, Generation, LedgerEntry
 from retouch.serving.dispatcher import FAULT_EXIT_CODE, STORAGE_UNAVAILABLE
 
-from api_fixtures import GENERATOR_BODY, api_for, assert_error, image_bytes, make_settings
+from api_fixtures import (GENERATOR_BODY, api_for, assert_error, image_bytes, make_settings,
+                          settle)
 from db_fixtures import BACKENDS, postgres_schema
 from serve_process import cli_json, free_port, retouch_serve
 
@@ -277,32 +278,19 @@ def test_a_full_disk_fails_the_job_refunded_and_refuses_uploads_then_recovers(tm
                                   files={"file": ("a.png", image_bytes(), "image/png")})
         error = assert_error(refused, 503, "service_unavailable")
         assert "disk is full" in error["message"]
-        job = _settle(api, secret, GENERATOR_BODY)
+        job = settle(api, secret, GENERATOR_BODY)
         assert job["status"] == "failed" and job["error_code"] == STORAGE_UNAVAILABLE, job
         assert "refunded" in job["error"]
         assert api.client.get("/healthz").status_code == 200
         assert not list((tmp_path / "files").rglob("*.part"))  # no half-written files
         full.clear()
         assert api.upload(secret)["id"]
-        again = _settle(api, secret, GENERATOR_BODY)
+        again = settle(api, secret, GENERATOR_BODY)
         assert again["status"] == "completed"
         credits = api.client.get("/api/v1/credits", headers=api.headers(secret)).json()
         assert credits["credits"]["balance"] == 1000 - again["cost_credits"]
     check_money(settings.resolved_database_url, credits=1000)
 
-
-def _settle(api, secret, payload) -> dict:
-    created = api.generate(secret, payload)
-    assert created.status_code == 201, created.text
-    job_id = created.json()["generation"]["id"]
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        job = api.client.get(f"/api/v1/generations/{job_id}",
-                             headers=api.headers(secret)).json()["generation"]
-        if job["status"] in ("completed", "failed"):
-            return job
-        time.sleep(0.05)
-    raise AssertionError(f"{job_id} did not settle")
 
 
 # ---- 4. an S3 endpoint that never answers --------------------------------------------------------
@@ -357,7 +345,7 @@ def test_an_s3_endpoint_that_never_answers_fails_within_the_timeout(tmp_path, ti
             assert time.monotonic() - started < bound
             assert "object storage is unavailable" in assert_error(
                 refused, 503, "service_unavailable")["message"]
-            job = _settle(api, secret, GENERATOR_BODY)
+            job = settle(api, secret, GENERATOR_BODY)
             assert job["status"] == "failed" and job["error_code"] == STORAGE_UNAVAILABLE, job
             assert api.client.get("/healthz").status_code == 200
             credits = api.client.get("/api/v1/credits", headers=api.headers(secret)).json()

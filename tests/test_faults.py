@@ -13,23 +13,10 @@ from retouch.serving.replica_io import OutOfMemory
 from retouch.serving.runner import TaskRunner
 from retouch.serving.tasks import parse_request
 
-from api_fixtures import api_for, make_settings
+from api_fixtures import api_for, make_settings, settle
 
 GENERATOR = {"tool": "generator", "input": {"prompt": "a lamp"}, "options": {"quality": "low"}}
 
-
-def settle(api, secret, body) -> dict:
-    created = api.generate(secret, body)
-    assert created.status_code == 201, created.text
-    job_id = created.json()["generation"]["id"]
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        job = api.client.get(f"/api/v1/generations/{job_id}",
-                             headers=api.headers(secret)).json()["generation"]
-        if job["status"] in ("completed", "failed"):
-            return job
-        time.sleep(0.05)
-    raise AssertionError(f"{job_id} did not settle")
 
 
 def balance(api, secret) -> dict:

@@ -16,10 +16,10 @@ from standardwebhooks.webhooks import WebhookVerificationError
 from retouch.serving.core import accounts, keys, webhook_endpoints, webhook_outbox
 from retouch.serving.core.db import transaction
 from retouch.serving.core.tables import WebhookDelivery
-from retouch.serving.services import build_services
 
-from api_fixtures import api_for, assert_error, finish_next_job, image_bytes, make_settings
-from db_fixtures import BACKENDS, postgres_schema
+from api_fixtures import (api_for, assert_error, finish_next_job, image_bytes, make_settings,
+                          services_on)
+from db_fixtures import BACKENDS
 from webhook_receiver import webhook_receiver
 
 PICTURE = {"id": "pic_generated", "project_id": "prj_123", "status": "failed"}
@@ -27,18 +27,7 @@ PICTURE = {"id": "pic_generated", "project_id": "prj_123", "status": "failed"}
 
 @pytest.fixture(params=BACKENDS)
 def services(request, tmp_path):
-    if request.param == "sqlite":
-        services = build_services(make_settings(tmp_path, allow_private_urls=True))
-        yield services
-        services.engine.dispose()
-        return
-    with postgres_schema("test_webhook_endpoints") as url:
-        services = build_services(make_settings(tmp_path, allow_private_urls=True,
-                                                database_url=url))
-        try:
-            yield services
-        finally:
-            services.engine.dispose()
+    yield from services_on(request.param, tmp_path, "test_webhook_endpoints", allow_private_urls=True)
 
 
 def aixpose_key(api) -> dict[str, str]:

@@ -19,8 +19,8 @@ from retouch.serving.core.db import transaction, utcnow
 from retouch.serving.core.tables import WebhookDelivery
 from retouch.serving.services import build_services
 
-from api_fixtures import api_for, assert_error, make_settings
-from db_fixtures import BACKENDS, postgres_schema
+from api_fixtures import api_for, assert_error, make_settings, services_on
+from db_fixtures import BACKENDS
 from webhook_receiver import webhook_receiver
 
 PICTURE = {"id": "pic_generated", "project_id": "prj_123", "status": "completed",
@@ -36,18 +36,7 @@ PICTURE = {"id": "pic_generated", "project_id": "prj_123", "status": "completed"
 def services(request, tmp_path):
     """Services on SQLite, and on a fresh PostgreSQL schema when RETOUCH_TEST_POSTGRES_URL is
     set."""
-    if request.param == "sqlite":
-        services = build_services(make_settings(tmp_path, allow_private_urls=True))
-        yield services
-        services.engine.dispose()
-        return
-    with postgres_schema("test_webhooks") as url:
-        services = build_services(make_settings(tmp_path, allow_private_urls=True,
-                                                database_url=url))
-        try:
-            yield services
-        finally:
-            services.engine.dispose()
+    yield from services_on(request.param, tmp_path, "test_webhooks", allow_private_urls=True)
 
 
 def new_account(services) -> str:
