@@ -81,11 +81,18 @@ def redeliver(delivery_id: str, response: Response, services: ServicesDep,
               key: Annotated[ApiKey, Depends(aixpose_key(WRITE))],
               idempotency_key: IdempotencyKey = None) -> dict:
     """Send the event again now (same `webhook-id` and body); its retry schedule restarts."""
+    return _redeliver(services, key, idempotency_key, response, delivery_id,
+                      {"redeliver": delivery_id},
+                      lambda session: webhook_outbox.redeliver(session, key.account_id,
+                                                               delivery_id).id)
+
+
+def _redeliver(services, key: ApiKey, idempotency_key: str | None, response: Response,
+               delivery_id: str, request_body: dict, again) -> dict:
+    """Run `again` once per Idempotency-Key (a replay answers 200) and return the delivery."""
     _, replayed = create_idempotently(
-        services.session_factory, key.id, idempotency_key, {"redeliver": delivery_id},
-        "webhook_redelivery",
-        lambda session: webhook_outbox.redeliver(session, key.account_id, delivery_id).id,
-        ttl_hours=services.settings.idempotency_ttl_hours)
+        services.session_factory, key.id, idempotency_key, request_body, "webhook_redelivery",
+        again, ttl_hours=services.settings.idempotency_ttl_hours)
     if replayed:
         response.status_code = 200
     with services.session_factory() as session:
@@ -232,12 +239,5 @@ def redeliver_to_endpoint(endpoint_id: str, delivery_id: str, response: Response
                                           f"for endpoint {endpoint_id!r}")
         return webhook_outbox.redeliver(session, key.account_id, delivery_id).id
 
-    _, replayed = create_idempotently(
-        services.session_factory, key.id, idempotency_key,
-        {"redeliver": delivery_id, "endpoint": endpoint_id}, "webhook_redelivery", again,
-        ttl_hours=services.settings.idempotency_ttl_hours)
-    if replayed:
-        response.status_code = 200
-    with services.session_factory() as session:
-        delivery = webhook_outbox.get_delivery(session, key.account_id, delivery_id)
-        return webhook_outbox.delivery_object(session, delivery)
+    return _redeliver(services, key, idempotency_key, response, delivery_id,
+                      {"redeliver": delivery_id, "endpoint": endpoint_id}, again)
