@@ -184,16 +184,113 @@ def _generator_body(i: int) -> dict:
             "options": {"quality": "low", "seed": i}}
 
 
+def _wait_for_completion(get, post, client_kind: str, headers: dict, i: int) -> float:
+    """Seconds from POST to `completed` for generator job `i`, through `post`/`get` callables
+    of an HTTP client: wait on the job's event stream, or poll GET every 10 ms."""
+    t0 = time.perf_counter()
+    job = post("/api/v1/generations", json=_generator_body(i), headers=headers).json()["generation"]
+    if client_kind == "events":  # returns when the stream ends with the generation
+        stream = get(f"/api/v1/generations/{job['id']}/events", headers=headers)
+        job = json.loads(stream.text.rsplit("data: ", 1)[1])["generation"]
+    while job["status"] not in ("completed", "failed"):
+        time.sleep(0.01)
+        job = get(f"/api/v1/generations/{job['id']}", headers=headers).json()["generation"]
+    assert job["status"] == "completed", job
+    return time.perf_counter() - t0
+
+
 @contextmanager
-def end_to_end_client(settings, client_kind: str = "events"):
+def end_to_end_client(settings, client_kind: str = "events", transport: str = "http",
+                      threads: int | None = None):
     """`(one(i) -> seconds, startup_s)`: seconds from POST to `completed` for generator job `i`
-    through API + dispatcher + executor; the client waits on the event stream, or polls every
-    10 ms (`client_kind="poll"`)."""
+    through API + dispatcher + executor.
+
+    `transport="http"`: a real `retouch serve` process on a free loopback port, driven over HTTP
+    by httpx from this process, as any client reaches it (start-up = process start to ready).
+    `transport="testclient"`: the app in this process behind Starlette's TestClient; the
+    client's threads then share this process's GIL with the dispatcher and the pipeline, which
+    adds their cost to the figure."""
+    if transport == "testclient":
+        with _testclient(settings, client_kind) as measured:
+            yield measured
+        return
+    with _http_server(settings, threads) as (base_url, startup):
+        import httpx
+
+        from retouch.serving.services import build_services
+
+        services = build_services(settings, migrate=False)  # the server migrated it
+        try:
+            secret = _account_key(services)
+        finally:
+            services.engine.dispose()
+        headers = {"Authorization": f"Bearer {secret}"}
+        with httpx.Client(base_url=base_url, timeout=120) as client:
+            def one(i: int) -> float:
+                return _wait_for_completion(client.get, client.post, client_kind, headers, i)
+
+            one(10_000)  # warm-up: first calls load the models in the replica
+            one(10_001)
+            yield one, startup
+
+
+@contextmanager
+def _http_server(settings, threads: int | None):
+    """A `retouch serve` child process for `settings`: yields (base URL, seconds to ready)."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    import httpx
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = dict(os.environ, RETOUCH_HOME=str(settings.home), RETOUCH_PROFILE=settings.profile,
+               RETOUCH_DEVICE=settings.device, RETOUCH_EXECUTOR=settings.executor,
+               RETOUCH_DISPATCHER_CONCURRENCY=str(settings.dispatcher_concurrency))
+    if settings.database_url:
+        env["RETOUCH_DATABASE_URL"] = settings.database_url
+    if settings.model_cache:
+        env["RETOUCH_MODEL_CACHE"] = str(settings.model_cache)
+    if settings.executor == "inprocess" and threads:
+        env["OMP_NUM_THREADS"] = str(threads)  # the server's torch threads, like the direct run
+    command = [os.path.join(os.path.dirname(sys.executable), "retouch"), "serve",
+               "--port", str(port)]
+    started = time.perf_counter()
+    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        while True:
+            if server.poll() is not None:
+                raise RuntimeError(f"retouch serve exited with {server.returncode}")
+            if time.perf_counter() - started > 300:
+                raise RuntimeError("retouch serve was not ready after 300 s")
+            try:
+                if httpx.get(f"{base_url}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        yield base_url, time.perf_counter() - started
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+@contextmanager
+def _testclient(settings, client_kind: str):
     from fastapi.testclient import TestClient
 
     from retouch.serving.app import build_app, make_default_executor
-    from retouch.serving.services import build_services
     from retouch.serving.runtime import ensure_models
+    from retouch.serving.services import build_services
 
     ensure_models(settings)
     services = build_services(settings)
@@ -206,18 +303,7 @@ def end_to_end_client(settings, client_kind: str = "events"):
         startup = time.perf_counter() - started
 
         def one(i: int) -> float:
-            t0 = time.perf_counter()
-            job = client.post("/api/v1/generations", json=_generator_body(i),
-                              headers=headers).json()["generation"]
-            if client_kind == "events":  # returns when the stream ends with the generation
-                stream = client.get(f"/api/v1/generations/{job['id']}/events", headers=headers)
-                job = json.loads(stream.text.rsplit("data: ", 1)[1])["generation"]
-            while job["status"] not in ("completed", "failed"):
-                time.sleep(0.01)
-                job = client.get(f"/api/v1/generations/{job['id']}",
-                                 headers=headers).json()["generation"]
-            assert job["status"] == "completed", job
-            return time.perf_counter() - t0
+            return _wait_for_completion(client.get, client.post, client_kind, headers, i)
 
         one(10_000)  # warm-up: first call loads the models in the replica
         try:
@@ -227,14 +313,18 @@ def end_to_end_client(settings, client_kind: str = "events"):
 
 
 def bench_overhead(settings, jobs: int, client_kind: str = "events",
-                   threads_override: int | None = None, block: int = 5
-                   ) -> tuple[list[float], list[float], float]:
+                   threads_override: int | None = None, block: int = 5,
+                   transport: str = "http") -> tuple[list[float], list[float], float]:
     """(direct seconds, end-to-end seconds, executor start-up) for `jobs` generator jobs each
     way, alternating blocks of `block` direct and `block` end-to-end jobs: both see the same
     machine load, and each block runs warm, as a busy server does."""
+    from retouch.serving.runtime import ensure_models
+
+    ensure_models(settings)  # once, before the server and the direct runner load them
     direct, e2e = [], []
     with direct_runner(settings, threads_override) as run_direct, \
-            end_to_end_client(settings, client_kind) as (run_end_to_end, startup):
+            end_to_end_client(settings, client_kind, transport,
+                              threads_override) as (run_end_to_end, startup):
         for first in range(0, jobs, block):
             ids = range(first, min(jobs, first + block))
             direct.extend(run_direct(i) for i in ids)
@@ -252,6 +342,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--executor", choices=("ray", "inprocess"), default="ray")
     parser.add_argument("--client", choices=("events", "poll"), default="events",
                         help="wait on the event stream (default) or poll GET every 10 ms")
+    parser.add_argument("--transport", choices=("http", "testclient"), default="http",
+                        help="a `retouch serve` process over loopback HTTP (default), or the "
+                             "app in this process behind Starlette's TestClient")
     parser.add_argument("--profile", default="tiny")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--database-url", default=None)
@@ -277,6 +370,7 @@ def main(argv: list[str] | None = None) -> dict:
     ms = lambda seconds: round(seconds * 1000, 1)  # noqa: E731
     result = {"executor": None if args.creation_only else args.executor,
               "client": None if args.creation_only else args.client,
+              "transport": None if args.creation_only else args.transport,
               "database": "postgresql" if args.database_url else "sqlite",
               "jobs": 0 if args.creation_only else args.jobs,
               "creates_per_round": args.creates, "rounds": args.rounds}
@@ -292,8 +386,10 @@ def main(argv: list[str] | None = None) -> dict:
             settings = Settings(home=home / "serve", profile=args.profile, device=args.device,
                                 executor=args.executor, model_cache=args.model_cache,
                                 dispatcher_concurrency=1)
-            direct, e2e, startup = bench_overhead(settings, args.jobs, args.client, args.threads)
-            print(f"{args.executor} executor start-up {startup:6.2f} s; client: {args.client}")
+            direct, e2e, startup = bench_overhead(settings, args.jobs, args.client, args.threads,
+                                                  transport=args.transport)
+            print(f"{args.executor} executor start-up {startup:6.2f} s; client: {args.client} "
+                  f"over {args.transport}")
             # min is the least noisy statistic on a shared machine; the median beside it.
             for label, stat in (("min", min), ("median", statistics.median)):
                 d, e = stat(direct), stat(e2e)

@@ -265,16 +265,17 @@ def lease_next_job(session_factory: SessionFactory, worker_id: str, lease_second
         if job_id is None:
             return None
         now = utcnow()
-        claimed = session.execute(
+        job = session.scalars(  # the claimed row comes back from the UPDATE itself
             update(Generation).where(Generation.id == job_id, Generation.status == "pending")
             .values(status="processing", attempts=Generation.attempts + 1, progress=0.0,
                     step=None, steps=None, lease_owner=worker_id, started_at=now,
                     lease_expires_at=now + timedelta(seconds=lease_seconds))
-            .execution_options(**_NO_SYNC))
-        if claimed.rowcount != 1:
+            .returning(Generation)
+            .execution_options(populate_existing=True, **_NO_SYNC)).first()
+        if job is None:
             return None
         note(session, "changed", job_id)
-        return session.get_one(Generation, job_id, populate_existing=True)
+        return job
 
 
 def _update_leased(session, job_id: str, worker_id: str, **values) -> bool:
@@ -310,13 +311,23 @@ def complete_job(session_factory: SessionFactory, job_id: str, worker_id: str,
     job's lease."""
     now = utcnow()
     with transaction(session_factory) as session:
-        if not _update_leased(session, job_id, worker_id, status="completed", progress=1.0,
-                              output_keys=list(output_keys), finished_at=now, lease_owner=None,
-                              lease_expires_at=None, model_revisions=model_revisions):
+        # One UPDATE that also returns what settling needs (no reload of the whole row).
+        settled = session.execute(
+            update(Generation).where(Generation.id == job_id, Generation.status == "processing",
+                                     Generation.lease_owner == worker_id)
+            .values(status="completed", progress=1.0, output_keys=list(output_keys),
+                    finished_at=now, lease_owner=None, lease_expires_at=None,
+                    model_revisions=model_revisions)
+            .returning(Generation.account_id, Generation.slots, Generation.surface)
+            .execution_options(**_NO_SYNC)).first()
+        if settled is None:
             return False
-        job = session.get_one(Generation, job_id, populate_existing=True)
-        _release_slots(session, job)
-        enqueue_job_events(session, job)  # in the settling transaction
+        session.execute(update(Account).where(Account.id == settled.account_id)
+                        .values(active_slots=Account.active_slots - settled.slots)
+                        .execution_options(**_NO_SYNC))
+        if settled.surface == "aixpose":  # its pictures' and videos' webhook events
+            enqueue_job_events(session, session.get_one(Generation, job_id,
+                                                        populate_existing=True))
         note(session, "changed", job_id)
         return True
 
