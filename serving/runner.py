@@ -21,9 +21,9 @@ from dataclasses import replace
 from typing import Any
 
 from retouch.pipelines.common import RunContext
-from retouch.pipelines.errors import PipelineInputError
+from retouch.pipelines.errors import Cancelled, PipelineInputError
 
-from .core.errors import InvalidInput, invalid_input_from, pipeline_input_errors
+from .core.errors import InvalidInput, RetouchError, invalid_input_from, pipeline_input_errors
 from .replica_io import Job, OutOfMemory, Outcome
 from .tasks import TASKS, TaskRegistry
 
@@ -76,7 +76,10 @@ class TaskRunner:
 
     @contextmanager
     def _pipeline_call(self):
-        """One pipeline call: injected faults, out-of-memory recovery, failure count."""
+        """One pipeline call: injected faults, out-of-memory recovery, failure count.
+
+        Out of memory and any other unexpected exception count as a failure of the replica;
+        a bad input or a cancelled job is the job's own doing and counts neither way."""
         import torch
 
         self.pipeline_calls += 1
@@ -90,6 +93,11 @@ class TaskRunner:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             raise OutOfMemory(str(exc).splitlines()[0][:200]) from None
+        except (PipelineInputError, Cancelled, RetouchError):
+            raise
+        except Exception:
+            self.consecutive_failures += 1
+            raise
         else:
             self.consecutive_failures = 0
 
