@@ -1,7 +1,8 @@
-"""Fault suite: the process dying mid-settle, PostgreSQL restarted under load, a full disk, an S3
-endpoint that never answers, and a graceful drain on SIGTERM. Each ends with the money checked
-from the database: every job settled once (`completed` and charged, or `failed` and refunded),
-none stuck, each balance equal to its credits minus completed costs and to its ledger sum."""
+"""Fault suite: the process dying mid-settle, PostgreSQL restarted under load, a full or unwritable
+disk, an S3 endpoint that never answers, and a graceful drain on SIGTERM. Each ends with the money
+checked from the database: every job settled once (`completed` and charged, or `failed` and
+refunded), none stuck, each balance equal to its credits minus completed costs and to its ledger
+sum."""
 
 from __future__ import annotations
 
@@ -252,13 +253,18 @@ def test_postgres_restarted_under_load_answers_503_then_recovers(tmp_path, tiny_
         check_money(url)
 
 
-# ---- 3. a full disk ------------------------------------------------------------------------------
-def test_a_full_disk_fails_the_job_refunded_and_refuses_uploads_then_recovers(tmp_path,
-                                                                             tiny_store):
+# ---- 3. a full disk or an unwritable output folder ------------------------------------------------
+@pytest.mark.parametrize("error, reason", [
+    (errno.ENOSPC, "the disk is full"),
+    (errno.EACCES, "it cannot be written (Permission denied)"),  # a folder we may not write
+    (errno.EROFS, "it cannot be written (Read-only file system)"),
+], ids=["full", "unwritable", "read-only"])
+def test_an_unwritable_disk_fails_the_job_refunded_and_refuses_uploads_then_recovers(
+        tmp_path, tiny_store, error, reason):
     from retouch.serving.executor import InProcessExecutor
     from retouch.serving.runner import TaskRunner
 
-    full = threading.Event()
+    failing = threading.Event()
     executor = lambda services: InProcessExecutor(  # noqa: E731
         services, lambda: TaskRunner(tiny_store))
     settings = make_settings(tmp_path)
@@ -267,23 +273,23 @@ def test_a_full_disk_fails_the_job_refunded_and_refuses_uploads_then_recovers(tm
         real_write = storage._write
 
         def write(path, data):
-            if full.is_set():
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+            if failing.is_set():
+                raise OSError(error, os.strerror(error), str(path))
             real_write(path, data)
 
         storage._write = write
         _, secret = api.key(api.account(plan="plus", credits=1000))
-        full.set()
+        failing.set()
         refused = api.client.post("/api/v1/uploads", headers=api.headers(secret),
                                   files={"file": ("a.png", image_bytes(), "image/png")})
-        error = assert_error(refused, 503, "service_unavailable")
-        assert "disk is full" in error["message"]
+        refusal = assert_error(refused, 503, "service_unavailable")
+        assert refusal["message"].endswith(reason), refusal
         job = settle(api, secret, GENERATOR_BODY)
         assert job["status"] == "failed" and job["error_code"] == STORAGE_UNAVAILABLE, job
         assert "refunded" in job["error"]
         assert api.client.get("/healthz").status_code == 200
         assert not list((tmp_path / "files").rglob("*.part"))  # no half-written files
-        full.clear()
+        failing.clear()
         assert api.upload(secret)["id"]
         again = settle(api, secret, GENERATOR_BODY)
         assert again["status"] == "completed"
