@@ -6,7 +6,9 @@
   none), `X-Content-Type-Options: nosniff`, `frame-ancestors 'none'` + `X-Frame-Options: DENY`;
   static files are `nosniff`;
 - the session cookie is `HttpOnly; SameSite=Lax`, plus `Secure` when served over HTTPS;
-- sign-in attempts are rate-limited per e-mail address.
+- sign-in attempts are rate-limited per e-mail address;
+- key and session rows hold only the SHA-256 of their secrets, and a row found by that hash is
+  accepted only after a constant-time compare of the stored and computed hashes.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import base64
 import logging
 import re
+import secrets
 
 from contextlib import nullcontext
 
@@ -21,8 +24,10 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from retouch.serving.core import jobs, keys, members
+from retouch.serving.core import accounts, jobs, keys, members
 from retouch.serving.core.db import make_engine, transaction
+from retouch.serving.core.errors import Unauthorized
+from retouch.serving.mcp import grants
 from retouch.serving.mcp.signin import LOGIN_ATTEMPTS_PER_MINUTE
 
 from api_fixtures import GENERATOR_BODY, api_for, image_bytes, make_settings
@@ -114,6 +119,66 @@ def test_database_errors_and_sql_logs_do_not_carry_parameters(tmp_path, caplog, 
     assert "no_such_table" in str(caught.value) and secret not in str(caught.value)
     assert any("no_such_table" in r.getMessage() for r in caplog.records)
     assert all(secret not in r.getMessage() for r in caplog.records)
+
+
+# ---- credentials at rest ----------------------------------------------------------------------
+def key_and_session(sf):
+    """An account with a Wixma key and a signed-in member: (key secret, session cookie, its hash)."""
+    with transaction(sf) as session:
+        account_id = accounts.create_account(session, "Acme", "standard", 1000).id
+        secret = keys.create_key(session, account_id)[1]
+        member = members.create_member(session, account_id, "rest@example.com", PASSWORD)
+        signed_in, cookie = members.start_session(session, member)
+        return secret, cookie, signed_in.session_id
+
+
+def stored_values(sf, table: str) -> list[str]:
+    with sf() as session:
+        return [str(value) for row in session.execute(text(f"SELECT * FROM {table}"))
+                for value in row]
+
+
+def test_key_and_session_rows_hold_only_the_hash_of_their_secret(sf):
+    secret, cookie, session_hash = key_and_session(sf)
+    key_values = stored_values(sf, "api_keys")
+    assert keys.hash_secret(secret) in key_values
+    hidden = secret.removeprefix("wx_live_")[keys.SHOWN_PREFIX_CHARS:]  # all but the shown prefix
+    assert not [value for value in key_values if hidden in value]
+    session_values = stored_values(sf, "member_sessions")
+    assert session_hash in session_values and session_hash != cookie
+    assert not [value for value in session_values if cookie in value]
+
+
+def test_a_row_found_by_hash_is_accepted_only_by_a_constant_time_compare(sf, monkeypatch):
+    secret, cookie, session_hash = key_and_session(sf)
+    compared = []
+
+    def differs(stored, computed):  # as if the lookup had matched a row loosely
+        compared.append((stored, computed))
+        return False
+
+    monkeypatch.setattr(secrets, "compare_digest", differs)
+    with sf() as session:
+        with pytest.raises(Unauthorized):
+            keys.authenticate(session, secret, touch=False)
+        assert members.signed_in_member(session, cookie) is None
+        assert grants.caller_for_bearer(session, secret) is None  # the key over MCP
+    key_hash = keys.hash_secret(secret)
+    assert compared == [(key_hash, key_hash), (session_hash, session_hash), (key_hash, key_hash)]
+
+
+def test_a_cached_key_is_accepted_only_under_its_own_hash(sf):
+    with transaction(sf) as session:
+        account_id = accounts.create_account(session, "Acme", "standard", 1000).id
+        (_, first), (second_key, second) = (keys.create_key(session, account_id)
+                                            for _ in range(2))
+        try:
+            keys.VERIFIED_KEYS.put(keys.hash_secret(first), second_key)  # a wrong entry
+            assert keys.cached_key(first) is None
+            keys.VERIFIED_KEYS.put(keys.hash_secret(second), second_key)
+            assert keys.cached_key(second).id == second_key.id
+        finally:
+            keys.VERIFIED_KEYS.clear()
 
 
 # ---- pages ------------------------------------------------------------------------------------

@@ -39,6 +39,14 @@ def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8")).hexdigest()
 
 
+def hash_matches(stored: str | None, computed: str) -> bool:
+    """Whether a row found by its hash carries exactly `computed`, compared in constant time.
+
+    The lookup (an index, a dict) finds the row; this check makes the accept decision itself
+    independent of where two hashes differ, and exact whatever the database's collation."""
+    return stored is not None and secrets.compare_digest(stored, computed)
+
+
 def _clean_list(values: Iterable[str] | None, allowed: Iterable[str], field: str) -> list[str] | None:
     if values is None:
         return None
@@ -107,8 +115,9 @@ def authenticate(session: Session, secret: str | None, surface: str = "wixma", *
     if not secret or not prefix or not secret.startswith(prefix) or len(secret) > 200:
         raise Unauthorized("Missing or invalid Bearer key. Send `Authorization: Bearer "
                            f"{prefix or 'wx_live_'}...`.")
-    key = session.scalars(select(ApiKey).where(ApiKey.secret_hash == hash_secret(secret))).first()
-    if key is None or key.surface != surface:
+    secret_hash = hash_secret(secret)
+    key = session.scalars(select(ApiKey).where(ApiKey.secret_hash == secret_hash)).first()
+    if key is None or not hash_matches(key.secret_hash, secret_hash) or key.surface != surface:
         raise Unauthorized("Invalid API key.")
     return ensure_key_usable(session, key, touch=touch)
 
@@ -195,8 +204,9 @@ def cached_key(secret: str | None, surface: str = "wixma") -> ApiKey | None:
     prefix = SECRET_PREFIXES.get(surface, "")
     if not secret or not prefix or not secret.startswith(prefix) or len(secret) > 200:
         return None
-    key = VERIFIED_KEYS.get(hash_secret(secret))
-    if key is None or key.surface != surface:
+    secret_hash = hash_secret(secret)
+    key = VERIFIED_KEYS.get(secret_hash)
+    if key is None or not hash_matches(key.secret_hash, secret_hash) or key.surface != surface:
         return None
     return ensure_key_usable(None, key, touch=False)
 

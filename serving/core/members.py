@@ -142,13 +142,16 @@ def signed_in_member(session: Session, token: str | None) -> SignedInMember | No
     """The member behind a session cookie, or None (no, unknown, ended or expired session)."""
     if not token or len(token) > 200:
         return None
+    token_hash = _token_hash(token)
     found = session.execute(
         select(MemberSession, AccountMember)
         .join(AccountMember, AccountMember.id == MemberSession.member_id)
-        .where(MemberSession.id == _token_hash(token))).first()
+        .where(MemberSession.id == token_hash)).first()
     if found is None:
         return None
     row, member = found
+    if not secrets.compare_digest(row.id, token_hash):  # see `keys.hash_matches`
+        return None
     if row.revoked_at is not None or row.expires_at <= utcnow() or member.status != "active":
         return None
     return SignedInMember(member.id, member.account_id, member.email, row.id, row.csrf_token)

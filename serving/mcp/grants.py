@@ -239,8 +239,9 @@ def exchange_code(session: Session, client_id: str, code: str) -> TokenPair | No
 def _active_token(session: Session, token: str, kind: str) -> tuple[OAuthToken, OAuthGrant] | None:
     if not token or len(token) > 200:
         return None
-    row = session.get(OAuthToken, _digest(token))
-    if row is None or row.kind != kind:
+    token_hash = _digest(token)
+    row = session.get(OAuthToken, token_hash)
+    if row is None or not keys.hash_matches(row.token_hash, token_hash) or row.kind != kind:
         return None
     grant = session.get_one(OAuthGrant, row.grant_id)
     if row.revoked_at is not None or row.expires_at <= utcnow() or grant.status != "active":
@@ -301,9 +302,10 @@ def caller_for_bearer(session: Session, credential: str) -> Caller | None:
     if not credential or len(credential) > 200:
         return None
     if credential.startswith(keys.SECRET_PREFIXES["wixma"]):
-        key = session.scalars(select(ApiKey).where(
-            ApiKey.secret_hash == keys.hash_secret(credential))).first()
-        if key is None or key.surface != "wixma":
+        secret_hash = keys.hash_secret(credential)
+        key = session.scalars(select(ApiKey).where(ApiKey.secret_hash == secret_hash)).first()
+        if key is None or not keys.hash_matches(key.secret_hash, secret_hash) \
+                or key.surface != "wixma":
             return None
         # No status or expiry here: the per-call checks answer `forbidden`, as over HTTP.
         return Caller(api_key_id=key.id, client_id=f"api-key:{key.id}",
