@@ -17,7 +17,7 @@ from retouch.serving.app import build_app
 from dashboard_fixtures import app_routes, owned_resources, stored_state, walk_api  # noqa: F401
 from test_dashboard_pages import Dashboard
 
-KEY_FORM = {"name": "taken over", "scopes": ["credits:read"]}
+KEY_FORM = {"name": "taken over", "scopes": ["credits:read"], "tools": ["generator"]}
 # (method, path as routed) -> (the id kind its first parameter takes, form fields, values of the
 # other path parameters: each one is tried).
 ROUTES = {

@@ -4,12 +4,11 @@ Every form carries the session's own CSRF token (stored server-side with the ses
 `core.members`; compared by `serving.mcp.signin.check_csrf`), a synchronizer token a cross-site
 page cannot read, so it cannot forge a POST. A POST must also come from this host when the browser
 says where it came from (`Origin`, else `Referer`). The session cookie is `SameSite=Lax` besides.
-The sign-in form itself is protected in `serving.mcp.signin` (a double-submit cookie).
+The sign-in, sign-out and MCP consent forms are protected in `serving.mcp` the same way (sign-in
+with a double-submit cookie), origin check included.
 """
 
 from __future__ import annotations
-
-from urllib.parse import urlsplit
 
 from fastapi import Request
 
@@ -23,14 +22,10 @@ class CsrfRejected(Forbidden):
 
 
 def check_same_origin(request: Request) -> None:
-    """A POST whose `Origin` (or `Referer`) names another host is rejected; browsers that send
-    neither are left to the token check. Hosts are compared, not schemes, so a TLS-terminating
-    proxy in front of the app does not break the check."""
-    source = request.headers.get("origin") or request.headers.get("referer")
-    if not source:
-        return
-    if source == "null" or urlsplit(source).netloc != request.url.netloc:
-        raise CsrfRejected("This form was sent from another site.")
+    """A POST whose `Origin` (or `Referer`) names another host is rejected
+    (`signin.from_this_site`)."""
+    if not signin.from_this_site(request):
+        raise CsrfRejected(signin.CROSS_SITE_MESSAGE)
 
 
 def check_form_token(request: Request, member: SignedInMember, presented: str | None) -> None:

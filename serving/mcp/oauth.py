@@ -41,7 +41,7 @@ from retouch.serving.core.keys import WIXMA_SCOPES
 
 from . import grants
 from .pages import error_html, hidden, html_page, message_page
-from .signin import check_csrf, current_member, login_url
+from .signin import CROSS_SITE_MESSAGE, check_csrf, current_member, from_this_site, login_url
 
 AUTHORIZE_PATH = "/oauth/authorize"
 TOKEN_PATH = "/oauth/token"
@@ -397,6 +397,8 @@ def consent_decision(request: Request,
     if member is None:
         return message_page("Authorization request", "Sign in again to answer this request.",
                             401)
+    if not from_this_site(request):
+        return message_page("Authorization request", CROSS_SITE_MESSAGE, 403)
     if not check_csrf(member, csrf_token):
         return message_page("Authorization request",
                             "The form expired; reload the page and try again.", 400)

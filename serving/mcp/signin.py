@@ -3,8 +3,9 @@ dependency the consent page (and later the dashboard pages) use.
 
 The session cookie is HttpOnly, SameSite=Lax, and Secure whenever the public URL is HTTPS. The
 sign-in form is protected by a double-submit CSRF cookie; forms of signed-in pages carry the
-session's own CSRF token (`SignedInMember.csrf_token`, checked with `check_csrf`). Sign-in
-attempts are rate-limited per e-mail address.
+session's own CSRF token (`SignedInMember.csrf_token`, checked with `check_csrf`). Every form
+POST sent from another site (`Origin`, else `Referer`; `from_this_site`) is refused with 403.
+Sign-in attempts are rate-limited per e-mail address.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import secrets
 from html import escape
 from typing import Annotated
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import RedirectResponse, Response
@@ -48,6 +49,17 @@ def current_member(request: Request) -> SignedInMember | None:
 
 def check_csrf(member: SignedInMember, presented: str | None) -> bool:
     return bool(presented) and secrets.compare_digest(presented, member.csrf_token)
+
+
+CROSS_SITE_MESSAGE = "This form was sent from another site."
+
+
+def from_this_site(request: Request) -> bool:
+    """False when the browser says (`Origin`, else `Referer`) that a form came from another
+    host; browsers that send neither are left to the token check. Hosts are compared, not
+    schemes, so a TLS-terminating proxy in front of the app does not break the check."""
+    source = request.headers.get("origin") or request.headers.get("referer")
+    return not source or (source != "null" and urlsplit(source).netloc == request.url.netloc)
 
 
 def safe_next(target: str | None) -> str:
@@ -95,6 +107,8 @@ def login_page(request: Request, next: str | None = None) -> Response:
 def login(request: Request, email: Annotated[str, Form()] = "",
           password: Annotated[str, Form()] = "", csrf_token: Annotated[str, Form()] = "",
           next: Annotated[str, Form()] = "") -> Response:
+    if not from_this_site(request):  # login CSRF: signing a browser in to another's account
+        return message_page("Sign in", CROSS_SITE_MESSAGE, 403)
     next_path = safe_next(next)
     cookie_csrf = request.cookies.get(LOGIN_CSRF_COOKIE) or ""
     if not cookie_csrf or not secrets.compare_digest(cookie_csrf, csrf_token):
@@ -123,6 +137,8 @@ def logout(request: Request, csrf_token: Annotated[str, Form()] = "") -> Respons
     member = current_member(request)
     if member is None:
         return RedirectResponse(LOGIN_PATH, status_code=303)
+    if not from_this_site(request):
+        return message_page("Sign out", CROSS_SITE_MESSAGE, 403)
     if not check_csrf(member, csrf_token):
         return message_page("Sign out", "The form expired; reload the page and try again.", 400)
     with transaction(_services(request).session_factory) as session:
