@@ -1,9 +1,10 @@
 """SSRF: the table of URL forms that must never reach a private, loopback, link-local (cloud
 metadata), shared or reserved address, one parametrised row per case.
 
-Image URLs, webhook URLs and `music_url` share the fetcher's vetting, so each row is checked on
-the vetting function (`ImageFetcher.vet_url`), again as the target of a redirect from a public
-host (never connected to), and one end-to-end request per field goes through the HTTP API.
+Image URLs, webhook URLs (a picture's `webhook_url`, an account-level endpoint's `url` on create
+and PATCH) and `music_url` share the fetcher's vetting, so each row is checked on the vetting
+function (`ImageFetcher.vet_url`), again as the target of a redirect from a public host (never
+connected to), and one end-to-end request per field goes through the HTTP API.
 """
 
 from __future__ import annotations
@@ -235,6 +236,11 @@ def test_each_url_field_refuses_the_table_end_to_end(tmp_path):
         picture = api.client.post(f"/v1/projects/{project_id}/pictures", headers=headers,
                                   json=picture_body)
         assert picture.status_code == 201, picture.text
+        public_hook = f"https://{PUBLIC_IP}/hook"
+        endpoint = api.client.post("/v1/webhooks/endpoints", headers=headers,
+                                   json={"url": public_hook})
+        assert endpoint.status_code == 201, endpoint.text
+        endpoint_url = f"/v1/webhooks/endpoints/{endpoint.json()['id']}"
         for target in E2E_TARGETS:
             image = api.generate(wixma, {"tool": "editor", "input": {"images": [target]}})
             assert_error(image, 400, "invalid_input", FIELD)
@@ -245,8 +251,15 @@ def test_each_url_field_refuses_the_table_end_to_end(tmp_path):
                 "project_id": project_id, "picture_ids": [picture.json()["id"]], "duration": 2,
                 "music_url": target})
             assert_error(music, 400, "invalid_input", "music_url")
+            created = api.client.post("/v1/webhooks/endpoints", headers=headers,
+                                      json={"url": target})
+            assert_error(created, 400, "invalid_input", "url")
+            moved = api.client.patch(endpoint_url, headers=headers, json={"url": target})
+            assert_error(moved, 400, "invalid_input", "url")
         assert api.client.get("/api/v1/generations", headers=api.headers(wixma)).json()[
             "data"] == []
         assert api.client.get("/v1/videos", headers=headers).json()["data"] == []
         pictures = api.client.get(f"/v1/projects/{project_id}/pictures", headers=headers).json()
         assert len(pictures["data"]) == 1  # only the one made above
+        endpoints = api.client.get("/v1/webhooks/endpoints", headers=headers).json()["data"]
+        assert [e["url"] for e in endpoints] == [public_hook]  # none made, none moved
