@@ -77,7 +77,7 @@ EXEMPT = {
                                   "as the seed's public output URLs are",
 }
 EXEMPT_PREFIXES = {
-    "/dashboard/": "member-session pages, not an API surface",
+    "/dashboard/": "member-session pages, walked by tests/test_dashboard_idor.py",
 }
 # MCP tools that take an id: (tool, arguments with placeholders).
 MCP_CALLS = [

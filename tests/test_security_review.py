@@ -19,6 +19,7 @@ import re
 import secrets
 
 from contextlib import nullcontext
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from sqlalchemy import text
@@ -37,6 +38,7 @@ from webhook_receiver import webhook_receiver
 
 KEY_FORM = {"name": "from the dashboard", "scopes": list(keys.WIXMA_SCOPES),
             "tools": ["generator", "editor"]}
+REDIRECT_URI = "http://127.0.0.1/callback"
 SECRET_PATTERN = re.compile(r"(wx_live_|aix_live_|whsec_)[A-Za-z0-9_\-+/=]{8,}")
 
 
@@ -123,13 +125,22 @@ def test_database_errors_and_sql_logs_do_not_carry_parameters(tmp_path, caplog, 
 
 # ---- credentials at rest ----------------------------------------------------------------------
 def key_and_session(sf):
-    """An account with a Wixma key and a signed-in member: (key secret, session cookie, its hash)."""
+    """An account with a Wixma key, a signed-in member and an MCP client's OAuth access token:
+    (key secret, session cookie, the session's hash, access token)."""
     with transaction(sf) as session:
         account_id = accounts.create_account(session, "Acme", "standard", 1000).id
         secret = keys.create_key(session, account_id)[1]
         member = members.create_member(session, account_id, "rest@example.com", PASSWORD)
         signed_in, cookie = members.start_session(session, member)
-        return secret, cookie, signed_in.session_id
+        grants.register_client(session, "client-1", {"redirect_uris": [REDIRECT_URI]}, None)
+        request_id = grants.create_authorization_request(session, "client-1", {
+            "redirect_uri": REDIRECT_URI, "state": "s", "code_challenge": "c" * 43,
+            "scopes": ["credits:read"]})
+        back = grants.approve_authorization(session, request_id, signed_in,
+                                            grants.GrantChoices(scopes=["credits:read"]))
+        code = parse_qs(urlsplit(back).query)["code"][0]
+        access = grants.exchange_code(session, "client-1", code).access_token
+        return secret, cookie, signed_in.session_id, access
 
 
 def stored_values(sf, table: str) -> list[str]:
@@ -139,7 +150,7 @@ def stored_values(sf, table: str) -> list[str]:
 
 
 def test_key_and_session_rows_hold_only_the_hash_of_their_secret(sf):
-    secret, cookie, session_hash = key_and_session(sf)
+    secret, cookie, session_hash, _ = key_and_session(sf)
     key_values = stored_values(sf, "api_keys")
     assert keys.hash_secret(secret) in key_values
     hidden = secret.removeprefix("wx_live_")[keys.SHOWN_PREFIX_CHARS:]  # all but the shown prefix
@@ -150,7 +161,7 @@ def test_key_and_session_rows_hold_only_the_hash_of_their_secret(sf):
 
 
 def test_a_row_found_by_hash_is_accepted_only_by_a_constant_time_compare(sf, monkeypatch):
-    secret, cookie, session_hash = key_and_session(sf)
+    secret, cookie, session_hash, access = key_and_session(sf)
     compared = []
 
     def differs(stored, computed):  # as if the lookup had matched a row loosely
@@ -163,8 +174,10 @@ def test_a_row_found_by_hash_is_accepted_only_by_a_constant_time_compare(sf, mon
             keys.authenticate(session, secret, touch=False)
         assert members.signed_in_member(session, cookie) is None
         assert grants.caller_for_bearer(session, secret) is None  # the key over MCP
-    key_hash = keys.hash_secret(secret)
-    assert compared == [(key_hash, key_hash), (session_hash, session_hash), (key_hash, key_hash)]
+        assert grants.caller_for_bearer(session, access) is None  # an OAuth access token
+    key_hash, token_hash = keys.hash_secret(secret), keys.hash_secret(access)
+    assert compared == [(key_hash, key_hash), (session_hash, session_hash), (key_hash, key_hash),
+                        (token_hash, token_hash)]
 
 
 def test_a_cached_key_is_accepted_only_under_its_own_hash(sf):
