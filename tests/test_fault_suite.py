@@ -253,7 +253,7 @@ def test_postgres_restarted_under_load_answers_503_then_recovers(tmp_path, tiny_
         check_money(url)
 
 
-# ---- 3. a full disk or an unwritable output folder ------------------------------------------------
+# ---- 3. a full disk or an unwritable output folder -----------------------------------------------
 @pytest.mark.parametrize("error, reason", [
     (errno.ENOSPC, "the disk is full"),
     (errno.EACCES, "it cannot be written (Permission denied)"),  # a folder we may not write
