@@ -5,7 +5,9 @@ project) to their stored images, fetches a user-supplied music track once (SSRF-
 content-addressed), and creates the job through `jobs.create_job` (credits, slots and
 `Idempotency-Key` as for every job) with the `Video` row written in that same transaction. The
 job's `VideoRequest` carries storage keys only, so the worker never reads the internet; the task
-registry's `video` spec loads them and `pipelines.reel.reel` renders the MP4. A video's status,
+registry's `video` spec loads them and `pipelines.reel.reel` renders the MP4. A `scene_context`
+puts the pictures in property-tour order with per-scene holds (`pipelines.scene_pacing`); the
+`voice` text is checked here (`pipelines.voiceover.check_voice`) and spoken by the worker. A video's status,
 progress and file are its job's: `core.jobs` stays the only owner of status.
 """
 
@@ -18,6 +20,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from retouch.pipelines.reel import FPS, decode_music, frame_size, music_format
+from retouch.pipelines.scene_pacing import PictureScene, plan_tour
+from retouch.pipelines.voiceover import check_voice
 
 from ..requests import ReelDirection, ReelInput, ReelOptions, ReelPicture, VideoRequest
 from . import jobs
@@ -84,6 +88,17 @@ def video_pictures(session: Session, account_id: str, project_id: str,
     return resolved
 
 
+def scene_ordered(pictures: list[tuple[Picture, str]], scene_context: str | None
+                  ) -> list[tuple[Picture, str, float]]:
+    """`(picture, storage key, hold)`: with a `scene_context`, in property-tour order with holds
+    by scene (`pipelines.scene_pacing`); without one, as given with equal holds."""
+    if not scene_context:
+        return [(picture, key, 1.0) for picture, key in pictures]
+    plan = plan_tour([PictureScene(p.scene_type, p.scene_location) for p, _ in pictures],
+                     scene_context)
+    return [(pictures[i][0], pictures[i][1], hold) for i, hold in plan]
+
+
 def store_music(fetcher, storage, url: str, account_id: str) -> str:
     """Fetch and validate a WAV/MP3 track; stored under its content hash (so a retried request
     makes the same job body). Returns the storage key."""
@@ -98,15 +113,15 @@ def store_music(fetcher, storage, url: str, account_id: str) -> str:
     return key
 
 
-def video_request(settings: VideoSettings, pictures: list[tuple[Picture, str]],
+def video_request(settings: VideoSettings, pictures: list[tuple[Picture, str, float]],
                   music_key: str | None, output_format: str = "mp4") -> VideoRequest:
     """The typed `video` job request: storage keys only, so the worker never reads the internet."""
     with pipeline_input_errors():
         width, height = frame_size(settings.aspect_ratio, settings.resolution)
     return VideoRequest(
         tool=VIDEO_TOOL, project_id=settings.project_id,
-        input=ReelInput(pictures=[ReelPicture(picture_id=p.id, storage_key=key)
-                                  for p, key in pictures], music_key=music_key),
+        input=ReelInput(pictures=[ReelPicture(picture_id=p.id, storage_key=key, hold=hold)
+                                  for p, key, hold in pictures], music_key=music_key),
         direction=ReelDirection(scene_context=settings.scene_context, voice=settings.voice,
                                 background_music=settings.background_music,
                                 music_url=settings.music_url),
@@ -119,9 +134,11 @@ def video_request(settings: VideoSettings, pictures: list[tuple[Picture, str]],
 def create_video(services, key, settings: VideoSettings, *,
                  idempotency_key: str | None = None) -> tuple[Video, bool]:
     """Create the video and its job; returns `(video, replayed)`."""
+    with pipeline_input_errors():
+        check_voice(settings.voice, settings.duration)
     with services.session_factory() as session:
-        pictures = video_pictures(session, key.account_id, settings.project_id,
-                                  settings.picture_ids)
+        pictures = scene_ordered(video_pictures(session, key.account_id, settings.project_id,
+                                                settings.picture_ids), settings.scene_context)
         output_format = (settings.output_format
                          or get_project(session, key.account_id, settings.project_id).video_format)
     music_key = (store_music(services.fetcher, services.storage, settings.music_url,
@@ -131,7 +148,7 @@ def create_video(services, key, settings: VideoSettings, *,
 
     def add_video(session: Session, job: Generation) -> None:
         video = Video(account_id=key.account_id, project_id=settings.project_id,
-                      generation_id=job.id, picture_ids=[p.id for p, _ in pictures],
+                      generation_id=job.id, picture_ids=[p.id for p, _, _ in pictures],
                       scene_context=settings.scene_context, voice=settings.voice,
                       background_music=settings.background_music, music_url=settings.music_url,
                       music_key=music_key, duration_seconds=settings.duration,
