@@ -252,3 +252,43 @@ def test_scene_context_plays_the_pictures_as_a_property_tour(tmp_path):
         assert paced[facade] > paced[bath] > paced[detail] and paced[kitchen] > paced[facade]
         plain = create()
         assert plain["picture_ids"] == listed and set(holds(plain["id"]).values()) == {1.0}
+
+
+def test_publishing_a_video_project_starts_its_listing_reel_once(tmp_path):
+    """`output: "video"`: publish renders a tour of the approved pictures, once per set of
+    pictures; a `picture` project's publish starts none."""
+    with api_for(make_settings(tmp_path)) as api:  # no executor: the reels stay pending
+        headers = api.headers(aixpose_secret(api))
+
+        def project(output: str) -> str:
+            return api.client.post("/v1/projects", headers=headers, json={
+                "name": "Seaside house", "output": output, "video_format": "webm"}).json()["id"]
+
+        def approved(project_id: str, *scenes) -> list[str]:
+            ids = [add_picture(api, headers, project_id, (60, 90, 120), *scene) for scene in scenes]
+            for picture_id in ids:
+                assert api.client.post(f"/v1/pictures/{picture_id}/approve",
+                                       headers=headers).status_code in (200, 201)
+            return ids
+
+        def publish_and_list(project_id: str) -> list[dict]:
+            published = api.client.post(f"/v1/projects/{project_id}/publish", headers=headers)
+            assert published.status_code == 200, published.text
+            return api.client.get(f"/v1/videos?project_id={project_id}",
+                                  headers=headers).json()["data"]
+
+        reel_project = project("video")
+        kitchen, facade = approved(reel_project, ("interior", "kitchen"), ("exterior", "facade"))
+        [reel] = publish_and_list(reel_project)
+        assert reel["picture_ids"] == [facade, kitchen]  # the tour opens on the exterior
+        assert (reel["duration"], reel["resolution"], reel["scene_context"]) == (
+            6, "720p", "Seaside house")
+        assert len(publish_and_list(reel_project)) == 1  # same pictures: no second reel
+        [bedroom] = approved(reel_project, ("interior", "bedroom"))
+        newest = publish_and_list(reel_project)
+        assert len(newest) == 2 and newest[0]["picture_ids"] == [facade, kitchen, bedroom]
+        assert newest[0]["duration"] == 9
+
+        stills = project("picture")
+        approved(stills, ("interior", "kitchen"))
+        assert publish_and_list(stills) == []

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from retouch.pipelines.reel import FPS, decode_music, frame_size, music_format
+from retouch.pipelines.reel import ASPECT_RATIOS, FPS, decode_music, frame_size, music_format
 from retouch.pipelines.scene_pacing import PictureScene, plan_tour
 from retouch.pipelines.voiceover import check_voice
 
@@ -30,7 +30,7 @@ from .pagination import check_limit, newest_first_page
 from .projects import get_picture, get_project
 from .public_objects import picture_state
 from .storage import account_key
-from .tables import Generation, Picture, Video
+from .tables import Generation, Picture, Project, Video
 
 VIDEO_TOOL = "video"
 MUSIC_ACCEPT = "audio/wav,audio/x-wav,audio/mpeg,audio/*;q=0.5"
@@ -166,6 +166,51 @@ def create_video(services, key, settings: VideoSettings, *,
     with services.session_factory() as session:
         video = session.scalars(select(Video).where(Video.generation_id == job.id)).one()
     return video, replayed
+
+
+# ---- the listing reel of a video project ---------------------------------------------------------
+LISTING_REEL_SECONDS_PER_PICTURE = 3
+LISTING_REEL_SECONDS = (6, 30)
+ACTIVE_STATUSES = ("pending", "processing", "completed")
+
+
+def listing_reel_settings(project: Project, picture_count: int) -> VideoSettings:
+    """What `publish` renders for a project whose `output` is `video`: every approved picture
+    as a property tour (the project's name is its scene context), 3 s a picture (6-30 s), the
+    project's aspect ratio where a video has it (else 16:9), 720p, its `video_format`."""
+    low, high = LISTING_REEL_SECONDS
+    aspect = project.picture_aspect_ratio if project.picture_aspect_ratio in ASPECT_RATIOS \
+        else "16:9"
+    return VideoSettings(project_id=project.id, scene_context=project.name,
+                         duration=min(high, max(low, LISTING_REEL_SECONDS_PER_PICTURE
+                                                * picture_count)),
+                         aspect_ratio=aspect, resolution="720p", output_format=project.video_format)
+
+
+def start_listing_reel(services, key, project_id: str, *,
+                       idempotency_key: str | None = None) -> Video | None:
+    """For a project whose `output` is `video`: start its listing reel unless a video made of
+    exactly the approved pictures is pending, rendering or done. None when nothing starts
+    (another output, no approved picture, or the reel exists)."""
+    with services.session_factory() as session:
+        project = get_project(session, key.account_id, project_id)
+        if project.output != "video":
+            return None
+        try:
+            approved = video_pictures(session, key.account_id, project_id, None)
+        except InvalidInput:
+            return None  # nothing approved (or not finished): publish says what is missing
+        wanted = sorted(p.id for p, _ in approved)
+        made = session.scalars(select(Video.picture_ids).join(
+            Generation, Generation.id == Video.generation_id).where(
+            Video.project_id == project_id, Generation.status.in_(ACTIVE_STATUSES)))
+        if any(sorted(ids) == wanted for ids in made):
+            return None
+        settings = listing_reel_settings(project, len(approved))
+    services.require_executor()
+    video, _ = create_video(services, key, settings, idempotency_key=idempotency_key
+                            and f"{idempotency_key}:listing-reel")
+    return video
 
 
 # ---- reads --------------------------------------------------------------------------------------
