@@ -558,8 +558,11 @@ class ModelStore:
             if spec.is_random:
                 import tempfile
 
-                with tempfile.TemporaryDirectory() as folder:
-                    tokenizer = char_tokenizer(Path(folder))
+                from retouch.models.speech import TWIN_CHARACTERS
+
+                with tempfile.TemporaryDirectory() as folder:  # ids within the model's vocab
+                    tokenizer = char_tokenizer(
+                        Path(folder), TWIN_CHARACTERS[:model.config.vocab_size - 4])
                 generator = torch.Generator().manual_seed(self._seed_of(speaker))
                 embedding = torch.randn(model.config.speaker_embedding_dim, generator=generator)
             else:
