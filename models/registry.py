@@ -7,7 +7,8 @@ twin inside the tiny cache). Profiles:
 - `tiny`: small, randomly initialised twins of every production class, built deterministically by
   `retouch.models.tiny.build_tiny_models` and loaded through the same `from_pretrained` path. CPU.
 - `sdxl`: the real checkpoints (SDXL base/inpaint, ControlNet depth/canny, IP-Adapter, Depth
-  Anything V2, a clothes segmenter, Real-ESRGAN, a small instruct LLM), pinned to hub commits. GPU.
+  Anything V2, a clothes segmenter, Real-ESRGAN, a small instruct LLM, SpeechT5 text to speech),
+  pinned to hub commits where one is known. GPU.
 - `sdxl-random`: every `sdxl` model at its real size, built from its published config (shipped in
   `retouch/models/configs/`) with random weights (`random:<config dir>` sources, seeded by the
   profile's `seed`): the production architectures without a download, for GPU benchmarks and
