@@ -60,8 +60,9 @@ def create_video(body: Annotated[VideoCreate, Body()], response: Response, servi
                  key: Annotated[ApiKey, Depends(aixpose_key(WRITE))],
                  idempotency_key: IdempotencyKey = None) -> dict:
     """Start rendering an MP4 reel: a camera move over each picture, crossfades between them,
-    the music track when `music_url` is given and a spoken voice-over of `voice`. Same `Idempotency-Key` + body → the same
-    video (200)."""
+    the music track when `music_url` is given and a spoken voice-over of `voice` (the music
+    ducked under it); `scene_context` plays the pictures as a scene-paced tour. Same
+    `Idempotency-Key` + body → the same video (200)."""
     check_webhook_url(services.fetcher, body.webhook_url)
     services.require_executor()
     video, replayed = videos.create_video(services, key, videos.VideoSettings(**body.model_dump()),
