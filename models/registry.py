@@ -7,7 +7,8 @@ twin inside the tiny cache). Profiles:
 - `tiny`: small, randomly initialised twins of every production class, built deterministically by
   `retouch.models.tiny.build_tiny_models` and loaded through the same `from_pretrained` path. CPU.
 - `sdxl`: the real checkpoints (SDXL base/inpaint, ControlNet depth/canny, IP-Adapter, Depth
-  Anything V2, a clothes segmenter, Real-ESRGAN, a small instruct LLM), pinned to hub commits. GPU.
+  Anything V2, a clothes segmenter, Real-ESRGAN, a small instruct LLM, SpeechT5 text to speech),
+  pinned to hub commits where one is known. GPU.
 - `sdxl-random`: every `sdxl` model at its real size, built from its published config (shipped in
   `retouch/models/configs/`) with random weights (`random:<config dir>` sources, seeded by the
   profile's `seed`): the production architectures without a download, for GPU benchmarks and
@@ -69,6 +70,11 @@ TINY_U2NET = {"arch": "U2NET", "in_ch": 3, "out_ch": 1,
               "encoder": ((2, 4), (2, 4), (2, 4), (2, 4), (2, 4), (2, 4)),
               "decoder": ((2, 4), (2, 4), (2, 4), (2, 4), (2, 4))}
 
+# Speaker x-vectors of CMU ARCTIC (speechbrain spkrec-xvect-voxceleb, 512 dims), one `.npy` per
+# utterance, as the SpeechT5 examples use them; the `speaker` option picks whose (slt: US female).
+CMU_ARCTIC_XVECTORS = ("https://huggingface.co/datasets/Matthijs/cmu-arctic-xvectors/resolve/"
+                       "main/spkrec-xvect.zip")
+
 UPSCALER_NAMES = ("realesrgan_x2plus", "realesrgan_x4plus", "realesr_general_x4v3",
                   "realesr_general_wdn_x4v3")
 
@@ -79,7 +85,7 @@ class ModelSpec:
 
     name: str
     family: str  # diffusion | controlnet | ip_adapter | depth | segmentation | matting | llm
-    #              | upscaler
+    #              | upscaler | speech
     loader: str
     source: str
     subfolder: str | None = None
@@ -148,6 +154,9 @@ _PURPOSES = {
     "matting": "salient-object matting (U²-Net): a soft alpha for transparent backgrounds and "
                "cut-outs",
     "planner": "small instruct LLM that plans carousel shots",
+    "speech": "text-to-speech (SpeechT5, character input): the voice-over of a video",
+    "vocoder": "HiFi-GAN vocoder: SpeechT5's mel spectrogram to a 16 kHz waveform",
+    "speaker": "the voice-over's voice: a speaker x-vector SpeechT5 is conditioned on",
     "realesrgan_x2plus": "Real-ESRGAN 2x (RRDBNet)",
     "realesrgan_x4plus": "Real-ESRGAN 4x (RRDBNet)",
     "realesr_general_x4v3": "Real-ESRGAN general 4x, strong denoise (SRVGGNetCompact)",
@@ -171,7 +180,8 @@ SDXL_REVISIONS = {
 # Hub repositories the `sdxl` profile names without a pinned commit: no public record of a
 # snapshot hash was found; `retouch fetch-models` takes the default branch and
 # `ModelStore.revision` records the commit it resolved to (docs/models.md).
-UNPINNED_SOURCES = ("openmmlab/upernet-convnext-small",)
+UNPINNED_SOURCES = ("openmmlab/upernet-convnext-small", "microsoft/speecht5_tts",
+                    "microsoft/speecht5_hifigan")
 
 # The inpaint pipeline loads only these from its own repository; the text encoders, tokenizers and
 # VAE are the base model's (`ModelStore.inpaint` shares them through `from_pipe`).
@@ -216,6 +226,12 @@ def _sdxl_profile() -> Profile:
                   purpose=_PURPOSES["matting"], options=MappingProxyType(dict(U2NET_CONFIG))),
         ModelSpec("planner", "llm", "AutoModelForCausalLM", "Qwen/Qwen2.5-0.5B-Instruct",
                   purpose=_PURPOSES["planner"]),
+        ModelSpec("speech", "speech", "SpeechT5ForTextToSpeech", "microsoft/speecht5_tts",
+                  dtype="float32", purpose=_PURPOSES["speech"]),
+        ModelSpec("vocoder", "speech", "SpeechT5HifiGan", "microsoft/speecht5_hifigan",
+                  dtype="float32", purpose=_PURPOSES["vocoder"]),
+        ModelSpec("speaker", "speech", "speaker_embedding", CMU_ARCTIC_XVECTORS, dtype="float32",
+                  purpose=_PURPOSES["speaker"], options=MappingProxyType({"speaker": "slt"})),
         _realesrgan("realesrgan_x2plus", f"{REALESRGAN_RELEASES}/v0.2.1/RealESRGAN_x2plus.pth",
                     _PURPOSES["realesrgan_x2plus"], scale=2, **rrdb),
         _realesrgan("realesrgan_x4plus", f"{REALESRGAN_RELEASES}/v0.1.0/RealESRGAN_x4plus.pth",
@@ -244,7 +260,9 @@ TINY_SOURCES = {
     "base": "sdxl-base", "inpaint": "sdxl-inpaint", "controlnet_depth": "controlnet-depth",
     "controlnet_canny": "controlnet-canny", "ip_adapter": "ip-adapter",
     "image_encoder": "ip-adapter", "depth": "depth-anything", "segmenter": "segformer-clothes",
-    "scene_segmenter": "upernet-ade20k", "matting": "u2net/u2net.pth", "planner": "planner-lm", "realesrgan_x2plus": "realesrgan/RealESRGAN_x2plus.pth",
+    "scene_segmenter": "upernet-ade20k", "matting": "u2net/u2net.pth", "planner": "planner-lm",
+    "speech": "speecht5-tts", "vocoder": "speecht5-hifigan", "speaker": "speecht5-speaker.npy",
+    "realesrgan_x2plus": "realesrgan/RealESRGAN_x2plus.pth",
     "realesrgan_x4plus": "realesrgan/RealESRGAN_x4plus.pth",
     "realesr_general_x4v3": "realesrgan/realesr-general-x4v3.pth",
     "realesr_general_wdn_x4v3": "realesrgan/realesr-general-wdn-x4v3.pth",
@@ -264,6 +282,8 @@ def _tiny_profile() -> Profile:
                 options["scale"] = 4
         elif spec.family == "matting":
             options = dict(TINY_U2NET)
+        elif name == "speaker":
+            options = {}
         subfolder = "image_encoder" if name == "image_encoder" else None
         weight_name = "ip-adapter_sdxl.safetensors" if name == "ip_adapter" else None
         specs[name] = dataclasses.replace(
@@ -289,6 +309,9 @@ RANDOM_CONFIGS = {
     "scene_segmenter": "upernet-convnext-small",
     "matting": "u2net",  # an arch config in the spec's options, like the upscalers
     "planner": "qwen2.5-0.5b-instruct",
+    "speech": "speecht5-tts",
+    "vocoder": "speecht5-hifigan",
+    "speaker": "speecht5-tts",  # a random vector of the model's `speaker_embedding_dim`
 }
 RANDOM_SEED = 0
 

@@ -26,7 +26,7 @@ import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -35,6 +35,9 @@ from PIL import Image
 from retouch.models.accel import AccelSettings, apply_cuda_defaults
 from retouch.models.registry import TINY_PREFIX, ModelSpec, Profile, resolve_profile
 from retouch.models.revisions import content_revision, hub_revision, random_revision
+
+if TYPE_CHECKING:
+    from retouch.models.speech import SpeechSynthesizer
 
 CONTROLNET_KINDS = ("depth", "canny")
 
@@ -538,6 +541,40 @@ class ModelStore:
             return Planner(tokenizer=tokenizer, model=model)
 
         return self._cached(("planner",), load)
+
+    def speech(self) -> "SpeechSynthesizer":
+        """Text to speech for voice-overs: SpeechT5, its HiFi-GAN vocoder and the speaker's
+        x-vector (`retouch.models.speech`)."""
+        from transformers import SpeechT5ForTextToSpeech, SpeechT5HifiGan, SpeechT5Tokenizer
+
+        from retouch.models.speech import (SpeechSynthesizer, char_tokenizer,
+                                           read_speaker_embedding)
+
+        spec, speaker = self.spec("speech"), self.spec("speaker")
+
+        def load() -> SpeechSynthesizer:
+            model = self._transformers_model(SpeechT5ForTextToSpeech, spec)
+            vocoder = self._transformers_model(SpeechT5HifiGan, self.spec("vocoder"))
+            if spec.is_random:
+                import tempfile
+
+                from retouch.models.speech import TWIN_CHARACTERS
+
+                with tempfile.TemporaryDirectory() as folder:  # ids within the model's vocab
+                    tokenizer = char_tokenizer(
+                        Path(folder), TWIN_CHARACTERS[:model.config.vocab_size - 4])
+                generator = torch.Generator().manual_seed(self._seed_of(speaker))
+                embedding = torch.randn(model.config.speaker_embedding_dim, generator=generator)
+            else:
+                tokenizer = SpeechT5Tokenizer.from_pretrained(self.source_of(spec),
+                                                              **self._hub_kwargs(spec))
+                embedding = torch.from_numpy(read_speaker_embedding(
+                    self._weight_file(speaker), speaker.options.get("speaker")))
+            self._loaded_from("speech", "vocoder", "speaker")
+            return SpeechSynthesizer(tokenizer, model, vocoder,
+                                     embedding.to(self.device, model.dtype)[None], self.device)
+
+        return self._cached(("speech",), load)
 
     # --- Real-ESRGAN ----------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ import torch
 from retouch.models.registry import (ADE20K_LABELS, SEGFORMER_CLOTHES_LABELS, TINY_RRDB,
                                      TINY_SOURCES, TINY_SRVGG, TINY_U2NET)
 
-BUILDER_VERSION = "3"  # bump whenever any twin changes: caches rebuild on a new version
+BUILDER_VERSION = "4"  # bump whenever any twin changes: caches rebuild on a new version
 MARKER_NAME = "BUILD_VERSION"
 TINY_DIR_NAME = "tiny"
 
@@ -93,6 +93,7 @@ def _build_each(out: Path) -> None:
         _save_upernet(out / TINY_SOURCES["scene_segmenter"])
         _save_u2net(out / TINY_SOURCES["matting"])
         _save_planner(out / TINY_SOURCES["planner"])
+        _save_speecht5(out)
         _save_realesrgan(out)
         _save_ip_adapter(out / TINY_SOURCES["ip_adapter"], base_unet)
 
@@ -375,6 +376,43 @@ def _save_planner(out: Path) -> None:
         eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id, do_sample=False)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+
+
+TINY_SPEAKER_DIM = 8
+
+
+def _save_speecht5(out: Path) -> None:
+    """SpeechT5 text-to-speech, its HiFi-GAN vocoder (16 kHz, SpeechT5's 256-sample hop) and a
+    speaker x-vector. The stop head is biased off, so the twin always speaks for the longest
+    time it is allowed (`SpeechSynthesizer`'s cap): voice-over lengths are predictable in tests."""
+    import numpy as np
+    from transformers import (SpeechT5Config, SpeechT5ForTextToSpeech, SpeechT5HifiGan,
+                              SpeechT5HifiGanConfig)
+
+    from retouch.models.speech import char_tokenizer
+
+    folder = out / TINY_SOURCES["speech"]
+    tokenizer = char_tokenizer(folder / "_spm")
+    config = SpeechT5Config(
+        vocab_size=len(tokenizer), hidden_size=16, encoder_layers=1, encoder_attention_heads=2,
+        encoder_ffn_dim=32, decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=32,
+        num_mel_bins=8, speech_decoder_prenet_units=16, speaker_embedding_dim=TINY_SPEAKER_DIM,
+        speech_decoder_postnet_layers=2, speech_decoder_postnet_units=16,
+        encoder_max_relative_position=16)
+    torch.manual_seed(15)
+    model = SpeechT5ForTextToSpeech(config).eval()
+    with torch.no_grad():
+        model.speech_decoder_postnet.prob_out.bias.fill_(-10.0)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    shutil.rmtree(folder / "_spm")
+    torch.manual_seed(16)
+    SpeechT5HifiGan(SpeechT5HifiGanConfig(
+        model_in_dim=8, sampling_rate=16_000, upsample_initial_channel=8, upsample_rates=[16, 16],
+        upsample_kernel_sizes=[32, 32], resblock_kernel_sizes=[3], resblock_dilation_sizes=[[1]],
+    )).eval().save_pretrained(out / TINY_SOURCES["vocoder"])
+    speaker = np.random.default_rng(17).standard_normal(TINY_SPEAKER_DIM).astype(np.float32)
+    np.save(out / TINY_SOURCES["speaker"], speaker / np.linalg.norm(speaker))
 
 
 # --- Real-ESRGAN --------------------------------------------------------------------------------

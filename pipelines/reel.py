@@ -1,15 +1,18 @@
 """Reel: a short MP4 from still pictures — a Ken Burns camera move over each picture, crossfades
-between them, H.264 (yuv420p) at a fixed frame rate, and an optional music track.
+between them, H.264 (yuv420p) at a fixed frame rate, optional music and voice-over.
 
-`render_reel(pictures, spec, ctx, music=None) -> bytes` returns the MP4 file. The frame count is
-exactly `spec.duration_s * spec.fps`. Each picture gets an equal share of the timeline; neighbours
-overlap by the transition, during which they are blended. A picture's camera move (zoom in or out,
-pan direction) is drawn from `ctx.seed`, so the same seed renders the same reel.
+`render_reel(pictures, spec, ctx, music=None, voice=None) -> bytes` returns the file. The frame
+count is exactly `spec.duration_s * spec.fps`. Each picture's share of the timeline follows
+`spec.holds` (scene pacing, `pipelines.scene_pacing`; equal when unset); neighbours overlap by
+the transition, during which they are blended. A picture's camera move (zoom in or out, pan
+direction) is drawn from `ctx.seed`, so the same seed renders the same reel.
 
 Music (WAV or MP3 bytes) is decoded, resampled to stereo at the container's audio rate, looped
-or cut to the video's length, faded out over the last second and encoded. Without music the file
-has no audio stream. `output_format` picks the container: `mp4` (H.264 yuv420p + AAC 44.1 kHz)
-or `webm` (VP9 yuv420p + Opus 48 kHz). No HTTP, no database: the caller supplies decoded pictures and audio bytes.
+or cut to the video's length, faded out over the last second and encoded. A voice-over (speech
+synthesized from the video's `voice` text) is mixed over it with the music ducked while it plays
+(`pipelines.voiceover`). Without music or voice the file has no audio stream. `output_format`
+picks the container: `mp4` (H.264 yuv420p + AAC 44.1 kHz) or `webm` (VP9 yuv420p + Opus 48 kHz).
+No HTTP, no database: the caller supplies decoded pictures, audio bytes and synthesized speech.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from PIL import Image
 
 from .common import RunContext
 from .errors import PipelineInputError
+from .voiceover import check_voice, mix_voice_over, voice_window_s
 
 FPS = 24
 MIN_DURATION_S, MAX_DURATION_S = 2, 60
@@ -67,6 +71,8 @@ class ReelSpec:
     duration_s: int
     fps: int = FPS
     transition_s: float = TRANSITION_S
+    # Relative time on screen per picture (scene pacing, `pipelines.scene_pacing`); None: equal.
+    holds: tuple[float, ...] | None = None
 
     @property
     def frame_count(self) -> int:
@@ -98,6 +104,9 @@ def check_inputs(pictures: list[Image.Image], spec: ReelSpec) -> None:
             raise PipelineInputError(name, f"must be an even number of pixels from 2 to {MAX_SIDE}")
     if not 1 <= spec.fps <= 60:
         raise PipelineInputError("fps", "must be from 1 to 60")
+    if spec.holds is not None and (len(spec.holds) != len(pictures)
+                                   or not all(0.2 <= h <= 5 for h in spec.holds)):
+        raise PipelineInputError("holds", "one hold from 0.2 to 5 per picture")
     if spec.frame_count < len(pictures):
         raise PipelineInputError("duration",
                                  f"{spec.duration_s} s is too short for {len(pictures)} "
@@ -120,36 +129,53 @@ def camera_moves(count: int, seed: int) -> list[CameraMove]:
 
 @dataclass(frozen=True)
 class Timeline:
-    """Picture segments on the frame axis: segment i covers `[i*step, i*step + length)`."""
+    """Picture segments on the frame axis: segment i covers `[starts[i], starts[i] + lengths[i])`;
+    neighbours overlap by `overlap` frames (the crossfade)."""
 
-    length: float
-    step: float
+    starts: tuple[float, ...]
+    lengths: tuple[float, ...]
     overlap: float
-    count: int
+
+    @property
+    def count(self) -> int:
+        return len(self.lengths)
 
     @classmethod
-    def build(cls, count: int, frames: int, transition_frames: float) -> "Timeline":
-        # frames = count*length - (count-1)*overlap, with the overlap at most half a segment.
-        overlap = 0.0 if count == 1 else min(transition_frames, frames / (count + 1))
-        length = (frames + (count - 1) * overlap) / count
-        return cls(length=length, step=length - overlap, overlap=overlap, count=count)
+    def build(cls, count: int, frames: int, transition_frames: float,
+              holds: tuple[float, ...] | None = None) -> "Timeline":
+        """Segments whose lengths are proportional to `holds` (equal without), filling exactly
+        `frames`: frames = sum(lengths) - (count-1)*overlap, the overlap at most half of the
+        shortest segment."""
+        weights = [float(h) for h in holds] if holds else [1.0] * count
+        total, shortest = sum(weights), min(weights)
+        overlap = 0.0 if count == 1 else min(
+            transition_frames, shortest * frames / (2 * total - shortest * (count - 1)))
+        span = frames + (count - 1) * overlap
+        lengths = tuple(span * w / total for w in weights)
+        starts, position = [], 0.0
+        for length in lengths:
+            starts.append(position)
+            position += length - overlap
+        return cls(starts=tuple(starts), lengths=lengths, overlap=overlap)
 
     def layers(self, frame: int) -> list[tuple[int, float, float]]:
         """`(picture index, position in its segment 0..1, blend weight)` for one frame."""
         centre = frame + 0.5
         found = []
-        for i in range(self.count):
-            start = i * self.step
-            if start <= centre < start + self.length or (i == self.count - 1
-                                                         and centre >= start):
-                position = min(1.0, (centre - start) / self.length)
-                found.append((i, position))
+        for i, (start, length) in enumerate(zip(self.starts, self.lengths)):
+            if start <= centre < start + length or (i == self.count - 1 and centre >= start):
+                found.append((i, min(1.0, (centre - start) / length)))
         if len(found) == 1 or self.overlap <= 0:
             index, position = found[-1]
             return [(index, position, 1.0)]
         (a, pos_a), (b, pos_b) = found[0], found[-1]
-        weight_b = min(1.0, max(0.0, (centre - b * self.step) / self.overlap))
+        weight_b = min(1.0, max(0.0, (centre - self.starts[b]) / self.overlap))
         return [(a, pos_a, 1.0 - weight_b), (b, pos_b, weight_b)]
+
+    def seconds(self, fps: int) -> list[float]:
+        """How long each picture is on screen, crossfades counted half to each side."""
+        return [(length - self.overlap * ((i > 0) + (i < self.count - 1)) / 2) / fps
+                for i, length in enumerate(self.lengths)]
 
 
 def _ease(t: float) -> float:
@@ -200,7 +226,8 @@ def render_frames(pictures: list[Image.Image], spec: ReelSpec, ctx: RunContext,
     `progress_end` and stopping with `Cancelled` when asked."""
     prepared = [_prepare(p, spec) for p in pictures]
     moves = camera_moves(len(prepared), ctx.seed)
-    timeline = Timeline.build(len(prepared), spec.frame_count, spec.transition_s * spec.fps)
+    timeline = Timeline.build(len(prepared), spec.frame_count, spec.transition_s * spec.fps,
+                              spec.holds)
     size = (spec.width, spec.height)
     for n in range(spec.frame_count):
         if n % 4 == 0:
@@ -290,8 +317,11 @@ def fit_music(samples: np.ndarray, duration_s: int, rate: int = AUDIO_RATE) -> n
 
 
 def render_reel(pictures: list[Image.Image], spec: ReelSpec, ctx: RunContext,
-                music: bytes | None = None, output_format: str = "mp4") -> bytes:
-    """The reel's file bytes (`mp4` or `webm`), with the music track when `music` is given."""
+                music: bytes | None = None, output_format: str = "mp4",
+                voice: tuple[np.ndarray, int] | None = None) -> bytes:
+    """The reel's file bytes (`mp4` or `webm`), with an audio track when `music` (WAV/MP3 bytes)
+    or `voice` (synthesized speech: mono samples and their rate) is given; the music is ducked
+    under the voice (`pipelines.voiceover`)."""
     import av
 
     check_inputs(pictures, spec)
@@ -300,6 +330,8 @@ def render_reel(pictures: list[Image.Image], spec: ReelSpec, ctx: RunContext,
     kind = CONTAINERS[output_format]
     track = (fit_music(decode_music(music, rate=kind.audio_rate), spec.duration_s,
                        kind.audio_rate) if music is not None else None)
+    if voice is not None:
+        track, _ = mix_voice_over(track, voice[0], voice[1], kind.audio_rate, spec.duration_s)
     ctx.report(0.0)
     buffer = io.BytesIO()
     with av.open(buffer, mode="w", format=output_format) as container:
@@ -337,10 +369,20 @@ def _encode_audio(container, stream, track: np.ndarray) -> None:
 
 def reel(store, request, inputs: dict, ctx: RunContext) -> list[bytes]:
     """The `video` task: `inputs` holds the decoded `input.pictures[i]` and optionally the
-    `input.music` bytes; returns `[file bytes]` in `options.output_format`. No model is used (`store` is unused)."""
+    `input.music` bytes; returns `[file bytes]` in `options.output_format`. A `direction.voice`
+    text is spoken by the store's text-to-speech model (`store.speech()`); without one no model
+    is used."""
     options = request.options
     pictures = [inputs[f"input.pictures[{n}]"] for n in range(len(request.input.pictures))]
+    holds = tuple(p.hold for p in request.input.pictures)
     spec = ReelSpec(width=options.width, height=options.height, duration_s=options.duration,
-                    fps=options.fps)
+                    fps=options.fps, holds=None if all(h == 1.0 for h in holds) else holds)
+    text = request.direction.voice
+    voice = None
+    if text is not None:
+        check_voice(text, options.duration)
+        speech = store.speech()
+        samples = speech(text.strip(), seed=ctx.seed, max_seconds=voice_window_s(options.duration))
+        voice = (samples, speech.sampling_rate)
     return [render_reel(pictures, spec, ctx, music=inputs.get("input.music"),
-                        output_format=options.output_format)]
+                        output_format=options.output_format, voice=voice)]

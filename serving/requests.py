@@ -246,6 +246,7 @@ class EnhanceRequest(_Request):
 class ReelPicture(_Strict):
     picture_id: str
     storage_key: str
+    hold: float = Field(default=1.0, ge=0.2, le=5.0)  # relative time on screen (scene pacing)
 
 
 class ReelInput(_Strict):

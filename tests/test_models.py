@@ -117,7 +117,7 @@ def test_missing_real_checkpoint_is_not_downloaded(tmp_path):
 
 def test_fetch_plan_lists_only_the_files_the_loaders_read(tmp_path):
     plan = {item.spec_names: item for item in fetch_plan(resolve_profile("sdxl"), tmp_path)}
-    assert len(plan) == 14  # the IP-Adapter weights and its image encoder share one repo
+    assert len(plan) == 17  # the IP-Adapter weights and its image encoder share one repo
     base = plan[("base",)]
     assert base.source == "stabilityai/stable-diffusion-xl-base-1.0" and not base.is_url
     assert "*/diffusion_pytorch_model.fp16.safetensors" in base.allow_patterns
@@ -130,6 +130,9 @@ def test_fetch_plan_lists_only_the_files_the_loaders_read(tmp_path):
     assert "*.onnx" in plan[("depth",)].ignore_patterns
     x4 = plan[("realesrgan_x4plus",)]
     assert x4.is_url and x4.target == tmp_path / "realesrgan" / "RealESRGAN_x4plus.pth"
+    assert plan[("speech",)].source == "microsoft/speecht5_tts"
+    assert plan[("vocoder",)].source == "microsoft/speecht5_hifigan"
+    assert plan[("speaker",)].is_url and plan[("speaker",)].target.name == "spkrec-xvect.zip"
     assert fetch_plan(resolve_profile("tiny"), tmp_path) == []
     local = resolve_profile("sdxl", {"planner": str(tmp_path)})
     assert all("planner" not in item.spec_names for item in fetch_plan(local, tmp_path))
@@ -390,3 +393,24 @@ def test_matches_the_reference_implementation():
         x = torch.rand(1, 3, 16, 16)
         with torch.inference_mode():
             assert torch.allclose(ours.eval()(x), reference.eval()(x), atol=1e-6)
+
+
+def test_speaker_xvector_is_the_mean_of_one_arctic_speaker(tmp_path):
+    import io
+    import zipfile
+
+    from retouch.models.speech import read_speaker_embedding
+
+    archive = tmp_path / "spkrec-xvect.zip"
+    vectors = {"spkrec-xvect/cmu_us_slt_arctic-wav-arctic_a0001.npy": [3.0, 0.0],
+               "spkrec-xvect/cmu_us_slt_arctic-wav-arctic_a0002.npy": [1.0, 0.0],
+               "spkrec-xvect/cmu_us_bdl_arctic-wav-arctic_a0001.npy": [0.0, 5.0]}
+    with zipfile.ZipFile(archive, "w") as out:
+        for name, vector in vectors.items():
+            buffer = io.BytesIO()
+            np.save(buffer, np.array(vector, np.float32))
+            out.writestr(name, buffer.getvalue())
+    assert read_speaker_embedding(archive, "slt").tolist() == [1.0, 0.0]
+    assert read_speaker_embedding(archive, "bdl").tolist() == [0.0, 1.0]
+    with pytest.raises(FileNotFoundError, match="'awb'"):
+        read_speaker_embedding(archive, "awb")

@@ -191,3 +191,139 @@ def test_a_webm_reel_is_vp9_with_opus_music_and_the_same_frames():
         assert container.streams.audio[0].codec_context.name == "opus"
         assert container.streams.audio[0].codec_context.sample_rate == 48000
         assert sum(1 for _ in container.decode(video=0)) == 48
+
+
+# --- voice-over ---------------------------------------------------------------------------------
+
+def decoded_audio(data: bytes) -> tuple[np.ndarray, int, float]:
+    """(mono float samples, rate, decoded seconds) of a reel's audio track."""
+    with av.open(io.BytesIO(data)) as container:
+        rate = container.streams.audio[0].codec_context.sample_rate
+        samples = np.concatenate([f.to_ndarray().mean(axis=0) for f in container.decode(audio=0)])
+    return samples, rate, samples.size / rate
+
+
+def tone_level(samples: np.ndarray, rate: int, hz: float, start_s: float, end_s: float) -> float:
+    """Amplitude of the `hz` sine in [start_s, end_s) (a lock-in: speech at other frequencies
+    averages out)."""
+    a, b = int(start_s * rate), int(end_s * rate)
+    t = np.arange(a, b) / rate
+    window = samples[a:b]
+    return 2 * abs(np.mean(window * np.exp(-2j * np.pi * hz * t)))
+
+
+def chirp_speech(seconds: float = 1.0, rate: int = 16_000) -> np.ndarray:
+    """Speech stand-in: a 1-3 kHz sweep, far from the 440 Hz music."""
+    t = np.arange(int(seconds * rate)) / rate
+    return (0.3 * np.sin(2 * np.pi * (1000 + 1000 * t / seconds) * t)).astype(np.float32)
+
+
+def test_voice_over_ducks_the_music_while_it_speaks():
+    from retouch.pipelines.voiceover import DUCK_GAIN, DUCK_RAMP_S, VOICE_START_S
+
+    picture = [Image.new("RGB", (64, 64), RED)]
+    music = wav_bytes(0.5)  # 440 Hz, looped to 4 s
+    plain = render_reel(picture, ReelSpec(64, 36, 4), RunContext(seed=1), music=music)
+    voiced = render_reel(picture, ReelSpec(64, 36, 4), RunContext(seed=1), music=music,
+                         voice=(chirp_speech(1.0), 16_000))
+    (without, rate, _), (with_voice, _, seconds) = decoded_audio(plain), decoded_audio(voiced)
+    speech_end = VOICE_START_S + 1.0
+    assert seconds >= speech_end and abs(seconds - 4.0) < 0.1  # the track covers the speech
+    under = (VOICE_START_S + DUCK_RAMP_S, speech_end - 0.05)
+    ratio = tone_level(with_voice, rate, 440, *under) / tone_level(without, rate, 440, *under)
+    assert abs(ratio - DUCK_GAIN) < 0.08  # the music is about 12 dB quieter under the speech
+    after = (speech_end + DUCK_RAMP_S + 0.1, 2.9)  # back to full level before the fade-out
+    restored = tone_level(with_voice, rate, 440, *after) / tone_level(without, rate, 440, *after)
+    assert abs(restored - 1.0) < 0.1
+    # The speech itself is there: energy at 1-3 kHz only in the voiced reel.
+    a, b = int(under[0] * rate), int(under[1] * rate)
+    assert np.sqrt(np.mean(with_voice[a:b] ** 2)) > 2 * np.sqrt(np.mean(without[a:b] ** 2)) * \
+        DUCK_GAIN
+
+
+def test_a_voice_without_music_gets_an_audio_track_of_the_reels_length():
+    from retouch.pipelines.voiceover import VOICE_START_S
+
+    data = render_reel([Image.new("RGB", (64, 64), BLUE)], ReelSpec(64, 36, 3),
+                       RunContext(seed=2), output_format="webm",
+                       voice=(chirp_speech(0.8), 16_000))
+    samples, rate, seconds = decoded_audio(data)
+    assert abs(seconds - 3.0) < 0.1
+    rms = lambda a, b: float(np.sqrt(np.mean(samples[int(a * rate):int(b * rate)] ** 2)))  # noqa
+    assert rms(0.0, VOICE_START_S - 0.1) < 1e-3 < 0.05 < rms(VOICE_START_S, VOICE_START_S + 0.8)
+    assert rms(VOICE_START_S + 1.0, 3.0) < 1e-3
+
+
+def test_voice_text_is_checked_against_the_reel_length():
+    from retouch.pipelines.voiceover import MAX_VOICE_CHARS, check_voice
+
+    check_voice(None, 2)
+    check_voice("Welcome home.", 2)  # 13 characters fit one second of speech
+    for text, duration in (("", 10), ("   ", 10), ("x" * 16, 2),
+                           ("x" * (MAX_VOICE_CHARS + 1), 60)):
+        with pytest.raises(PipelineInputError) as error:
+            check_voice(text, duration)
+        assert error.value.field == "voice"
+
+
+def test_the_tiny_speech_model_is_seeded_and_capped(tiny_store):
+    speech = tiny_store.speech()
+    first = speech("Welcome to a bright flat.", seed=1, max_seconds=0.8)
+    assert speech.sampling_rate == 16_000 and 0 < first.size <= 0.8 * 16_000
+    assert np.array_equal(first, speech("Welcome to a bright flat.", seed=1, max_seconds=0.8))
+    assert not np.array_equal(first, speech("Welcome to a bright flat.", seed=2, max_seconds=0.8))
+    assert float(np.abs(first).max()) > 0
+    assert set(tiny_store.revisions()) >= {"speech", "vocoder", "speaker"}
+
+
+def test_the_video_task_speaks_the_voice_with_the_store(tiny_store):
+    from retouch.serving.runner import TaskRunner
+    from retouch.serving.tasks import parse_request
+
+    png = io.BytesIO()
+    Image.new("RGB", (40, 30), BLUE).save(png, format="PNG")
+    body = {"tool": "video", "project_id": "prj_1",
+            "input": {"pictures": [{"picture_id": "pic_1", "storage_key": "k"}],
+                      "music_key": None},
+            "direction": {"voice": "Welcome home."},
+            "options": {"width": 64, "height": 36, "duration": 2, "fps": 12,
+                        "aspect_ratio": "16:9", "resolution": "360p"}}
+    request = parse_request(body, surface=None)
+    [data] = TaskRunner(store=tiny_store).run_job(
+        request, {"input.pictures[0]": png.getvalue()}, 3, lambda _: None, lambda: False)
+    samples, rate, seconds = decoded_audio(data)
+    assert abs(seconds - 2.0) < 0.1 and float(np.abs(samples).max()) > 0.01
+
+
+# --- scene pacing --------------------------------------------------------------------------------
+
+def test_holds_pace_the_timeline():
+    timeline = Timeline.build(3, 96, 12, holds=(1.5, 1.0, 0.6))
+    seconds = timeline.seconds(24)
+    assert abs(sum(seconds) - 4.0) < 1e-9
+    assert seconds[0] > seconds[1] > seconds[2]
+    assert abs(timeline.lengths[0] / timeline.lengths[2] - 1.5 / 0.6) < 1e-9
+    for frame in range(96):
+        assert abs(sum(w for _, _, w in timeline.layers(frame)) - 1.0) < 1e-9
+    equal = Timeline.build(3, 96, 12)
+    assert equal.lengths[0] == equal.lengths[2]
+    with pytest.raises(PipelineInputError) as error:
+        render_reel([Image.new("RGB", (8, 8), RED)], ReelSpec(16, 16, 2, holds=(1.0, 2.0)),
+                    RunContext(seed=0))
+    assert error.value.field == "holds"
+
+
+def test_scene_context_plans_a_property_tour():
+    from retouch.pipelines.scene_pacing import FEATURED_HOLD, STEPS, PictureScene, plan_tour
+
+    scenes = [PictureScene("interior", "bedroom"), PictureScene("interior", "other"),
+              PictureScene("interior", "kitchen"), PictureScene("exterior", None),
+              PictureScene("interior", "living_room"), PictureScene("exterior", "terrace")]
+    plan = plan_tour(scenes, "Renovated kitchen, sunny patio")
+    assert [i for i, _ in plan] == [3, 2, 4, 0, 5, 1]  # exterior, living spaces, rooms, outdoor
+    holds = dict(plan)
+    assert holds[3] > holds[4] > holds[0] > holds[1]  # establishing longest, details shortest
+    assert holds[2] == round(STEPS["kitchen"].hold * FEATURED_HOLD, 3)  # named: a selling point
+    assert holds[5] == round(STEPS["terrace"].hold * FEATURED_HOLD, 3)  # "patio" names it
+    assert plan == plan_tour(scenes, "Renovated kitchen, sunny patio")
+    assert dict(plan_tour(scenes, "Quiet street"))[2] == STEPS["kitchen"].hold

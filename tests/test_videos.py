@@ -39,11 +39,12 @@ def aixpose_secret(api, credits: int = 1000) -> str:
         return keys.create_key(session, account_id, surface="aixpose")[1]
 
 
-def add_picture(api, headers, project_id: str, color) -> str:
+def add_picture(api, headers, project_id: str, color, scene_type: str = "interior",
+                scene_location: str | None = "living_room") -> str:
     data = base64.b64encode(image_bytes(96, 64, fmt="JPEG", color=color)).decode()
     response = api.client.post(f"/v1/projects/{project_id}/pictures", headers=headers, json={
         "source": {"type": "base64", "media_type": "image/jpeg", "data": data},
-        "scene_type": "interior", "scene_location": "living_room"})
+        "scene_type": scene_type, "scene_location": scene_location})
     assert response.status_code == 201, response.text
     return response.json()["id"]
 
@@ -65,11 +66,11 @@ def decode(data: bytes) -> tuple[int, tuple[int, int], list[str]]:
     return len(frames), (frames[0].width, frames[0].height), audio
 
 
-def test_video_reels_render_end_to_end(tmp_path):
+def test_video_reels_render_end_to_end(tmp_path, tiny_store):
     settings = make_settings(tmp_path, allow_private_urls=True, webhook_poll_seconds=0.05)
 
-    def executor(services):
-        return InProcessExecutor(services, lambda: TaskRunner(None))  # reels need no model
+    def executor(services):  # the voice-over needs the text-to-speech model
+        return InProcessExecutor(services, lambda: TaskRunner(tiny_store))
 
     music = wav_bytes()
     with api_for(settings, executor=executor) as api, webhook_receiver() as receiver, \
@@ -84,7 +85,7 @@ def test_video_reels_render_end_to_end(tmp_path):
         second = add_picture(api, headers, project_id, (40, 40, 220))
 
         body = {"project_id": project_id, "picture_ids": [first, second],
-                "scene_context": "Bright two-room flat near the beach", "voice": "calm, warm",
+                "scene_context": "Bright two-room flat near the beach", "voice": "Welcome home.",
                 "background_music": "soft piano", "music_url": f"{base}/track.wav",
                 "duration": 2, "aspect_ratio": "16:9", "resolution": "240p",
                 "webhook_url": receiver.url}
@@ -94,7 +95,7 @@ def test_video_reels_render_end_to_end(tmp_path):
         video = created.json()
         assert video["id"].startswith("vid_") and video["status"] in ("pending", "processing")
         assert video["picture_ids"] == [first, second] and video["cost_credits"] == 2 * 2
-        assert video["audio"] == {"voice": "calm, warm", "background_music": "soft piano",
+        assert video["audio"] == {"voice": "Welcome home.", "background_music": "soft piano",
                                   "music_url": f"{base}/track.wav", "music_track": True}
         assert (video["width"], video["height"], video["frame_count"]) == (426, 240, 48)
         replay = api.client.post("/v1/videos", json=body,
@@ -160,6 +161,15 @@ def test_video_requests_are_validated_at_the_edge(tmp_path):
             "project_id": project_id, "picture_ids": [picture_id], "duration": 2,
             "music_url": "https://10.0.0.7/track.wav"})
         assert_error(private_music, 400, "invalid_input", "music_url")
+        for voice in ("", "   ", "A long tour of every room in this flat."):  # 2 s: 15 chars
+            spoken = api.client.post("/v1/videos", headers=headers, json={
+                "project_id": project_id, "picture_ids": [picture_id], "duration": 2,
+                "voice": voice})
+            assert_error(spoken, 400, "invalid_input", "voice")
+        too_many = api.client.post("/v1/videos", headers=headers, json={
+            "project_id": project_id, "picture_ids": [picture_id], "duration": 60,
+            "voice": "x" * 401})
+        assert_error(too_many, 400, "invalid_input", "voice")
         assert api.client.get("/v1/videos", headers=headers).json()["data"] == []  # none made
         missing_project = api.client.post("/v1/videos", headers=headers,
                                           json={"project_id": "prj_nope", "duration": 2})
@@ -204,3 +214,81 @@ def test_a_failed_video_is_refunded_and_sends_video_failed(tmp_path):
         event = Webhook(key).verify(post.body, post.headers)
         assert event["type"] == "video.failed" and event["data"]["id"] == done["id"]
         assert event["data"]["status"] == "failed"
+
+
+def test_scene_context_plays_the_pictures_as_a_property_tour(tmp_path):
+    """With a `scene_context` the reel opens on the exterior, then living spaces, rooms and
+    details, and the job holds establishing shots and named rooms longer; without one the
+    pictures play as listed, evenly."""
+    from sqlalchemy import select
+
+    from retouch.serving.core.tables import Generation, Video
+
+    with api_for(make_settings(tmp_path)) as api:  # no executor: the jobs stay pending
+        headers = api.headers(aixpose_secret(api))
+        project_id = api.client.post("/v1/projects", headers=headers,
+                                     json={"name": "tour"}).json()["id"]
+        bath = add_picture(api, headers, project_id, (200, 200, 220), "interior", "bathroom")
+        detail = add_picture(api, headers, project_id, (120, 90, 60), "interior", "other")
+        facade = add_picture(api, headers, project_id, (90, 140, 200), "exterior", "facade")
+        kitchen = add_picture(api, headers, project_id, (220, 210, 190), "interior", "kitchen")
+        listed = [bath, detail, facade, kitchen]
+
+        def create(**extra) -> dict:
+            response = api.client.post("/v1/videos", headers=headers, json={
+                "project_id": project_id, "picture_ids": listed, "duration": 8, **extra})
+            assert response.status_code == 201, response.text
+            return response.json()
+
+        def holds(video_id: str) -> dict[str, float]:
+            with api.services.session_factory() as session:
+                job = session.scalars(select(Generation).join(
+                    Video, Video.generation_id == Generation.id).where(Video.id == video_id)).one()
+                return {p["picture_id"]: p["hold"] for p in job.request["input"]["pictures"]}
+
+        toured = create(scene_context="Family flat with a brand-new kitchen")
+        assert toured["picture_ids"] == [facade, kitchen, bath, detail]
+        paced = holds(toured["id"])
+        assert paced[facade] > paced[bath] > paced[detail] and paced[kitchen] > paced[facade]
+        plain = create()
+        assert plain["picture_ids"] == listed and set(holds(plain["id"]).values()) == {1.0}
+
+
+def test_publishing_a_video_project_starts_its_listing_reel_once(tmp_path):
+    """`output: "video"`: publish renders a tour of the approved pictures, once per set of
+    pictures; a `picture` project's publish starts none."""
+    with api_for(make_settings(tmp_path)) as api:  # no executor: the reels stay pending
+        headers = api.headers(aixpose_secret(api))
+
+        def project(output: str) -> str:
+            return api.client.post("/v1/projects", headers=headers, json={
+                "name": "Seaside house", "output": output, "video_format": "webm"}).json()["id"]
+
+        def approved(project_id: str, *scenes) -> list[str]:
+            ids = [add_picture(api, headers, project_id, (60, 90, 120), *scene) for scene in scenes]
+            for picture_id in ids:
+                assert api.client.post(f"/v1/pictures/{picture_id}/approve",
+                                       headers=headers).status_code in (200, 201)
+            return ids
+
+        def publish_and_list(project_id: str) -> list[dict]:
+            published = api.client.post(f"/v1/projects/{project_id}/publish", headers=headers)
+            assert published.status_code == 200, published.text
+            return api.client.get(f"/v1/videos?project_id={project_id}",
+                                  headers=headers).json()["data"]
+
+        reel_project = project("video")
+        kitchen, facade = approved(reel_project, ("interior", "kitchen"), ("exterior", "facade"))
+        [reel] = publish_and_list(reel_project)
+        assert reel["picture_ids"] == [facade, kitchen]  # the tour opens on the exterior
+        assert (reel["duration"], reel["resolution"], reel["scene_context"]) == (
+            6, "720p", "Seaside house")
+        assert len(publish_and_list(reel_project)) == 1  # same pictures: no second reel
+        [bedroom] = approved(reel_project, ("interior", "bedroom"))
+        newest = publish_and_list(reel_project)
+        assert len(newest) == 2 and newest[0]["picture_ids"] == [facade, kitchen, bedroom]
+        assert newest[0]["duration"] == 9
+
+        stills = project("picture")
+        approved(stills, ("interior", "kitchen"))
+        assert publish_and_list(stills) == []

@@ -10,7 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from retouch.serving.core import organizations, projects
+from retouch.serving.core import organizations, projects, videos
 from retouch.serving.core.db import transaction
 from retouch.serving.core.idempotency import create_idempotently
 from retouch.serving.core.errors import InvalidInput
@@ -72,7 +72,11 @@ def publish_project(project_id: str, response: Response, services: ServicesDep,
                     key: Annotated[ApiKey, Depends(aixpose_key(WRITE))],
                     idempotency_key: IdempotencyKey = None) -> dict:
     """Freeze the approved pictures as the published media set (their URLs); emits
-    `project.published`."""
+    `project.published`. A project whose `output` is `video` also starts its listing reel (a
+    tour of the approved pictures) unless one of exactly those pictures exists; publish again
+    after its `video.completed` to add it to the set."""
+    videos.start_listing_reel(services, key, project_id, idempotency_key=idempotency_key)
+
     def publish(session) -> str:
         project = projects.get_project(session, key.account_id, project_id)
         return projects.publish(session, project, services.storage).id

@@ -10,6 +10,7 @@ from pydantic import Field
 
 from retouch.pipelines.reel import ASPECT_RATIOS, MAX_DURATION_S, MAX_PICTURES, MIN_DURATION_S
 from retouch.pipelines.reel import RESOLUTIONS as VIDEO_RESOLUTIONS
+from retouch.pipelines.voiceover import MAX_VOICE_CHARS, VOICE_CHARS_PER_SECOND
 from retouch.serving.core import jobs, videos
 from retouch.serving.core.pagination import MAX_PAGE_SIZE
 from retouch.serving.core.public_objects import video_object
@@ -30,9 +31,16 @@ class VideoCreate(_Strict):
     picture_ids: list[str] | None = Field(
         default=None, min_length=1, max_length=MAX_PICTURES,
         description="The pictures in reel order; omit for every approved picture")
-    scene_context: str | None = Field(default=None, max_length=2000)
-    voice: str | None = Field(default=None, max_length=500,
-                              description="Voice-over direction (recorded with the video)")
+    scene_context: str | None = Field(
+        default=None, max_length=2000,
+        description="The listing in words; given, the pictures play as a property tour "
+                    "(exterior first, then living spaces, rooms, outdoor, details) with longer "
+                    "holds for establishing shots and the rooms it names")
+    voice: str | None = Field(
+        default=None, min_length=1, max_length=MAX_VOICE_CHARS,
+        description="The voice-over's words, spoken by the self-hosted text-to-speech model "
+                    f"over the music (ducked); at most {VOICE_CHARS_PER_SECOND} characters per "
+                    "second of video after the first and before the last half second")
     background_music: str | None = Field(default=None, max_length=500,
                                          description="Music direction (recorded)")
     music_url: str | None = Field(default=None, max_length=2000,
@@ -52,8 +60,9 @@ def create_video(body: Annotated[VideoCreate, Body()], response: Response, servi
                  key: Annotated[ApiKey, Depends(aixpose_key(WRITE))],
                  idempotency_key: IdempotencyKey = None) -> dict:
     """Start rendering an MP4 reel: a camera move over each picture, crossfades between them,
-    and the music track when `music_url` is given. Same `Idempotency-Key` + body → the same
-    video (200)."""
+    the music track when `music_url` is given and a spoken voice-over of `voice` (the music
+    ducked under it); `scene_context` plays the pictures as a scene-paced tour. Same
+    `Idempotency-Key` + body → the same video (200)."""
     check_webhook_url(services.fetcher, body.webhook_url)
     services.require_executor()
     video, replayed = videos.create_video(services, key, videos.VideoSettings(**body.model_dump()),
