@@ -13,9 +13,9 @@ how `secondary_images` take part:
   foot point through that alpha (`stand_subject`); the inpaint then re-renders that footprint at
   `HARMONISE_STRENGTH`, plus a contact band around the feet (`CONTACT_BAND`) where the shadow and
   the floor contact are drawn, so light and edges match the scene while the pasted pixels keep
-  the identity. Without a reference a person is drawn into
-  the same box from the prompt. Without a usable floor (none found, or no box fits) the person
-  stands bottom centre at `PERSON_HEIGHT` of the frame.
+  the identity. Without a reference a person is drawn into the same box from the prompt.
+  Without a usable floor (none found, or no box fits) the person stands bottom centre at
+  `PERSON_HEIGHT` of the frame.
 - cloth_change: the region is the clothing labels of the segmenter (upper clothes, skirt, pants,
   dress, belt, scarf), dilated; references are pasted into the region's bounding box first
   (reference-initialised inpainting at `REFERENCE_STRENGTH`) so they set garment colour/texture.

@@ -1,4 +1,6 @@
-"""Gallery of what scene understanding decides on a test photo: `python -m retouch.scripts.make_gallery`.
+"""Gallery of what scene understanding decides on a test photo (docs/gallery/).
+
+    python -m retouch.scripts.make_gallery [--out docs/gallery] [--sections ...]
 
 Writes into `docs/gallery/` (or `--out`; `--sections` picks some):
 - `regions.png`: the known label map, then per enhancement region the photo dimmed outside the

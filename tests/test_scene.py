@@ -1,4 +1,5 @@
-"""Scene understanding: enhancement regions from an ADE20K label map and the matting alpha.
+"""Scene understanding: enhancement regions from an ADE20K label map, the matting alpha and the
+placements' cut-outs through it.
 
 A random tiny twin cannot see a room, so the region and alpha logic is tested with a segmenter /
 matter whose answer is known: synthetic scenes drawn together with their ADE20K label map, served
@@ -246,7 +247,8 @@ def test_object_placement_pastes_the_product_without_its_backdrop(tiny_store, mo
     changed = (base != GREEN).any(axis=-1)
     rows, cols = np.nonzero(changed)
     # The disc stands in the box on its bottom edge; nothing of the reference lands outside it.
-    assert top <= rows.min() and rows.max() + 1 == bottom and left <= cols.min() <= cols.max() < right
+    assert top <= rows.min() and rows.max() + 1 == bottom
+    assert left <= cols.min() <= cols.max() < right
     greyish = (np.abs(base - 128) < 16).all(axis=-1)
     assert not greyish.any()  # the backdrop never reaches the scene
     centre = base[(rows.min() + rows.max()) // 2, (cols.min() + cols.max()) // 2]
