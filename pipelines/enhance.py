@@ -1,8 +1,9 @@
 """AIXpose enhancements: preset actions and/or a custom prompt, composed into ONE diffusion pass.
 
-X
-enhanced, `options` carry the action ids, the optional custom prompt, aspect ratio, resolution (1K/2K/4K:
-the output's long side), variants (1–4; variant i uses seed + i) and the output format.
+`EnhanceRequest` is the job body (`tool: "enhance"`): `input.image` is the picture being enhanced,
+`input.reference` the optional consistency reference, `options` carry the action ids, the optional
+custom prompt, aspect ratio, resolution (1K/2K/4K: the output's long side), variants (1–4;
+variant i uses seed + i) and the output format.
 
 Flow: fit the source to the output size → `compose_actions` merges the recipes (joined prompts,
 united regions, strongest strength) → either
@@ -16,6 +17,12 @@ united regions, strongest strength) → either
   fixed band of the frame (`FALLBACK_BANDS`), so a job never silently returns its input.
 Masks and the depth condition are computed once and shared by all variants; masks come from the
 working size, their alpha is resized to the output size.
+
+Consistency goal: with `input.reference` (an approved picture of the same project) every
+diffusion pass runs under the IP-Adapter with that picture as style reference
+(`edit.reference_conditioning`, scale `CONSISTENCY_SCALE`), so a listing's rooms share one look.
+The seed family is decided at the edge: the job's seed is the reference picture's seed, and
+variant i uses seed + i as always. Without a reference no adapter is loaded.
 """
 
 from __future__ import annotations
@@ -31,11 +38,14 @@ from .actions import (CUSTOM_PROMPT_STRENGTH, PHOTO_STYLE, ActionRecipe, check_i
 from . import scene
 from .common import RunContext, depth_control_image, pipe_working_size, run_diffusion, \
     steps_for_strength
+from .edit import reference_conditioning
 from .erase import inpaint_region
 from .errors import PipelineInputError
 from .sizes import fit_to_size, resize_to, working_size
 
 IMAGE = "input.image"
+REFERENCE = "input.reference"
+CONSISTENCY_SCALE = 0.6
 MAX_VARIANTS = 4
 CONTROL_SCALE = 0.8
 # Where a region is assumed to be when the segmenter finds none of it: (left, top, right,
@@ -113,11 +123,18 @@ def check_inputs(request, images: dict[str, Image.Image]) -> list[ActionRecipe]:
     return check_instruction(request.options.actions, request.options.prompt, "options")
 
 
+def consistency_references(images: dict[str, Image.Image]) -> list[Image.Image]:
+    """The style reference of a consistency goal, if the job has one."""
+    reference = images.get(REFERENCE)
+    return [reference.convert("RGB")] if reference is not None else []
+
+
 def enhance(store, request, images: dict[str, Image.Image], ctx: RunContext) -> list[Image.Image]:
     recipes = check_inputs(request, images)
     options = request.options
     ctx.report(0.0)
     source = images[IMAGE].convert("RGB")
+    references = consistency_references(images)
     size = enhancement_size(options.aspect_ratio, options.resolution, source.size)
     composed = compose_actions(recipes, options.prompt)
     steps = store.quality_steps[options.quality]
@@ -128,15 +145,17 @@ def enhance(store, request, images: dict[str, Image.Image], ctx: RunContext) -> 
         control = depth_control_image(store.depth_estimator()(init))
         ctx.report(0.1)
         outputs = []
-        for variant in range(options.variants):
-            progress = ctx.stage(0.1 + 0.9 * variant / options.variants,
-                                 0.1 + 0.9 * (variant + 1) / options.variants)
-            result = run_diffusion(
-                pipe, progress, ctx, seed_offset=variant, prompt=composed.prompt,
-                negative_prompt=composed.negative_prompt, image=init, control_image=control,
-                strength=composed.strength, controlnet_conditioning_scale=CONTROL_SCALE,
-                num_inference_steps=steps_for_strength(steps, composed.strength))
-            outputs.append(resize_to(result, size))
+        with reference_conditioning(store, pipe, references, CONSISTENCY_SCALE) as reference:
+            for variant in range(options.variants):
+                progress = ctx.stage(0.1 + 0.9 * variant / options.variants,
+                                     0.1 + 0.9 * (variant + 1) / options.variants)
+                result = run_diffusion(
+                    pipe, progress, ctx, seed_offset=variant, prompt=composed.prompt,
+                    negative_prompt=composed.negative_prompt, image=init, control_image=control,
+                    strength=composed.strength, controlnet_conditioning_scale=CONTROL_SCALE,
+                    num_inference_steps=steps_for_strength(steps, composed.strength),
+                    **reference)
+                outputs.append(resize_to(result, size))
         return outputs
 
     base = fit_to_size(source, size)
@@ -151,11 +170,12 @@ def enhance(store, request, images: dict[str, Image.Image], ctx: RunContext) -> 
                   "controlnet_conditioning_scale": CONTROL_SCALE}
     ctx.report(0.1)
     outputs = []
-    for variant in range(options.variants):
-        progress = ctx.stage(0.1 + 0.9 * variant / options.variants,
-                             0.1 + 0.9 * (variant + 1) / options.variants)
-        outputs.append(inpaint_region(store, ctx, base, mask, composed.prompt,
-                                      composed.negative_prompt, steps, progress=progress,
-                                      strength=composed.strength, seed_offset=variant,
-                                      pipe=pipe, alpha=alpha, **layout))
+    with reference_conditioning(store, pipe, references, CONSISTENCY_SCALE) as reference:
+        for variant in range(options.variants):
+            progress = ctx.stage(0.1 + 0.9 * variant / options.variants,
+                                 0.1 + 0.9 * (variant + 1) / options.variants)
+            outputs.append(inpaint_region(store, ctx, base, mask, composed.prompt,
+                                          composed.negative_prompt, steps, progress=progress,
+                                          strength=composed.strength, seed_offset=variant,
+                                          pipe=pipe, alpha=alpha, **layout, **reference))
     return outputs

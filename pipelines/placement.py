@@ -8,13 +8,14 @@ how `secondary_images` take part:
   stands is decided from the scene's depth (`ground.py`: the floor plane fitted to the lower
   image, the person's height in pixels from the depth at the foot point, the position from
   `text_prompt`'s left/right/centre/near/far and the free floor: boxes over things standing on
-  the floor are avoided). The person is cut out of the reference with the segmenter (every
-  non-"Background" label), scaled to that box and stood on its foot point; the inpaint then
-  re-renders that footprint at `HARMONISE_STRENGTH`, plus a contact band around the feet
-  (`CONTACT_BAND`) where the shadow and the floor contact are drawn, so light and edges match the
-  scene while the pasted pixels keep the identity. Without a reference a person is drawn into
-  the same box from the prompt. Without a usable floor (none found, or no box fits) the person
-  stands bottom centre at `PERSON_HEIGHT` of the frame.
+  the floor are avoided). The person is cut out of the reference with the matting model's soft
+  alpha (`matted_subject`: U²-Net, `scene.subject_alpha`), scaled to that box and stood on its
+  foot point through that alpha (`stand_subject`); the inpaint then re-renders that footprint at
+  `HARMONISE_STRENGTH`, plus a contact band around the feet (`CONTACT_BAND`) where the shadow and
+  the floor contact are drawn, so light and edges match the scene while the pasted pixels keep
+  the identity. Without a reference a person is drawn into the same box from the prompt.
+  Without a usable floor (none found, or no box fits) the person stands bottom centre at
+  `PERSON_HEIGHT` of the frame.
 - cloth_change: the region is the clothing labels of the segmenter (upper clothes, skirt, pants,
   dress, belt, scarf), dilated; references are pasted into the region's bounding box first
   (reference-initialised inpainting at `REFERENCE_STRENGTH`) so they set garment colour/texture.
@@ -24,11 +25,15 @@ how `secondary_images` take part:
   surface whose depth normal points up, `ground.choose_object_box`), sized by its depth, on the
   side `text_prompt` asks for and off things already standing there; words that put it off any
   surface ("top", "above", "sky", "wall") or a scene without surfaces use the word box
-  (`object_box`: "left", "right", "top", "bottom", "center" ...; default the lower middle). A
-  reference pre-fills it.
+  (`object_box`: "left", "right", "top", "bottom", "center" ...; default the lower middle).
+  Without a reference the whole box is drawn from the prompt. With one, the product is matted
+  out of it like the person (its backdrop never reaches the scene), fitted into the box keeping
+  its aspect, stood on the box's bottom edge, and only its footprint and contact band are
+  harmonised (`HARMONISE_STRENGTH`): the rest of the box stays the scene's own pixels.
 
 When the segmenter finds nothing usable (no clothing, no background), a fixed box stands in
-(`FALLBACK_BOXES`), so a job never silently returns its input.
+(`FALLBACK_BOXES`), so a job never silently returns its input; when the matte finds no subject
+(or nothing but subject) the whole reference is pasted, opaque.
 
 In every mode all `secondary_images` (not only the first, which the paste/cut-out uses) also
 condition the inpaint through the IP-Adapter (`edit.reference_conditioning`, scale
@@ -42,7 +47,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageFilter
 
-from . import erase, ground, prompts
+from . import erase, ground, prompts, scene
 from .angle import depth_from_relative
 from .common import RunContext
 from .edit import reference_conditioning
@@ -63,6 +68,7 @@ OBJECT_BOX_SIZE = 0.34
 PERSON_ASPECT = 0.4  # width/height of the box for a person drawn without a reference
 CONTACT_BAND = (0.15, 0.06, 0.04)  # wider by, above and below the feet, × the person's box
 OFF_SURFACE_WORDS = ("top", "above", "upper", "sky", "wall", "ceiling", "hanging")
+MATTE_FLOOR = 0.02  # matte values below this are backdrop (U²-Net's normalised noise floor)
 
 
 def secondary_images(images: dict[str, Image.Image]) -> list[Image.Image]:
@@ -205,42 +211,66 @@ def contact_band(size: tuple[int, int], box: tuple[int, int, int, int]) -> np.nd
     return mask
 
 
+def matted_subject(store, reference: Image.Image) -> tuple[Image.Image, np.ndarray]:
+    """`reference` cropped to its subject and the subject's soft alpha there (the matting model).
+
+    Without a subject in the matte (none, or nothing but subject) it is the whole reference with
+    an opaque alpha.
+    """
+    alpha = scene.subject_alpha(store, reference)
+    alpha = np.where(alpha < MATTE_FLOOR, 0.0, alpha).astype(np.float32)
+    share = float((alpha >= 0.5).mean())
+    box = bounding_box(alpha > 0)
+    if box is None or share in (0.0, 1.0):
+        return reference, np.ones((reference.height, reference.width), dtype=np.float32)
+    return reference.crop(box), alpha[box[1]:box[3], box[0]:box[2]]
+
+
+def stand_subject(base: Image.Image, subject: Image.Image, alpha: np.ndarray,
+                  box: tuple[int, int, int, int]) -> tuple[Image.Image, np.ndarray]:
+    """`subject` fitted inside `box` (aspect kept; its full height unless that overflows the
+    width by more than a rounding pixel), centred on its bottom edge and composited over `base`
+    through `alpha`; `(composite, region to harmonise)`. The region is the subject's footprint,
+    dilated, and the contact band under it; outside the footprint `base` is unchanged.
+    """
+    box_w, box_h = max(1, box[2] - box[0]), max(1, box[3] - box[1])
+    scale = box_h / subject.height
+    if subject.width * scale > box_w + 1:
+        scale = box_w / subject.width
+    width, height = max(1, round(subject.width * scale)), max(1, round(subject.height * scale))
+    left, top = box[0] + (box_w - width) // 2, box[3] - height
+    patch = np.asarray(resize_to(subject, (width, height)))
+    patch_alpha = scene.resize_alpha(alpha, (width, height))
+    x0, y0 = max(0, left), max(0, top)
+    x1, y1 = min(base.width, left + width), min(base.height, top + height)
+    placed = np.zeros((base.height, base.width), dtype=np.float32)
+    layer = np.asarray(base).copy()
+    placed[y0:y1, x0:x1] = patch_alpha[y0 - top:y1 - top, x0 - left:x1 - left]
+    layer[y0:y1, x0:x1] = patch[y0 - top:y1 - top, x0 - left:x1 - left]
+    composite = scene.soft_paste(base, Image.fromarray(layer, "RGB"), placed)
+    region = dilate(placed > 0, 0.02) | contact_band(base.size, (left, top, left + width,
+                                                                 top + height))
+    return composite, region
+
+
 def person_placement(store, request, images, ctx: RunContext) -> list[Image.Image]:
     check_inputs(request, images)
     ctx.report(0.0)
-    scene = _frame(store, request, images)
+    scene_image = _frame(store, request, images)
     references = secondary_images(images)
     text = request.input.text_prompt
     prompt = prompts.person_placement_prompt(text)
     if not references:
-        box, _ = person_layout(store, scene, text, PERSON_ASPECT)
-        region = np.zeros((scene.height, scene.width), dtype=bool)
+        box, _ = person_layout(store, scene_image, text, PERSON_ASPECT)
+        region = np.zeros((scene_image.height, scene_image.width), dtype=bool)
         region[box[1]:box[3], box[0]:box[2]] = True
-        return _finish(store, request, ctx, scene, region | contact_band(scene.size, box),
-                       prompt, INPAINT_STRENGTH, references)
-    person = references[0]
-    person_mask = segment_labels(store, person, "Background", exclude=True)
-    cut_box = bounding_box(person_mask) or (0, 0, person.width, person.height)
-    cut, cut_mask = person.crop(cut_box), person_mask[cut_box[1]:cut_box[3], cut_box[0]:cut_box[2]]
-    if not cut_mask.any():
-        cut_mask = np.ones_like(cut_mask)
-    box, _ = person_layout(store, scene, text, cut.width / cut.height)
-    height = max(1, box[3] - box[1])
-    width = max(1, min(scene.width, round(cut.width * height / cut.height)))
-    cut = resize_to(cut, (width, height))
-    alpha = resize_mask_to(Image.fromarray(np.where(cut_mask, 255, 0).astype(np.uint8), "L"),
-                           (width, height))
-    centre = (box[0] + box[2]) // 2
-    left = min(max(0, centre - width // 2), max(0, scene.width - width))
-    top = box[3] - height
-    base = scene.copy()
-    base.paste(cut, (left, top), alpha)
-    footprint = np.zeros((scene.height, scene.width), dtype=bool)
-    placed = np.asarray(alpha) >= 128
-    visible = placed[:, :scene.width - left]
-    footprint[top:top + height, left:left + visible.shape[1]] = visible[:scene.height - top]
-    mask = dilate(footprint, 0.02) | contact_band(scene.size, (left, top, left + width, box[3]))
-    return _finish(store, request, ctx, base, mask, prompt, HARMONISE_STRENGTH, references)
+        return _finish(store, request, ctx, scene_image,
+                       region | contact_band(scene_image.size, box), prompt, INPAINT_STRENGTH,
+                       references)
+    person, alpha = matted_subject(store, references[0])
+    box, _ = person_layout(store, scene_image, text, person.width / person.height)
+    base, region = stand_subject(scene_image, person, alpha, box)
+    return _finish(store, request, ctx, base, region, prompt, HARMONISE_STRENGTH, references)
 
 
 def cloth_change(store, request, images, ctx: RunContext) -> list[Image.Image]:
@@ -306,6 +336,12 @@ def object_placement(store, request, images, ctx: RunContext) -> list[Image.Imag
     check_inputs(request, images)
     ctx.report(0.0)
     base = _frame(store, request, images)
-    mask = object_region(store, base, request.input.text_prompt)
-    return _finish_prefilled(store, request, ctx, images, base, mask,
-                             prompts.object_placement_prompt(request.input.text_prompt))
+    text = request.input.text_prompt
+    region = object_region(store, base, text)
+    prompt = prompts.object_placement_prompt(text)
+    references = secondary_images(images)
+    if not references:
+        return _finish(store, request, ctx, base, region, prompt, INPAINT_STRENGTH, references)
+    product, alpha = matted_subject(store, references[0])
+    base, region = stand_subject(base, product, alpha, bounding_box(region))
+    return _finish(store, request, ctx, base, region, prompt, HARMONISE_STRENGTH, references)

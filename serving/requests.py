@@ -221,8 +221,11 @@ WixmaRequest = Annotated[
 # ---- AIXpose enhancement (`POST /v1/pictures/{id}/enhance`) ------------------------------------
 class EnhanceInput(_Strict):
     image: ImageRef
+    # The approved picture a consistency goal keeps to (style reference through the IP-Adapter).
+    reference: ImageRef | None = None
 
-    _one = field_validator("image", mode="before")(lambda cls, v, info: _image_ref(v, info))
+    _one = field_validator("image", "reference", mode="before")(
+        lambda cls, v, info: _image_ref(v, info))
 
 
 class EnhanceOptions(_Strict):

@@ -71,6 +71,9 @@ REFERENCES = [
     ("POST", "/v1/pictures/{picture}/enhancements", {"json": {"instruction": {
         "source": "quick_action", "quick_action_id": "{quick_action}"}}},
      "instruction.quick_action_id"),
+    ("POST", "/v1/pictures/{picture}/enhancements", {"json": {"instruction": {
+        "source": "custom", "prompt": "brighter", "consistent_with": "{picture}"}}},
+     "instruction.consistent_with"),
 ]
 EXEMPT = {
     ("GET", "/files/{key:path}"): "storage keys are unguessable UUID paths (capability URLs), "

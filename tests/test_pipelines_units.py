@@ -76,21 +76,16 @@ def test_grades_are_deterministic_and_distinct():
 
 
 def test_person_placement_stands_the_cut_out_person_in_the_scene(monkeypatch):
-    """Compositing logic with a stand-in segmenter and the inpaint step captured, not run."""
+    """Compositing logic with a stand-in matter and the inpaint step captured, not run."""
     from types import SimpleNamespace
 
     from retouch.pipelines import placement
     from retouch.pipelines.common import RunContext
     from retouch.serving.tasks import parse_request
 
-    names = ("Background", "Face")
-
-    class Segmenter:  # the person is the magenta block of the reference
-        def __call__(self, image):
-            rgb = np.asarray(image).astype(int)
-            person = (rgb[..., 0] > 200) & (rgb[..., 1] < 60)
-            return SimpleNamespace(mask=lambda *labels: ~person if labels == ("Background",)
-                                   else person, names=names)
+    def matter(image):  # the person is the magenta block of the reference
+        rgb = np.asarray(image).astype(int)
+        return ((rgb[..., 0] > 200) & (rgb[..., 1] < 60)).astype(np.float32)
 
     def floor_depth(image):
         """Relative inverse depth of a level floor (horizon at 40 % of the height), wall above."""
@@ -98,7 +93,7 @@ def test_person_placement_stands_the_cut_out_person_in_the_scene(monkeypatch):
         rows = np.arange(h, dtype=np.float32)[:, None] - 0.4 * h
         return np.broadcast_to(np.maximum(rows, 0.5), (h, w)).astype(np.float32).copy()
 
-    store = SimpleNamespace(native_size=64, segmenter=lambda: Segmenter(),
+    store = SimpleNamespace(native_size=64, matter=lambda: matter,
                             depth_estimator=lambda: floor_depth, quality_steps={"low": 2})
     captured = {}
 
@@ -108,7 +103,7 @@ def test_person_placement_stands_the_cut_out_person_in_the_scene(monkeypatch):
 
     monkeypatch.setattr(placement, "inpaint_region", fake_inpaint)
     scene = Image.new("RGB", (100, 80), (0, 90, 0))
-    reference = Image.new("RGB", (60, 60), (0, 0, 255))
+    reference = Image.new("RGB", (64, 64), (0, 0, 255))  # the matter's working size
     reference.paste((255, 0, 255), (20, 10, 40, 50))  # a 20x40 "person"
     request = parse_request({
         "tool": "photographer", "input": {"main_image": "https://e.x/a.png",

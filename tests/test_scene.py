@@ -1,4 +1,5 @@
-"""Scene understanding: enhancement regions from an ADE20K label map and the matting alpha.
+"""Scene understanding: enhancement regions from an ADE20K label map, the matting alpha and the
+placements' cut-outs through it.
 
 A random tiny twin cannot see a room, so the region and alpha logic is tested with a segmenter /
 matter whose answer is known: synthetic scenes drawn together with their ADE20K label map, served
@@ -16,7 +17,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from retouch.models.registry import ADE20K_LABELS, resolve_profile
 from retouch.models.store import Segmentation
-from retouch.pipelines import scene
+from retouch.pipelines import placement, scene
 from retouch.pipelines.actions import ACTIONS_BY_ID, enhancement_size
 from retouch.pipelines.common import RunContext
 from retouch.pipelines.enhance import enhancement_alpha
@@ -209,6 +210,68 @@ def test_nothing_to_cut_stays_opaque(tiny_store):
     for flat in (np.zeros((60, 80), np.float32), np.ones((60, 80), np.float32)):
         assert cut_out_subject(KnownStore(tiny_store, matter=KnownMatter(flat)), image).mode \
             == "RGB"
+
+
+# ---- placements: the product / person cut out through the matte ------------------------------
+PRODUCT_PROMPT = "a red vase on the left"
+GREEN = (40, 110, 60)
+
+
+def place_product(store, **images):
+    request = parse_request({
+        "tool": "photographer", "options": {"mode": "object_placement", "quality": "low"},
+        "input": {"main_image": "https://e.x/a.png", "secondary_images": ["https://e.x/b.png"],
+                  "text_prompt": PRODUCT_PROMPT}})
+    return TaskRunner(store).run(request, images, RunContext(seed=2))
+
+
+def product_box(store, scene_image):
+    return placement.bounding_box(placement.object_region(store, scene_image, PRODUCT_PROMPT))
+
+
+def test_object_placement_pastes_the_product_without_its_backdrop(tiny_store, monkeypatch):
+    product, alpha = product_shot()  # a red disc on a grey backdrop
+    store = KnownStore(tiny_store, matter=KnownMatter(alpha))
+    scene_image = Image.new("RGB", (96, 64), GREEN)
+    captured = {}
+
+    def fake_inpaint(store, ctx, base, mask, prompt, negative, steps, **kwargs):
+        captured.update(base=np.asarray(base).astype(int), mask=mask, strength=kwargs["strength"])
+        return base
+
+    monkeypatch.setattr(placement, "inpaint_region", fake_inpaint)
+    place_product(store, **{"input.main_image": scene_image,
+                            "input.secondary_images[0]": product})
+    left, top, right, bottom = product_box(store, scene_image)
+    base, mask = captured["base"], captured["mask"]
+    changed = (base != GREEN).any(axis=-1)
+    rows, cols = np.nonzero(changed)
+    # The disc stands in the box on its bottom edge; nothing of the reference lands outside it.
+    assert top <= rows.min() and rows.max() + 1 == bottom
+    assert left <= cols.min() <= cols.max() < right
+    greyish = (np.abs(base - 128) < 16).all(axis=-1)
+    assert not greyish.any()  # the backdrop never reaches the scene
+    centre = base[(rows.min() + rows.max()) // 2, (cols.min() + cols.max()) // 2]
+    assert centre[0] > 180 and centre[1] < 60  # the product itself is pasted
+    corners = [(top, left), (top, right - 1)]
+    assert all(not changed[r, c] and not mask[r, c] for r, c in corners)  # the box's free corners
+    assert mask[changed].all() and mask.sum() < (right - left) * (bottom - top) * 1.5
+    assert captured["strength"] == placement.HARMONISE_STRENGTH
+
+
+def test_object_placement_keeps_the_scene_outside_the_product_bit_exact(tiny_store):
+    product, alpha = product_shot()
+    store = KnownStore(tiny_store, matter=KnownMatter(alpha))
+    scene_image = draw(ROOM, (96, 64), labels=False)
+    (out,) = place_product(store, **{"input.main_image": scene_image,
+                                     "input.secondary_images[0]": product})
+    subject, subject_alpha = placement.matted_subject(store, product)
+    assert subject.size[0] < product.size[0]  # cropped to the disc, not the whole reference
+    _, region = placement.stand_subject(scene_image, subject, subject_alpha,
+                                        product_box(store, scene_image))
+    out, src = np.asarray(out), np.asarray(scene_image)
+    assert (~region).mean() > 0.5 and np.array_equal(out[~region], src[~region])
+    assert not np.array_equal(out[region], src[region])  # the product was harmonised
 
 
 # ---- the real classes through the registry ----------------------------------------------------

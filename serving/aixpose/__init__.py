@@ -14,7 +14,8 @@ Quickstart (a local `retouch serve`):
                                            or multipart `file` + the same fields → picture
     POST /v1/pictures/{id}/enhancements    {"instruction": {"source": "preset", "actions": [...]}
                                             | {"source": "custom", "prompt"}
-                                            | {"source": "quick_action", "quick_action_id"},
+                                            | {"source": "quick_action", "quick_action_id"}
+                                            (+ "consistent_with": an approved picture's id),
                                             "variants": 1-4, "aspect_ratio", "resolution",
                                             "webhook_url"}
                                            → {"object": "list", "data": [picture, ...]}

@@ -205,7 +205,7 @@ def create_enhancement(picture_id: str, body: EnhancementCreate, response: Respo
         services.session_factory, services.storage, key, picture_id, action_ids=actions,
         prompt=prompt, instruction=instruction, variants=body.variants,
         aspect_ratio=body.aspect_ratio, resolution=body.resolution, webhook_url=webhook_url,
-        output_format=body.output_format,
+        output_format=body.output_format, consistent_with=spec.consistent_with,
         model_revision=model_revision(services.settings), idempotency_key=idempotency_key,
         idempotency_ttl_hours=services.settings.idempotency_ttl_hours)
     if replayed:

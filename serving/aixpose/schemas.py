@@ -68,6 +68,10 @@ class Instruction(_Strict):
     actions: list[str] | None = Field(default=None, max_length=8)
     prompt: str | None = Field(default=None, max_length=2000)
     quick_action_id: str | None = None
+    consistent_with: str | None = Field(
+        default=None, min_length=1, max_length=100,
+        description="Consistency goal: the id of an approved picture of the same project whose "
+                    "look (IP-Adapter style reference) and seed family the variants keep")
 
     @model_validator(mode="after")
     def _needs(self) -> "Instruction":

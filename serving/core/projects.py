@@ -167,18 +167,38 @@ def add_enhancement_pictures(session: Session, job: Generation, source: Picture,
     return pictures
 
 
+CONSISTENCY_FIELD = "instruction.consistent_with"
+
+
+def consistency_reference(session: Session, picture: Picture, reference_id: str) -> Picture:
+    """The approved picture of `picture`'s project an enhancement keeps consistent with, or
+    `InvalidInput` naming `instruction.consistent_with` (another account's picture reads as
+    missing)."""
+    reference = session.get(Picture, reference_id)
+    if reference is None or reference.account_id != picture.account_id:
+        raise InvalidInput(CONSISTENCY_FIELD, f"picture {reference_id!r} was not found")
+    if reference.project_id != picture.project_id:
+        raise InvalidInput(CONSISTENCY_FIELD, f"picture {reference_id!r} belongs to another "
+                                              "project; consistency is kept within a project")
+    if reference.approved_at is None:
+        raise InvalidInput(CONSISTENCY_FIELD, f"picture {reference_id!r} is not approved; only "
+                                              "an approved picture can set the look")
+    return reference
+
+
 def create_enhancement(session_factory, storage, key, picture_id: str, *, action_ids: list[str],
                        prompt: str | None, instruction: dict[str, Any], variants: int,
                        aspect_ratio: str | None, resolution: str | None,
                        webhook_url: str | None, model_revision: str,
-                       output_format: str | None = None,
+                       output_format: str | None = None, consistent_with: str | None = None,
                        idempotency_key: str | None, idempotency_ttl_hours: float
                        ) -> tuple[list[Picture], bool]:
     """Start one enhancement job of `variants` outputs and its pictures; `(pictures, replayed)`.
 
     Charged, reserved and idempotent through `jobs.create_job`; the pictures are written
     in the job's creation transaction. Aspect ratio, resolution and output format default to the
-    project's.
+    project's. With `consistent_with` (checked by `consistency_reference` before anything is
+    charged) the job reads that picture's stored image as `input.reference` and takes its seed.
     """
     with transaction(session_factory) as session:
         picture = get_picture(session, key.account_id, picture_id)
@@ -193,6 +213,12 @@ def create_enhancement(session_factory, storage, key, picture_id: str, *, action
             options["prompt"] = prompt
         body = {"tool": "enhance", "input": {"image": {"upload_id": upload.id}},
                 "options": options}
+        if consistent_with is not None:
+            reference = consistency_reference(session, picture, consistent_with)
+            body["input"]["reference"] = {
+                "upload_id": source_upload(session, storage, reference).id}
+            if reference.seed is not None:  # an original upload has no seed to share
+                options["seed"] = int(reference.seed) % 2**32
         input_url = storage.url(upload.storage_key)
     request = parse_request(body, surface="aixpose")
 
