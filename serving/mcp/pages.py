@@ -13,7 +13,9 @@ PAGE_HEADERS = {
                                "base-uri 'none'",
     "X-Frame-Options": "DENY",
     "Cache-Control": "no-store",
-    "Referrer-Policy": "no-referrer",
+    # Not `no-referrer`: under it browsers send `Origin: null` with the page's own form POSTs,
+    # which the cross-site check (`signin.from_this_site`) must refuse.
+    "Referrer-Policy": "same-origin",
     "X-Content-Type-Options": "nosniff",
 }
 
