@@ -83,6 +83,13 @@ def test_organization_defaults_patch_and_project_defaults(aix):
     explicit = ok(call(aix, "POST", "/v1/projects", {"name": "q", "picture_resolution": "1K"}),
                   201)
     assert (explicit["picture_resolution"], explicit["picture_aspect_ratio"]) == ("1K", "16:9")
+    assert_error(call(aix, "PATCH", "/v1/organization", {"default_output": {
+        "picture_format": "gif"}}), 400, "invalid_input", "default_output.picture_format")
+    ok(call(aix, "PATCH", "/v1/organization", {"default_output": {
+        "picture_format": "webp", "video_format": "webm"}}))
+    formats = ok(call(aix, "POST", "/v1/projects", {"name": "r"}), 201)
+    assert (formats["picture_format"], formats["video_format"]) == ("webp", "webm")
+    assert formats["picture_resolution"] == "4K"  # earlier defaults are kept
 
 
 def test_enabled_branding_watermarks_the_published_corner_only(aix):

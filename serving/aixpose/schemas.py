@@ -119,6 +119,8 @@ class DefaultOutputPatch(_Strict):
     output: Literal["picture", "video"] | None = None
     picture_aspect_ratio: AspectRatio | None = None
     picture_resolution: Resolution | None = None
+    picture_format: PictureFormat | None = None
+    video_format: VideoFormat | None = None
 
 
 class OrganizationPatch(_Strict):
