@@ -25,15 +25,18 @@ IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]
 # Every route authenticates (401, 402, 403, 429, 503) and refuses a malformed parameter or header
 # with 400 (a NUL anywhere, a bad `Idempotency-Key`).
 AUTH_ERRORS = (400, 401, 402, 403, 429, 503)
-REPLAY = {200: {"description": "Idempotent replay (same `Idempotency-Key` and body): the "
-                               "existing resource",
-                "content": {"application/json": {"schema": {"type": "object"}}}}}
 
 
-def responses(*statuses: int, replay: bool = False) -> dict[int | str, dict[str, Any]]:
+def responses(*statuses: int, replay: type | None = None) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses=` for an AIXpose route: the errors it can answer (the shared error
-    shape), and the 200 of an idempotent replay for creating routes."""
-    return {**(REPLAY if replay else {}), **error_responses(*AUTH_ERRORS, *statuses)}
+    shape), and for a creating route the 200 of an idempotent replay (same `Idempotency-Key` and
+    body), whose body is `replay`, the route's own response model."""
+    documented = error_responses(*AUTH_ERRORS, *statuses)
+    if replay is None:
+        return documented
+    return {200: {"model": replay, "description": "Idempotent replay (same `Idempotency-Key` "
+                                                   "and body): the existing resource"},
+            **documented}
 
 
 def aixpose_key(scope: str) -> Callable[..., ApiKey]:

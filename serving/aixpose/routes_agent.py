@@ -14,12 +14,13 @@ from retouch.serving.core.tables import ApiKey, QuickAction
 from retouch.serving.deps import READ, WRITE, ServicesDep
 
 from .deps import IdempotencyKey, aixpose_key, responses
+from .responses import AgentObject, QuickActionList, QuickActionObject
 from .schemas import AgentPatch, QuickActionCreate, list_payload
 
 router = APIRouter(tags=["aixpose agent"])
 
 
-@router.get("/agent", responses=responses())
+@router.get("/agent", response_model=AgentObject, responses=responses())
 def get_agent(services: ServicesDep, key: Annotated[ApiKey, Depends(aixpose_key(READ))]) -> dict:
     """Whether the agent auto-enhances uploads; explicit and learned preferences per scene type,
     and the actions it would apply now."""
@@ -27,7 +28,7 @@ def get_agent(services: ServicesDep, key: Annotated[ApiKey, Depends(aixpose_key(
         return projects.agent_payload(projects.get_agent(session, key.account_id))
 
 
-@router.patch("/agent", responses=responses())
+@router.patch("/agent", response_model=AgentObject, responses=responses())
 def patch_agent(body: AgentPatch, services: ServicesDep,
                 key: Annotated[ApiKey, Depends(aixpose_key(WRITE))]) -> dict:
     """Turn the agent on/off and set explicit preferred actions per scene type (an empty list
@@ -51,14 +52,15 @@ def patch_agent(body: AgentPatch, services: ServicesDep,
         return projects.agent_payload(agent)
 
 
-@router.get("/quick-actions", responses=responses())
+@router.get("/quick-actions", response_model=QuickActionList, responses=responses())
 def list_quick_actions(services: ServicesDep,
                        key: Annotated[ApiKey, Depends(aixpose_key(READ))]) -> dict:
     with services.session_factory() as session:
         return list_payload(projects.list_quick_actions(session, key.account_id))
 
 
-@router.post("/quick-actions", status_code=201, responses=responses(409, replay=True))
+@router.post("/quick-actions", status_code=201, response_model=QuickActionObject,
+             responses=responses(409, replay=QuickActionObject))
 def create_quick_action(body: QuickActionCreate, response: Response, services: ServicesDep,
                         key: Annotated[ApiKey, Depends(aixpose_key(WRITE))],
                         idempotency_key: IdempotencyKey = None) -> dict:

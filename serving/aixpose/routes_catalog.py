@@ -12,6 +12,7 @@ from retouch.serving.core.tables import ApiKey
 from retouch.serving.deps import READ, ServicesDep
 
 from .deps import aixpose_key, responses
+from .responses import AspectRatioList, CatalogActions, CatalogModels, OutputFormatList
 from .schemas import list_payload
 
 router = APIRouter(tags=["aixpose catalog"])
@@ -26,7 +27,7 @@ ENHANCEMENT_USES = {
 }
 
 
-@router.get("/catalog/models", responses=responses())
+@router.get("/catalog/models", response_model=CatalogModels, responses=responses())
 def catalog_models(services: ServicesDep,
                    key: Annotated[ApiKey, Depends(aixpose_key(READ))]) -> dict:
     """The models this server hosts (its model profile), with what each is for."""
@@ -40,7 +41,7 @@ def catalog_models(services: ServicesDep,
     return {**list_payload(data), "profile": profile.name}
 
 
-@router.get("/catalog/actions", responses=responses())
+@router.get("/catalog/actions", response_model=CatalogActions, responses=responses())
 def catalog_actions(key: Annotated[ApiKey, Depends(aixpose_key(READ))]) -> dict:
     """Action groups with ids, labels, the scene types each fits and its credit cost per
     variant."""
@@ -49,7 +50,8 @@ def catalog_actions(key: Annotated[ApiKey, Depends(aixpose_key(READ))]) -> dict:
             "custom_prompt_credits": actions.CUSTOM_PROMPT_CREDITS}
 
 
-@router.get("/catalog/aspect-ratios", responses=responses())
+@router.get("/catalog/aspect-ratios", response_model=AspectRatioList,
+            responses=responses())
 def catalog_aspect_ratios(key: Annotated[ApiKey, Depends(aixpose_key(READ))]) -> dict:
     """Aspect ratios with their output size at each resolution (`original`: the source's)."""
     data = []
@@ -62,7 +64,8 @@ def catalog_aspect_ratios(key: Annotated[ApiKey, Depends(aixpose_key(READ))]) ->
     return list_payload(data)
 
 
-@router.get("/catalog/output-formats", responses=responses())
+@router.get("/catalog/output-formats", response_model=OutputFormatList,
+            responses=responses())
 def catalog_output_formats(key: Annotated[ApiKey, Depends(aixpose_key(READ))]) -> dict:
     """The file formats of enhancements (`output_format`: jpeg, png, webp) and videos (mp4,
     webm), with their media types; the first of each kind is the project default."""

@@ -14,12 +14,13 @@ from retouch.serving.core.timestamps import format_timestamp
 from retouch.serving.deps import CREDITS, ServicesDep
 
 from .deps import aixpose_key, responses
+from .responses import Balance, Ledger
 from .schemas import list_payload
 
 router = APIRouter(tags=["aixpose credits"])
 
 
-@router.get("/credits/balance", responses=responses())
+@router.get("/credits/balance", response_model=Balance, responses=responses())
 def credit_balance(services: ServicesDep,
                    key: Annotated[ApiKey, Depends(aixpose_key(CREDITS))]) -> dict:
     with services.session_factory() as session:
@@ -28,7 +29,7 @@ def credit_balance(services: ServicesDep,
             "queue": summary["queue"], "key": summary["key"]}
 
 
-@router.get("/credits/ledger", responses=responses())
+@router.get("/credits/ledger", response_model=Ledger, responses=responses())
 def credit_ledger(services: ServicesDep,
                   key: Annotated[ApiKey, Depends(aixpose_key(CREDITS))],
                   limit: Annotated[int, Query(ge=1, le=credits.MAX_LEDGER_PAGE)] = 50,

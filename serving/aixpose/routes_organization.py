@@ -15,12 +15,13 @@ from retouch.serving.deps import READ, WRITE, ServicesDep
 
 from .deps import aixpose_key, responses
 from .routes_pictures import _base64_image
+from .responses import OrganizationObject
 from .schemas import OrganizationPatch
 
 router = APIRouter(tags=["aixpose organization"])
 
 
-@router.get("/organization", responses=responses())
+@router.get("/organization", response_model=OrganizationObject, responses=responses())
 def get_organization(services: ServicesDep,
                      key: Annotated[ApiKey, Depends(aixpose_key(READ))]) -> dict:
     """The organization: name, branding and default output preferences."""
@@ -29,7 +30,8 @@ def get_organization(services: ServicesDep,
         return organizations.organization_payload(session, organization, services.storage.url)
 
 
-@router.patch("/organization", responses=responses(400))
+@router.patch("/organization", response_model=OrganizationObject,
+              responses=responses(400))
 def patch_organization(body: OrganizationPatch, services: ServicesDep,
                        key: Annotated[ApiKey, Depends(aixpose_key(WRITE))]) -> dict:
     """Change the given fields only. `branding.logo` is an image source (`{type: url|base64}`)

@@ -31,6 +31,7 @@ from retouch.serving.errors import cancel_conflict_response
 from retouch.serving.event_streams import MEDIA_TYPE as EVENT_STREAM, job_event_stream
 
 from .deps import IdempotencyKey, aixpose_key, check_webhook_url, model_revision, responses
+from .responses import Lineage, PictureList, PictureObject
 from .schemas import (Base64Source, EnhancementCreate, FeedbackCreate, PictureCreate, PictureForm,
                       inline_schema, list_payload, parse_model)
 
@@ -139,7 +140,8 @@ def auto_enhance(services, key: ApiKey, picture_id: str) -> None:
 
 
 @router.post("/projects/{project_id}/pictures", status_code=201,
-             responses=responses(404, 409, replay=True), openapi_extra={
+             response_model=PictureObject,
+             responses=responses(404, 409, replay=PictureObject), openapi_extra={
     "requestBody": {"required": True, "content": {
         "application/json": {"schema": inline_schema(PictureCreate)},
         "multipart/form-data": {"schema": {
@@ -162,7 +164,8 @@ async def create_picture(project_id: str, request: Request, response: Response,
     return await run_in_threadpool(payload, services, picture_id, key.account_id)
 
 
-@router.get("/projects/{project_id}/pictures", responses=responses(404))
+@router.get("/projects/{project_id}/pictures", response_model=PictureList,
+            responses=responses(404))
 def list_pictures(project_id: str, services: ServicesDep,
                   key: Annotated[ApiKey, Depends(aixpose_key(READ))],
                   limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 20,
@@ -174,15 +177,15 @@ def list_pictures(project_id: str, services: ServicesDep,
                              for p in items], next_cursor)
 
 
-@router.get("/pictures/{picture_id}", responses=responses(404))
+@router.get("/pictures/{picture_id}", response_model=PictureObject, responses=responses(404))
 def get_picture(picture_id: str, services: ServicesDep,
                 key: Annotated[ApiKey, Depends(aixpose_key(READ))]) -> dict:
     return payload(services, picture_id, key.account_id)
 
 
 # ---- enhancements -----------------------------------------------------------------------------
-@router.post("/pictures/{picture_id}/enhancements", status_code=201,
-             responses=responses(404, 409, replay=True))
+@router.post("/pictures/{picture_id}/enhancements", status_code=201, response_model=PictureList,
+             responses=responses(404, 409, replay=PictureList))
 def create_enhancement(picture_id: str, body: EnhancementCreate, response: Response,
                        services: ServicesDep,
                        key: Annotated[ApiKey, Depends(aixpose_key(WRITE))],
@@ -215,7 +218,7 @@ def create_enhancement(picture_id: str, body: EnhancementCreate, response: Respo
                              for p in pictures])
 
 
-@router.get("/pictures/{picture_id}/lineage", responses=responses(404))
+@router.get("/pictures/{picture_id}/lineage", response_model=Lineage, responses=responses(404))
 def get_lineage(picture_id: str, services: ServicesDep,
                 key: Annotated[ApiKey, Depends(aixpose_key(READ))]) -> dict:
     """The picture and its ancestors up to the original (newest first): parent, instruction,
@@ -232,7 +235,8 @@ def get_lineage(picture_id: str, services: ServicesDep,
 
 
 # ---- review -----------------------------------------------------------------------------------
-@router.post("/pictures/{picture_id}/feedback", responses=responses(404, 409))
+@router.post("/pictures/{picture_id}/feedback", response_model=PictureObject,
+             responses=responses(404, 409))
 def give_feedback(picture_id: str, body: FeedbackCreate, services: ServicesDep,
                   key: Annotated[ApiKey, Depends(aixpose_key(WRITE))],
                   idempotency_key: IdempotencyKey = None) -> dict:
@@ -247,7 +251,8 @@ def give_feedback(picture_id: str, body: FeedbackCreate, services: ServicesDep,
     return payload(services, picture_id, key.account_id)
 
 
-@router.post("/pictures/{picture_id}/approve", responses=responses(404, 409))
+@router.post("/pictures/{picture_id}/approve", response_model=PictureObject,
+             responses=responses(404, 409))
 def approve_picture(picture_id: str, services: ServicesDep,
                     key: Annotated[ApiKey, Depends(aixpose_key(WRITE))],
                     idempotency_key: IdempotencyKey = None) -> dict:
@@ -280,7 +285,7 @@ def picture_events(picture_id: str, services: ServicesDep,
                             lambda: payload(services, picture_id, key.account_id))
 
 
-@router.post("/pictures/{picture_id}/cancel",
+@router.post("/pictures/{picture_id}/cancel", response_model=PictureObject,
              responses={**responses(404), **cancel_conflict_response()})
 def cancel_picture(picture_id: str, services: ServicesDep,
                    key: Annotated[ApiKey, Depends(aixpose_key(WRITE))]) -> dict:

@@ -21,12 +21,14 @@ from retouch.serving.core.timestamps import format_timestamp
 from retouch.serving.deps import READ, WRITE, ServicesDep
 
 from .deps import IdempotencyKey, aixpose_key, responses
+from .responses import ProjectList, ProjectObject, PublishedMediaList
 from .schemas import ProjectCreate, list_payload, project_payload
 
 router = APIRouter(tags=["aixpose projects"])
 
 
-@router.post("/projects", status_code=201, responses=responses(409, replay=True))
+@router.post("/projects", status_code=201, response_model=ProjectObject,
+             responses=responses(409, replay=ProjectObject))
 def create_project(body: ProjectCreate, response: Response, services: ServicesDep,
                    key: Annotated[ApiKey, Depends(aixpose_key(WRITE))],
                    idempotency_key: IdempotencyKey = None) -> dict:
@@ -49,14 +51,14 @@ def create_project(body: ProjectCreate, response: Response, services: ServicesDe
         return project_payload(projects.get_project(session, key.account_id, project_id))
 
 
-@router.get("/projects/{project_id}", responses=responses(404))
+@router.get("/projects/{project_id}", response_model=ProjectObject, responses=responses(404))
 def get_project(project_id: str, services: ServicesDep,
                 key: Annotated[ApiKey, Depends(aixpose_key(READ))]) -> dict:
     with services.session_factory() as session:
         return project_payload(projects.get_project(session, key.account_id, project_id))
 
 
-@router.get("/projects", responses=responses())
+@router.get("/projects", response_model=ProjectList, responses=responses())
 def list_projects(services: ServicesDep, key: Annotated[ApiKey, Depends(aixpose_key(READ))],
                   limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 20,
                   cursor: str | None = None) -> dict:
@@ -67,7 +69,8 @@ def list_projects(services: ServicesDep, key: Annotated[ApiKey, Depends(aixpose_
         return list_payload([project_payload(p) for p in items], next_cursor)
 
 
-@router.post("/projects/{project_id}/publish", responses=responses(404, 409))
+@router.post("/projects/{project_id}/publish", response_model=ProjectObject,
+             responses=responses(404, 409))
 def publish_project(project_id: str, response: Response, services: ServicesDep,
                     key: Annotated[ApiKey, Depends(aixpose_key(WRITE))],
                     idempotency_key: IdempotencyKey = None) -> dict:
@@ -90,9 +93,9 @@ def publish_project(project_id: str, response: Response, services: ServicesDep,
         return project_payload(projects.get_project(session, key.account_id, project_id))
 
 
-@router.get("/projects/{project_id}/media", responses={304: {"description": "Not modified "
-                                                             "(`If-None-Match` matched)"},
-                                                      **responses(400, 404)})
+@router.get("/projects/{project_id}/media", responses={
+    200: {"model": PublishedMediaList},  # answered as a JSONResponse, so documented here
+    304: {"description": "Not modified (`If-None-Match` matched)"}, **responses(400, 404)})
 def list_published_media(project_id: str, request: Request, services: ServicesDep,
                          key: Annotated[ApiKey, Depends(aixpose_key(READ))],
                          limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 20,

@@ -21,6 +21,7 @@ from retouch.serving.errors import cancel_conflict_response
 from retouch.serving.event_streams import MEDIA_TYPE as EVENT_STREAM, job_event_stream
 
 from .deps import IdempotencyKey, aixpose_key, responses
+from .responses import VideoList, VideoObject
 from .schemas import VideoFormat, _Strict, list_payload
 
 router = APIRouter(tags=["aixpose videos"])
@@ -55,7 +56,8 @@ class VideoCreate(_Strict):
     webhook_url: str | None = None
 
 
-@router.post("/videos", status_code=201, responses=responses(404, 409, replay=True))
+@router.post("/videos", status_code=201, response_model=VideoObject,
+             responses=responses(404, 409, replay=VideoObject))
 def create_video(body: Annotated[VideoCreate, Body()], response: Response, services: ServicesDep,
                  key: Annotated[ApiKey, Depends(aixpose_key(WRITE))],
                  idempotency_key: IdempotencyKey = None) -> dict:
@@ -73,7 +75,7 @@ def create_video(body: Annotated[VideoCreate, Body()], response: Response, servi
         return video_object(session, services.storage, video)
 
 
-@router.get("/videos/{video_id}", responses=responses(404))
+@router.get("/videos/{video_id}", response_model=VideoObject, responses=responses(404))
 def get_video(video_id: str, services: ServicesDep,
               key: Annotated[ApiKey, Depends(aixpose_key(READ))]) -> dict:
     """Status, progress and, once completed, the MP4's `public_url`."""
@@ -102,7 +104,7 @@ def video_events(video_id: str, services: ServicesDep,
     return job_event_stream(services, job_id, last_event_id, "video", final_video)
 
 
-@router.post("/videos/{video_id}/cancel",
+@router.post("/videos/{video_id}/cancel", response_model=VideoObject,
              responses={**responses(404), **cancel_conflict_response()})
 def cancel_video(video_id: str, services: ServicesDep,
                  key: Annotated[ApiKey, Depends(aixpose_key(WRITE))]) -> dict:
@@ -115,7 +117,7 @@ def cancel_video(video_id: str, services: ServicesDep,
     return get_video(video_id, services, key)
 
 
-@router.get("/videos", responses=responses(404))
+@router.get("/videos", response_model=VideoList, responses=responses(404))
 def list_videos(services: ServicesDep, key: Annotated[ApiKey, Depends(aixpose_key(READ))],
                 project_id: str | None = None,
                 limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 20,

@@ -19,6 +19,9 @@ from retouch.serving.core.timestamps import event_time
 from retouch.serving.deps import READ, WRITE, ServicesDep
 
 from .deps import IdempotencyKey, aixpose_key, check_webhook_url, responses
+from .responses import (DeletedWebhookEndpoint, RotatedWebhookSecret, WebhookDelivery,
+                        WebhookDeliveryList, WebhookEndpoint, WebhookEndpointList,
+                        WebhookEndpointWithSecret, WebhookSecret)
 from .schemas import list_payload
 
 router = APIRouter(tags=["aixpose webhooks"])
@@ -30,14 +33,15 @@ def _secret_payload(row) -> dict:
             if row.previous_valid_until else None}
 
 
-@router.get("/webhooks/secret", responses=responses())
+@router.get("/webhooks/secret", response_model=WebhookSecret, responses=responses())
 def get_secret(services: ServicesDep, key: Annotated[ApiKey, Depends(aixpose_key(WRITE))]) -> dict:
     """The `whsec_...` secret that signs this account's webhooks (Standard Webhooks)."""
     with transaction(services.session_factory) as session:
         return {"secret": webhook_signing.account_secret(session, key.account_id).secret}
 
 
-@router.post("/webhooks/secret/rotate", responses=responses(409))
+@router.post("/webhooks/secret/rotate", response_model=RotatedWebhookSecret,
+             responses=responses(409))
 def rotate_secret(response: Response, services: ServicesDep,
                   key: Annotated[ApiKey, Depends(aixpose_key(WRITE))],
                   idempotency_key: IdempotencyKey = None) -> dict:
@@ -53,7 +57,8 @@ def rotate_secret(response: Response, services: ServicesDep,
         return _secret_payload(webhook_signing.account_secret(session, key.account_id))
 
 
-@router.get("/webhooks/deliveries", responses=responses())
+@router.get("/webhooks/deliveries", response_model=WebhookDeliveryList,
+            responses=responses())
 def list_deliveries(services: ServicesDep, key: Annotated[ApiKey, Depends(aixpose_key(READ))],
                     status: Literal["pending", "delivered", "failed"] | None = None,
                     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 20,
@@ -67,7 +72,8 @@ def list_deliveries(services: ServicesDep, key: Annotated[ApiKey, Depends(aixpos
                             next_cursor)
 
 
-@router.get("/webhooks/deliveries/{delivery_id}", responses=responses(404))
+@router.get("/webhooks/deliveries/{delivery_id}", response_model=WebhookDelivery,
+            responses=responses(404))
 def get_delivery(delivery_id: str, services: ServicesDep,
                  key: Annotated[ApiKey, Depends(aixpose_key(READ))]) -> dict:
     with services.session_factory() as session:
@@ -76,7 +82,8 @@ def get_delivery(delivery_id: str, services: ServicesDep,
 
 
 @router.post("/webhooks/deliveries/{delivery_id}/redeliver", status_code=202,
-             responses=responses(404, 409, replay=True))
+             response_model=WebhookDelivery,
+             responses=responses(404, 409, replay=WebhookDelivery))
 def redeliver(delivery_id: str, response: Response, services: ServicesDep,
               key: Annotated[ApiKey, Depends(aixpose_key(WRITE))],
               idempotency_key: IdempotencyKey = None) -> dict:
@@ -122,7 +129,8 @@ class EndpointUpdate(BaseModel):
     enabled: bool | None = None
 
 
-@router.post("/webhooks/endpoints", status_code=201, responses=responses(400, 409))
+@router.post("/webhooks/endpoints", status_code=201, response_model=WebhookEndpointWithSecret,
+             responses=responses(400, 409, replay=WebhookEndpointWithSecret))
 def create_endpoint(body: EndpointCreate, response: Response, services: ServicesDep,
                     key: Annotated[ApiKey, Depends(aixpose_key(WRITE))],
                     idempotency_key: IdempotencyKey = None) -> dict:
@@ -143,7 +151,8 @@ def create_endpoint(body: EndpointCreate, response: Response, services: Services
         return webhook_endpoints.endpoint_object(endpoint, with_secret=True)
 
 
-@router.get("/webhooks/endpoints", responses=responses(400))
+@router.get("/webhooks/endpoints", response_model=WebhookEndpointList,
+            responses=responses(400))
 def list_endpoints(services: ServicesDep, key: Annotated[ApiKey, Depends(aixpose_key(READ))],
                    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 20,
                    cursor: str | None = None) -> dict:
@@ -154,7 +163,8 @@ def list_endpoints(services: ServicesDep, key: Annotated[ApiKey, Depends(aixpose
         return list_payload([webhook_endpoints.endpoint_object(e) for e in items], next_cursor)
 
 
-@router.get("/webhooks/endpoints/{endpoint_id}", responses=responses(400, 404))
+@router.get("/webhooks/endpoints/{endpoint_id}", response_model=WebhookEndpoint,
+            responses=responses(400, 404))
 def get_endpoint(endpoint_id: str, services: ServicesDep,
                  key: Annotated[ApiKey, Depends(aixpose_key(READ))]) -> dict:
     with services.session_factory() as session:
@@ -162,7 +172,8 @@ def get_endpoint(endpoint_id: str, services: ServicesDep,
             webhook_endpoints.get_endpoint(session, key.account_id, endpoint_id))
 
 
-@router.patch("/webhooks/endpoints/{endpoint_id}", responses=responses(400, 404))
+@router.patch("/webhooks/endpoints/{endpoint_id}", response_model=WebhookEndpoint,
+              responses=responses(400, 404))
 def update_endpoint(endpoint_id: str, body: EndpointUpdate, services: ServicesDep,
                     key: Annotated[ApiKey, Depends(aixpose_key(WRITE))]) -> dict:
     """Change the URL, the event filter, the description, or enable/disable the endpoint."""
@@ -180,7 +191,8 @@ def update_endpoint(endpoint_id: str, body: EndpointUpdate, services: ServicesDe
             webhook_endpoints.update_endpoint(session, endpoint, changes))
 
 
-@router.delete("/webhooks/endpoints/{endpoint_id}", responses=responses(400, 404))
+@router.delete("/webhooks/endpoints/{endpoint_id}", response_model=DeletedWebhookEndpoint,
+               responses=responses(400, 404))
 def delete_endpoint(endpoint_id: str, services: ServicesDep,
                     key: Annotated[ApiKey, Depends(aixpose_key(WRITE))]) -> dict:
     """Unsubscribe: nothing more is sent to it, pending deliveries included."""
@@ -190,7 +202,8 @@ def delete_endpoint(endpoint_id: str, services: ServicesDep,
         return {"id": endpoint.id, "object": "webhook_endpoint", "deleted": True}
 
 
-@router.post("/webhooks/endpoints/{endpoint_id}/secret/rotate", responses=responses(404, 409))
+@router.post("/webhooks/endpoints/{endpoint_id}/secret/rotate",
+             response_model=WebhookEndpointWithSecret, responses=responses(404, 409))
 def rotate_endpoint_secret(endpoint_id: str, response: Response, services: ServicesDep,
                            key: Annotated[ApiKey, Depends(aixpose_key(WRITE))],
                            idempotency_key: IdempotencyKey = None) -> dict:
@@ -209,7 +222,8 @@ def rotate_endpoint_secret(endpoint_id: str, response: Response, services: Servi
         return webhook_endpoints.endpoint_object(endpoint, with_secret=True)
 
 
-@router.get("/webhooks/endpoints/{endpoint_id}/deliveries", responses=responses(400, 404))
+@router.get("/webhooks/endpoints/{endpoint_id}/deliveries", response_model=WebhookDeliveryList,
+            responses=responses(400, 404))
 def list_endpoint_deliveries(endpoint_id: str, services: ServicesDep,
                              key: Annotated[ApiKey, Depends(aixpose_key(READ))],
                              status: Literal["pending", "delivered", "failed"] | None = None,
@@ -225,7 +239,8 @@ def list_endpoint_deliveries(endpoint_id: str, services: ServicesDep,
 
 
 @router.post("/webhooks/endpoints/{endpoint_id}/deliveries/{delivery_id}/redeliver",
-             status_code=202, responses=responses(404, 409))
+             status_code=202, response_model=WebhookDelivery,
+             responses=responses(404, 409, replay=WebhookDelivery))
 def redeliver_to_endpoint(endpoint_id: str, delivery_id: str, response: Response,
                           services: ServicesDep,
                           key: Annotated[ApiKey, Depends(aixpose_key(WRITE))],
