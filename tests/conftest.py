@@ -28,3 +28,18 @@ def tiny_store(tiny_cache_dir: Path):
 
     build_tiny_models(tiny_cache_dir)
     return ModelStore(profile="tiny", device="cpu", cache_dir=tiny_cache_dir)
+
+
+@pytest.fixture(autouse=True)
+def aixpose_response_audit(monkeypatch):
+    """Every AIXpose JSON body a test receives is the route's own, its keys all declared by its
+    response model (`response_audit`); a test fails at teardown on any finding."""
+    import fastapi.routing
+
+    from response_audit import Audit
+
+    audit = Audit()
+    monkeypatch.setattr(fastapi.routing, "serialize_response",
+                        audit.wrap(fastapi.routing.serialize_response))
+    yield audit
+    assert not audit.findings, "\n".join(audit.findings[:20])
