@@ -6,9 +6,9 @@ builder's own key names. Nullable fields are `X | None` and required: every buil
 A key the builder emits only sometimes is a `NotRequired` key of a TypedDict, so validation
 never adds it.
 
-Nothing a builder returns can be lost: objects keep undeclared keys (`extra="allow"`), and
-`tests/test_aixpose_responses.py` fails on any key that is not declared here, and on any body
-that the response model changes.
+Nothing a builder returns can be lost: objects keep undeclared keys (`extra="allow"`), and the
+tests' response audit (`tests/response_audit.py`, on every AIXpose answer in every test) fails on
+any key not declared here and on any body a response model changes.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""AIXpose request bodies (validated at the edge; errors name the field) and response shapes.
+"""AIXpose request bodies (validated at the edge; errors name the field) and the payload
+builders of response shapes (their documented models: `responses`).
 
 Responses are the resource objects at the top level (`project.id`, `picture.id`); lists are
 `{"object": "list", "data": [...], "has_more", "next_cursor"}`; an enhancement answers the list
