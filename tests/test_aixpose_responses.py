@@ -70,7 +70,7 @@ def test_every_json_route_has_a_response_model_and_documents_its_replay(api):
                 f"{name}: its idempotent replay (200) is undocumented"
 
 
-def test_the_audit_finds_undeclared_dropped_and_retyped_keys(api):
+def test_the_audit_finds_undeclared_dropped_and_retyped_keys():
     picture = {"id": "pic_1", "object": "picture", "project_id": "prj_1",
                "status": "completed", "progress": 1.0, "public_url": None, "version": 0,
                "subversion": 0, "scene_type": "interior", "scene_location": None,
