@@ -91,6 +91,24 @@ def assert_error(response, status: int, code: str, field: str | None = None) -> 
     return body["error"]
 
 
+def leaf_routes(routes):
+    """Every route of an app, included routers expanded (their routes under the prefix)."""
+    for route in routes:
+        inner = getattr(route, "effective_candidates", None)
+        if inner is not None:  # a router included into the app
+            yield from leaf_routes([getattr(c, "route", c) for c in inner()])
+        else:
+            yield route
+
+
+def app_routes(routes):
+    """(method, path) of every route, included routers expanded; HEAD and OPTIONS left out."""
+    for route in leaf_routes(routes):
+        for method in sorted(getattr(route, "methods", None) or {"*"}):
+            if method not in ("HEAD", "OPTIONS"):
+                yield method, getattr(route, "path", "")
+
+
 @contextmanager
 def api_for(settings: Settings, *, executor=None):
     services = build_services(settings)

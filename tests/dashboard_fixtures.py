@@ -1,6 +1,6 @@
-"""Helpers for the dashboard walks (`test_dashboard_idor`, `test_dashboard_csrf`): the app's
-routes as (method, path), everything stored (database rows and files) as one comparable value,
-and an account holding one of each thing a dashboard route takes an id of."""
+"""Helpers for the dashboard walks (`test_dashboard_idor`, `test_dashboard_csrf`): everything
+stored (database rows and files) as one comparable value, and an account holding one of each
+thing a dashboard route takes an id of. The routes come from `api_fixtures.app_routes`."""
 
 from __future__ import annotations
 
@@ -20,18 +20,6 @@ from test_dashboard_pages import Dashboard
 
 CROSS_SITE = {"Origin": "https://evil.example"}
 REDIRECT_URI = "http://127.0.0.1/callback"
-
-
-def app_routes(routes):
-    """(method, path) of every route, included routers expanded; HEAD and OPTIONS left out."""
-    for route in routes:
-        inner = getattr(route, "effective_candidates", None)
-        if inner is not None:  # a router included into the app
-            yield from app_routes([getattr(c, "route", c) for c in inner()])
-            continue
-        for method in sorted(getattr(route, "methods", None) or {"*"}):
-            if method not in ("HEAD", "OPTIONS"):
-                yield method, getattr(route, "path", "")
 
 
 def stored_state(api) -> dict[str, list[str]]:

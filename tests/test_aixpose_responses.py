@@ -18,7 +18,7 @@ from retouch.serving.aixpose import responses
 from retouch.serving.core import keys, webhook_outbox
 from retouch.serving.core.db import transaction
 
-from api_fixtures import api_for, finish_next_job, image_bytes, make_settings
+from api_fixtures import api_for, finish_next_job, image_bytes, leaf_routes, make_settings
 from db_fixtures import BACKENDS, postgres_schema
 from response_audit import audit_body
 
@@ -40,14 +40,8 @@ class PendingJobs:
 
 def aixpose_routes(routes) -> dict[str, APIRoute]:
     """"METHOD /v1/path" -> route, included routers expanded (their routes under the prefix)."""
-    found = {}
-    for route in routes:
-        inner = getattr(route, "effective_candidates", None)
-        if inner is not None:  # a router included into the app
-            found |= aixpose_routes(inner())
-        elif getattr(route, "path", "").startswith("/v1/"):
-            found |= {f"{method} {route.path}": route for method in route.methods}
-    return found
+    return {f"{method} {route.path}": route for route in leaf_routes(routes)
+            if getattr(route, "path", "").startswith("/v1/") for method in route.methods}
 
 
 def documented_model(route) -> type[BaseModel] | None:

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from retouch.serving.app import build_app
 
-from dashboard_fixtures import (CROSS_SITE, app_routes, authorization_request,  # noqa: F401
-                                owned_resources, stored_state, walk_api)
+from api_fixtures import app_routes
+from dashboard_fixtures import (CROSS_SITE, authorization_request, owned_resources,  # noqa: F401
+                                stored_state, walk_api)
 from test_dashboard_pages import PASSWORD, Dashboard, csrf_token_of
 
 STATE_CHANGING = {"POST", "PUT", "PATCH", "DELETE"}

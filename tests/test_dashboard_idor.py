@@ -14,7 +14,8 @@ import re
 
 from retouch.serving.app import build_app
 
-from dashboard_fixtures import app_routes, owned_resources, stored_state, walk_api  # noqa: F401
+from api_fixtures import app_routes
+from dashboard_fixtures import owned_resources, stored_state, walk_api  # noqa: F401
 from test_dashboard_pages import Dashboard
 
 KEY_FORM = {"name": "taken over", "scopes": ["credits:read"], "tools": ["generator"]}

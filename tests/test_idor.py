@@ -22,7 +22,7 @@ from retouch.serving.core.db import transaction
 from retouch.serving.core.webhook_endpoints import create_endpoint
 from retouch.serving.core.webhook_outbox import enqueue_event
 
-from api_fixtures import GENERATOR_BODY, image_bytes
+from api_fixtures import GENERATOR_BODY, app_routes, image_bytes
 from db_fixtures import BACKENDS, postgres_schema
 from mcp_fixtures import mcp_session, serve_app, tool_error, tool_json
 
@@ -107,18 +107,9 @@ def fill(value, ids: dict):
     return value
 
 
-def routes_with_ids(routes, prefix=""):
+def routes_with_ids(routes):
     """(method, path) of every route whose path has a parameter, included routers expanded."""
-    for route in routes:
-        inner = getattr(route, "effective_candidates", None)
-        if inner is not None:  # a router included into the app
-            yield from routes_with_ids([getattr(c, "route", c) for c in inner()])
-            continue
-        path = getattr(route, "path", "")
-        if "{" in path:
-            for method in sorted(getattr(route, "methods", None) or {"*"}):
-                if method not in ("HEAD", "OPTIONS"):
-                    yield method, path
+    return {(method, path) for method, path in app_routes(routes) if "{" in path}
 
 
 class Account:
