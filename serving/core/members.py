@@ -23,6 +23,7 @@ from retouch.serving.core.errors import InvalidInput, NotFound, Unauthorized
 
 from .accounts import get_account
 from .db import utcnow
+from .keys import hash_matches
 from .tables import AccountMember, MemberSession
 
 SESSION_LIFETIME = timedelta(days=14)
@@ -150,7 +151,7 @@ def signed_in_member(session: Session, token: str | None) -> SignedInMember | No
     if found is None:
         return None
     row, member = found
-    if not secrets.compare_digest(row.id, token_hash):  # see `keys.hash_matches`
+    if not hash_matches(row.id, token_hash):
         return None
     if row.revoked_at is not None or row.expires_at <= utcnow() or member.status != "active":
         return None
