@@ -145,20 +145,26 @@ def test_bad_inputs_name_the_field_and_cancel_stops_the_render():
         render_reel([picture], ReelSpec(128, 72, 2), RunContext(seed=0, is_cancelled=lambda: True))
 
 
-def test_the_video_task_runs_a_stored_job_body():
+def run_video_job(store, **body) -> bytes:
+    """A stored `video` job body of one blue picture (2 s, 64×36, 12 fps; `body` adds to it)
+    run by a `TaskRunner` on `store`; the file's bytes."""
     from retouch.serving.runner import TaskRunner
     from retouch.serving.tasks import parse_request
 
     png = io.BytesIO()
     Image.new("RGB", (40, 30), BLUE).save(png, format="PNG")
-    body = {"tool": "video", "project_id": "prj_1",
-            "input": {"pictures": [{"picture_id": "pic_1", "storage_key": "k"}],
-                      "music_key": None},
-            "options": {"width": 64, "height": 36, "duration": 2, "fps": 12,
-                        "aspect_ratio": "16:9", "resolution": "360p"}}
-    request = parse_request(body, surface=None)
-    [data] = TaskRunner(store=None).run_job(request, {"input.pictures[0]": png.getvalue()}, 3,
-                                            lambda _: None, lambda: False)
+    request = parse_request({
+        "tool": "video", "project_id": "prj_1",
+        "input": {"pictures": [{"picture_id": "pic_1", "storage_key": "k"}], "music_key": None},
+        "options": {"width": 64, "height": 36, "duration": 2, "fps": 12, "aspect_ratio": "16:9",
+                    "resolution": "360p"}, **body}, surface=None)
+    [data] = TaskRunner(store=store).run_job(request, {"input.pictures[0]": png.getvalue()}, 3,
+                                             lambda _: None, lambda: False)
+    return data
+
+
+def test_the_video_task_runs_a_stored_job_body():
+    data = run_video_job(None)
     frames, audio = decode(data)
     assert len(frames) == 24 and frames[0].shape == (36, 64, 3) and audio == []
 
@@ -277,20 +283,7 @@ def test_the_tiny_speech_model_is_seeded_and_capped(tiny_store):
 
 
 def test_the_video_task_speaks_the_voice_with_the_store(tiny_store):
-    from retouch.serving.runner import TaskRunner
-    from retouch.serving.tasks import parse_request
-
-    png = io.BytesIO()
-    Image.new("RGB", (40, 30), BLUE).save(png, format="PNG")
-    body = {"tool": "video", "project_id": "prj_1",
-            "input": {"pictures": [{"picture_id": "pic_1", "storage_key": "k"}],
-                      "music_key": None},
-            "direction": {"voice": "Welcome home."},
-            "options": {"width": 64, "height": 36, "duration": 2, "fps": 12,
-                        "aspect_ratio": "16:9", "resolution": "360p"}}
-    request = parse_request(body, surface=None)
-    [data] = TaskRunner(store=tiny_store).run_job(
-        request, {"input.pictures[0]": png.getvalue()}, 3, lambda _: None, lambda: False)
+    data = run_video_job(tiny_store, direction={"voice": "Welcome home."})
     samples, rate, seconds = decoded_audio(data)
     assert abs(seconds - 2.0) < 0.1 and float(np.abs(samples).max()) > 0.01
 
