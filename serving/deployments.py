@@ -43,6 +43,7 @@ class EngineConfig(BaseModel):
     max_batch_size: int = Field(1, ge=1)  # compatible jobs denoised together (`@serve.batch`)
     batch_wait_timeout_s: float = Field(0.0, ge=0.0)
     fault_oom_calls: tuple[int, ...] = ()  # fault injection: these pipeline calls run out of memory
+    fault_oom_seeds: tuple[int, ...] = ()  # fault injection: jobs with these seeds do, every time
     # Fault injection: each job holds its replica this long first, idle (a slow accelerator), so
     # load tests keep replicas busy without spending CPU.
     fault_job_delay_s: float = Field(0.0, ge=0.0)
@@ -60,6 +61,7 @@ class EngineConfig(BaseModel):
                            cache_dir=Path(self.cache_dir) if self.cache_dir else None,
                            overrides=self.overrides or None)
         return TaskRunner(store, fault_oom_calls=tuple(self.fault_oom_calls),
+                          fault_oom_seeds=tuple(self.fault_oom_seeds),
                           fault_step_delay_s=self.fault_step_delay_s)
 
 

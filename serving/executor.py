@@ -84,6 +84,7 @@ def runner_config(settings):
                                            max(1, settings.dispatcher_concurrency)),
                         batch_wait_timeout_s=settings.batch_wait_timeout_s,
                         fault_oom_calls=tuple(settings.fault_oom_calls),
+                        fault_oom_seeds=tuple(settings.fault_oom_seeds),
                         fault_step_delay_s=settings.fault_step_delay_s)
 
 

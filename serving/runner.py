@@ -57,16 +57,20 @@ def _context(seed: int, progress, is_cancelled, on_step, step_delay_s: float = 0
 
 class TaskRunner:
     """`fault_oom_calls`: pipeline calls (1-based) that raise a CUDA out-of-memory error, to test
-    that one bad job fails alone; `fault_step_delay_s`: a pause at every progress report, to
+    that one bad job fails alone; `fault_oom_seeds`: jobs run with one of these seeds raise it on
+    every replica, however often they are tried (a replica restarted by Serve counts its calls
+    from 1 again); `fault_step_delay_s`: a pause at every progress report, to
     test what happens to a long job (settings, off by default)."""
 
     MAX_CONSECUTIVE_FAILURES = 3  # then `healthy()` is False and Serve restarts the replica
 
     def __init__(self, store, registry: TaskRegistry = TASKS, *,
-                 fault_oom_calls: tuple[int, ...] = (), fault_step_delay_s: float = 0.0):
+                 fault_oom_calls: tuple[int, ...] = (), fault_oom_seeds: tuple[int, ...] = (),
+                 fault_step_delay_s: float = 0.0):
         self.store = store
         self.registry = registry
         self.fault_oom_calls = frozenset(fault_oom_calls)
+        self.fault_oom_seeds = frozenset(fault_oom_seeds)
         self.fault_step_delay_s = fault_step_delay_s
         self.pipeline_calls = 0
         self.consecutive_failures = 0
@@ -75,7 +79,7 @@ class TaskRunner:
         return self.consecutive_failures < self.MAX_CONSECUTIVE_FAILURES
 
     @contextmanager
-    def _pipeline_call(self):
+    def _pipeline_call(self, seeds: tuple[int, ...] = ()):
         """One pipeline call: injected faults, out-of-memory recovery, failure count.
 
         Out of memory and any other unexpected exception count as a failure of the replica;
@@ -84,7 +88,8 @@ class TaskRunner:
 
         self.pipeline_calls += 1
         try:
-            if self.pipeline_calls in self.fault_oom_calls:
+            if self.pipeline_calls in self.fault_oom_calls or \
+                    self.fault_oom_seeds.intersection(seeds):
                 raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected fault)")
             yield
         except torch.cuda.OutOfMemoryError as exc:
@@ -107,7 +112,7 @@ class TaskRunner:
             if inputs.get(field) is None:
                 raise InvalidInput(field, "image is missing")
         ctx.check_cancelled()
-        with pipeline_input_errors(), self._pipeline_call():
+        with pipeline_input_errors(), self._pipeline_call((ctx.seed,)):
             outputs = spec.run_pipeline(self.store, request, inputs, ctx)
         expected = spec.output_count(request)
         if len(outputs) != expected:
@@ -157,7 +162,7 @@ class TaskRunner:
             except Exception as exc:  # noqa: BLE001 - a bad job fails alone
                 outcomes[i] = Outcome(error=exc)
         try:
-            with self._pipeline_call():
+            with self._pipeline_call(tuple(ctx.seed for _, _, ctx in ready)):
                 results = spec.run_pipeline_batch(
                     self.store, [jobs[i].request for i, _, _ in ready], [x for _, x, _ in ready],
                     [ctx for _, _, ctx in ready])

@@ -73,6 +73,7 @@ class Settings(BaseSettings):
     # failed `deadline_exceeded` and refunded. "*" applies to every tool without its own.
     job_deadlines_s: dict[str, float] = Field(default_factory=dict)
     fault_oom_calls: list[int] = Field(default_factory=list)  # tests: calls that run out of memory
+    fault_oom_seeds: list[int] = Field(default_factory=list)  # tests: jobs that always do
     fault_step_delay_s: float = Field(0.0, ge=0.0)  # tests: a pause at every denoising step
     # Tests: the process dies (`os._exit`) at this point of the first job it settles: once its
     # outputs are stored (`outputs_stored`) or inside the settling transaction (`settle_commit`).
