@@ -6,7 +6,10 @@ settle, counted with SQLAlchemy cursor events on the app's own engine.
 The create goes through `POST /api/v1/generations` (auth, validation, pricing, the reservation
 transaction); the lease, one heartbeat and the completion are the dispatcher's `core.jobs`
 calls. Row locks are the rows each phase writes (INSERT/UPDATE/DELETE row counts: PostgreSQL
-holds a row lock on each until commit) plus the rows a `SELECT ... FOR UPDATE` returns.
+holds a row lock on each until commit) plus the rows a `SELECT ... FOR UPDATE` returns. A
+`WITH` statement (PostgreSQL's create: data-modifying CTEs) counts once under `statements` and
+`WITH`, each of its CTEs under its own verb, and one locked row per CTE (each of ours writes
+one row).
 Figures are per job, averaged over `--jobs` jobs after a warm-up job. A second figure is what
 an idle dispatcher costs: statements per second per worker thread while nothing is pending
 (each thread polls for a job every `poll_seconds` and sweeps expired leases every second).
@@ -49,11 +52,17 @@ class StatementCounter:
             return
         counts = self.counts[self.phase]
         text = statement.lstrip().upper()
+        counts["statements"] += 1
+        if text.startswith("WITH"):
+            counts["WITH"] += 1
+            for verb in re.findall(r"\bAS\s*\(\s*(INSERT|UPDATE|DELETE)\b", text):
+                counts[verb] += 1
+                counts["rows locked"] += 1
+            return
         verb = next((v for v in VERBS if text.startswith(v)), "OTHER")
         if text.startswith("BEGIN"):
             verb = "BEGIN"
         counts[verb] += 1
-        counts["statements"] += 1
         rows = cursor.rowcount if cursor.rowcount and cursor.rowcount > 0 else 0
         if verb in ("INSERT", "UPDATE", "DELETE"):
             counts["rows locked"] += rows
@@ -135,7 +144,7 @@ def _not_counting(phase: str):
 
 
 def print_table(counts: dict[str, Counter], jobs: int, backend: str) -> None:
-    columns = ["statements", "BEGIN", "SELECT", "SELECT FOR UPDATE", "INSERT", "UPDATE",
+    columns = ["statements", "BEGIN", "SELECT", "SELECT FOR UPDATE", "WITH", "INSERT", "UPDATE",
                "DELETE", "transactions", "rows locked"]
     print(f"{backend}, per job (mean of {jobs}):")
     print("| phase | " + " | ".join(columns) + " |")

@@ -236,16 +236,26 @@ def signals_of(session_factory) -> JobSignals | None:
     return (kw.get("info") or {}).get(_SIGNALS_KEY)
 
 
-def note(session: Session, kind: str, job_id: str) -> None:
-    """Record that this transaction did `kind` to `job_id` (published only if it commits)."""
+def note(session: Session, kind: str, job_id: str, *, notified: bool = False) -> None:
+    """Record that this transaction did `kind` to `job_id` (published only if it commits). On
+    PostgreSQL this also sends the `pg_notify`, unless the caller's statement already carried it
+    (`notified`: `notify_statement()` with `notify_payload(...)`)."""
     session.info.setdefault(_NOTES_KEY, []).append((kind, job_id))
-    if session.get_bind().dialect.name == "postgresql":
-        signals = session.info.get(_SIGNALS_KEY)
-        origin = signals.origin if signals is not None else "-"
-        session.connection().execute(_PG_NOTIFY, {"payload": f"{origin} {kind} {job_id}"})
+    if session.get_bind().dialect.name == "postgresql" and not notified:
+        session.connection().execute(_PG_NOTIFY, {"payload": notify_payload(session, kind, job_id)})
 
 
-_PG_NOTIFY = select(func.pg_notify(CHANNEL, bindparam("payload")))  # built once
+def notify_statement():
+    """`SELECT pg_notify(<channel>, :payload)`, for a caller to attach CTEs to."""
+    return select(func.pg_notify(CHANNEL, bindparam("payload")))
+
+
+def notify_payload(session: Session, kind: str, job_id: str) -> str:
+    signals = session.info.get(_SIGNALS_KEY)
+    return f"{signals.origin if signals is not None else '-'} {kind} {job_id}"
+
+
+_PG_NOTIFY = notify_statement()  # built once
 
 
 def _publish_notes(session: Session) -> None:

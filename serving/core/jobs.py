@@ -22,7 +22,7 @@ from collections.abc import Callable, Collection
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, case, or_, select, update
+from sqlalchemy import and_, bindparam, case, exists, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -34,7 +34,7 @@ from . import idempotency
 from .accounts import PAID_PLANS, PLAN_SLOTS, plan_slot_limit, require_paid_plan
 from .db import is_sqlite, transaction, utcnow
 from .job_events import enqueue_job_events
-from .job_signals import note
+from .job_signals import note, notify_payload, notify_statement
 from .pagination import check_limit, newest_first_page
 from .tables import JOB_STATUSES, Account, ApiKey, Generation, LedgerEntry, new_uuid
 from ..tasks import TASKS, TaskSpec, request_seed
@@ -120,18 +120,24 @@ def _create_in_transaction(session: Session, key: ApiKey, request, spec: TaskSpe
         attempts=0, created_at=now)
     # Core INSERTs of prebuilt statements on the transaction's connection (no unit of work);
     # the row is built with the same values the response is shaped from.
+    rows = {column: getattr(generation, column) for column in _GENERATION_INSERT_COLUMNS}
+    ledger = {"account_id": key.account_id, "generation_id": generation.id, "kind": "reserve",
+              "amount": -cost, "balance_after": balance, "created_at": now,
+              "memo": f"{request.tool} generation"}
     connection = session.connection()
-    connection.execute(_INSERT_GENERATION, {
-        column: getattr(generation, column) for column in _GENERATION_INSERT_COLUMNS})
-    connection.execute(_INSERT_LEDGER, {
-        "account_id": key.account_id, "generation_id": generation.id, "kind": "reserve",
-        "amount": -cost, "balance_after": balance, "created_at": now,
-        "memo": f"{request.tool} generation"})
+    if connection.dialect.name == "postgresql":  # one round trip: both rows and the wake-up
+        connection.execute(_INSERT_JOB_ROWS_NOTIFY, {
+            **{f"job_{column}": value for column, value in rows.items()},
+            **{f"ledger_{column}": value for column, value in ledger.items()},
+            "payload": notify_payload(session, "created", generation.id)})
+    else:
+        connection.execute(_INSERT_GENERATION, rows)
+        connection.execute(_INSERT_LEDGER, ledger)
     if idempotency_key is not None:
         idempotency.remember(session, key.id, idempotency_key, body_hash, generation.id, now=now)
     if on_created is not None:
         on_created(session, generation)
-    note(session, "created", generation.id)
+    note(session, "created", generation.id, notified=connection.dialect.name == "postgresql")
     return generation, False
 
 
@@ -139,8 +145,27 @@ _GENERATION_INSERT_COLUMNS = (
     "id", "account_id", "api_key_id", "surface", "tool", "mode", "request", "request_hash",
     "seed", "status", "progress", "cost_credits", "slots", "budget_period", "input_image",
     "output_keys", "attempts", "created_at")
+_LEDGER_INSERT_COLUMNS = ("account_id", "generation_id", "kind", "amount", "balance_after",
+                          "created_at", "memo")
 _INSERT_GENERATION = Generation.__table__.insert()
 _INSERT_LEDGER = LedgerEntry.__table__.insert()
+
+
+def _insert_job_rows_and_notify():
+    """PostgreSQL: the job row, its ledger entry and the `pg_notify` wake-up in one statement
+    (two data-modifying CTEs beside a SELECT), built once; parameters `job_<column>`,
+    `ledger_<column>` and `payload`."""
+    def insert(table, columns, prefix: str, name: str):
+        values = {column: bindparam(f"{prefix}{column}", type_=table.c[column].type)
+                  for column in columns}
+        return table.insert().values(values).cte(name)
+
+    job = insert(Generation.__table__, _GENERATION_INSERT_COLUMNS, "job_", "new_job")
+    ledger = insert(LedgerEntry.__table__, _LEDGER_INSERT_COLUMNS, "ledger_", "new_ledger_entry")
+    return notify_statement().add_cte(job, ledger)
+
+
+_INSERT_JOB_ROWS_NOTIFY = _insert_job_rows_and_notify()
 
 
 def _seed_of(request) -> int:
@@ -153,19 +178,23 @@ def reserve(session: Session, key: ApiKey, cost: int, slots: int, period: str) -
     """Reserve `slots` generation slots, `cost` against the key's monthly (rolling the period) and
     total budgets, and `cost` credits: two conditional UPDATEs (the key's budgets, only while the
     key is active; then the account's paid plan, slots and balance, `RETURNING` the balance),
-    prebuilt Core statements on the transaction's connection. Returns the new balance. When
+    prebuilt Core statements on the transaction's connection (on PostgreSQL one statement holding
+    both). Returns the new balance. When
     either refuses, the first limit that refuses — key status, paid plan, slots, monthly budget,
     total budget, credits, in that order — is raised; the caller's transaction rolls back
     whatever was charged."""
     connection = session.connection()
-    budgets = connection.execute(_RESERVE_BUDGETS, {
-        "r_key": key.id, "r_cost": cost, "r_period": period})
-    if budgets.rowcount == 1:
-        row = connection.execute(_RESERVE_ACCOUNT, {
-            "r_account": key.account_id, "r_cost": cost, "r_slots": slots}).first()
-        if row is not None:
-            return int(row[0])
-    _raise_refusal(session, key, cost, slots, period, budgets_charged=budgets.rowcount == 1)
+    budget = {"r_key": key.id, "r_cost": cost, "r_period": period}
+    account = {"r_account": key.account_id, "r_cost": cost, "r_slots": slots}
+    if connection.dialect.name == "postgresql":  # both UPDATEs in one statement
+        budgets_charged, balance = connection.execute(_RESERVE_BOTH, {**budget, **account}).one()
+    else:
+        budgets_charged, balance = connection.execute(_RESERVE_BUDGETS, budget).rowcount, None
+        if budgets_charged:
+            balance = connection.execute(_RESERVE_ACCOUNT, account).scalar()
+    if balance is not None:
+        return int(balance)
+    _raise_refusal(session, key, cost, slots, period, budgets_charged=budgets_charged == 1)
     raise AssertionError("unreachable")
 
 
@@ -197,7 +226,17 @@ def _reserve_statements():
     return budgets, account
 
 
+def _reserve_both(budgets, account):
+    """PostgreSQL: `budgets` and `account` as data-modifying CTEs of one statement, the account
+    charged only if the key was; selects (keys charged: 0 or 1, the new balance or NULL)."""
+    charged_key = budgets.returning(ApiKey.__table__.c.id).cte("charged_key")
+    charged_account = account.where(exists(select(charged_key.c.id))).cte("charged_account")
+    return select(select(func.count()).select_from(charged_key).scalar_subquery(),
+                  select(charged_account.c.credit_balance).scalar_subquery())
+
+
 _RESERVE_BUDGETS, _RESERVE_ACCOUNT = _reserve_statements()
+_RESERVE_BOTH = _reserve_both(_RESERVE_BUDGETS, _RESERVE_ACCOUNT)
 
 
 def _raise_refusal(session: Session, key: ApiKey, cost: int, slots: int, period: str, *,
