@@ -171,10 +171,11 @@ def griffin_lim(amplitudes: torch.Tensor, params: SpectrogramParams = RIFFUSION,
 
 
 def audio_from_image(image: Image.Image, params: SpectrogramParams = RIFFUSION,
-                     seed: int = 0) -> np.ndarray:
+                     seed: int = 0, device: torch.device | str = "cpu") -> np.ndarray:
     """A spectrogram image → mono float32 samples at `params.sample_rate`, peak-normalised to 1
-    (the reference normalises too); an all-white (silent) image gives zeros."""
-    mel = mel_from_image(image, params)
+    (the reference normalises too); an all-white (silent) image gives zeros. The transforms run
+    on `device`."""
+    mel = mel_from_image(image, params).to(device)
     waveform = griffin_lim(linear_amplitudes(mel, params), params, seed).cpu().numpy()
     peak = float(np.abs(waveform).max()) if waveform.size else 0.0
     if not (peak > 0 and math.isfinite(peak)):

@@ -83,3 +83,67 @@ def test_a_white_image_is_silence_and_images_must_be_512_tall():
     assert float(np.abs(loud).max()) > 0.5  # black is the loudest value (the image is inverted)
     with pytest.raises(ValueError, match="512 rows"):
         spectrogram.mel_from_image(Image.new("RGB", (64, 256), "white"))
+
+
+# --- composing music with the tiny Riffusion twin ------------------------------------------------
+
+def compose(store, duration_s: float, seed: int = 1, **options) -> np.ndarray:
+    from retouch.pipelines.common import RunContext
+    from retouch.pipelines.music import compose_music
+
+    return compose_music(store, "soft piano", duration_s, seed, RunContext(seed=seed), **options)
+
+
+@pytest.mark.parametrize("duration_s, tiles", [(2, 1), (6, 2), (12, 3)])
+def test_music_fills_the_duration_from_enough_tiles(tiny_store, monkeypatch, duration_s, tiles):
+    from retouch.pipelines import music
+
+    assert music.tile_count(duration_s) == tiles
+    from retouch.models.store import MusicModel
+
+    model, calls = tiny_store.music(), []
+
+    class SeedSpy:
+        device = model.pipe.device
+
+        def __call__(self, *args, **kwargs):
+            calls.append(kwargs["generator"].initial_seed())
+            return model.pipe(*args, **kwargs)
+
+    monkeypatch.setattr(tiny_store, "music", lambda: MusicModel(SeedSpy(), model.griffin_lim_iters))
+    samples = compose(tiny_store, duration_s, seed=5)
+    assert samples.shape == (2, duration_s * RATE) and samples.dtype == np.float32
+    assert np.isfinite(samples).all() and float(np.abs(samples).max()) <= music.MUSIC_PEAK + 1e-6
+    assert float(np.sqrt(np.mean(samples ** 2))) > 0.01 and np.array_equal(samples[0], samples[1])
+    assert calls == list(range(5, 5 + tiles))  # the seed family: seed, seed + 1, ...
+
+
+def test_the_same_seed_composes_the_same_music(tiny_store):
+    first = compose(tiny_store, 2, seed=1)
+    assert np.array_equal(first, compose(tiny_store, 2, seed=1))
+    assert not np.array_equal(first, compose(tiny_store, 2, seed=2))
+    webm = compose(tiny_store, 2, seed=1, rate=48_000)  # resampled to the container's rate
+    assert webm.shape == (2, 96_000) and float(np.abs(webm).max()) <= 1.0
+
+
+def test_progress_covers_the_span_and_cancel_stops_composing(tiny_store):
+    from retouch.pipelines.common import RunContext
+    from retouch.pipelines.errors import Cancelled
+    from retouch.pipelines.music import compose_music
+
+    seen = []
+    compose_music(tiny_store, "drums", 6, 0, RunContext(seed=0, progress=seen.append),
+                  span=(0.0, 0.4))
+    assert seen == sorted(seen) and len(seen) > 4 and abs(seen[-1] - 0.4) < 1e-9
+    with pytest.raises(Cancelled):
+        compose_music(tiny_store, "drums", 6, 0, RunContext(seed=0, is_cancelled=lambda: True))
+
+
+def test_tiles_join_with_an_equal_power_crossfade():
+    from retouch.pipelines.music import join_with_crossfade
+
+    a, b = np.ones(100, np.float32), -np.ones(100, np.float32)
+    joined = join_with_crossfade([a, b], 20)
+    assert joined.shape == (180,) and joined[0] == 1 and joined[-1] == -1
+    t = (np.arange(20) + 0.5) / 20  # in the overlap: 1 · cos(t) + (-1) · sin(t)
+    assert np.allclose(joined[80:100], np.cos(t * np.pi / 2) - np.sin(t * np.pi / 2), atol=1e-6)
