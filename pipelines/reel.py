@@ -7,10 +7,9 @@ count is exactly `spec.duration_s * spec.fps`. Each picture's share of the timel
 the transition, during which they are blended. A picture's camera move (zoom in or out, pan
 direction) is drawn from `ctx.seed`, so the same seed renders the same reel.
 
-Music (WAV or MP3 bytes, or samples composed from the `background_music` text by
-`pipelines.music` when no track is given) is decoded, resampled to stereo at the container's
-audio rate, looped or cut to the video's length, faded out over the last second and encoded. A
-voice-over (speech
+Music — WAV or MP3 bytes (decoded), or samples composed from the `background_music` text by
+`pipelines.music` when no track is given — is stereo at the container's audio rate, looped or
+cut to the video's length, faded out over the last second and encoded. A voice-over (speech
 synthesized from the video's `voice` text) is mixed over it with the music ducked while it plays
 (`pipelines.voiceover`). Without music or voice the file has no audio stream. `output_format`
 picks the container: `mp4` (H.264 yuv420p + AAC 44.1 kHz) or `webm` (VP9 yuv420p + Opus 48 kHz).
