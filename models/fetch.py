@@ -48,11 +48,11 @@ def _hub_patterns(spec: ModelSpec) -> tuple[tuple[str, ...] | None, tuple[str, .
     variant = spec.options.get("variant")
     weights = f"*.{variant}.safetensors" if variant else "*.safetensors"
     prefix = f"{spec.subfolder}/" if spec.subfolder else ""
-    if spec.family == "diffusion" and spec.options.get("components"):
+    if spec.family in ("diffusion", "music") and spec.options.get("components"):
         # Only these folders are read from this repository (e.g. the inpaint UNet + scheduler).
         patterns = ["model_index.json"]
         for component in spec.options["components"]:
-            patterns += ([f"{component}/*"] if component == "scheduler" else
+            patterns += ([f"{component}/*"] if component in ("scheduler", "tokenizer") else
                          [f"{component}/*.json", f"{component}/*{weights[1:]}"])
         return tuple(patterns), None
     if spec.family == "diffusion":

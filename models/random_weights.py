@@ -123,7 +123,10 @@ def diffusion_pipeline(pipeline_cls: Any, folder: Path, device: torch.device | s
     index = json.loads((folder / "model_index.json").read_text())
     components: dict[str, Any] = {}
     for name, entry in index.items():
-        if name.startswith("_") or not isinstance(entry, list) or entry[0] is None:
+        if name.startswith("_") or not isinstance(entry, list):
+            continue
+        if entry[0] is None:  # a component the checkpoint leaves out (a safety checker)
+            components[name] = None
             continue
         library, class_name = entry
         cls = getattr(importlib.import_module(library), class_name)

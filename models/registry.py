@@ -7,7 +7,8 @@ twin inside the tiny cache). Profiles:
 - `tiny`: small, randomly initialised twins of every production class, built deterministically by
   `retouch.models.tiny.build_tiny_models` and loaded through the same `from_pretrained` path. CPU.
 - `sdxl`: the real checkpoints (SDXL base/inpaint, ControlNet depth/canny, IP-Adapter, Depth
-  Anything V2, a clothes segmenter, Real-ESRGAN, a small instruct LLM, SpeechT5 text to speech),
+  Anything V2, a clothes segmenter, Real-ESRGAN, a small instruct LLM, SpeechT5 text to speech,
+  Riffusion text to music),
   pinned to hub commits where one is known. GPU.
 - `sdxl-random`: every `sdxl` model at its real size, built from its published config (shipped in
   `retouch/models/configs/`) with random weights (`random:<config dir>` sources, seeded by the
@@ -85,7 +86,7 @@ class ModelSpec:
 
     name: str
     family: str  # diffusion | controlnet | ip_adapter | depth | segmentation | matting | llm
-    #              | upscaler | speech
+    #              | upscaler | speech | music
     loader: str
     source: str
     subfolder: str | None = None
@@ -157,6 +158,8 @@ _PURPOSES = {
     "speech": "text-to-speech (SpeechT5, character input): the voice-over of a video",
     "vocoder": "HiFi-GAN vocoder: SpeechT5's mel spectrogram to a 16 kHz waveform",
     "speaker": "the voice-over's voice: a speaker x-vector SpeechT5 is conditioned on",
+    "music": "Riffusion (Stable Diffusion 1.5 fine-tuned on mel spectrograms): a video's "
+             "background music from its `background_music` text",
     "realesrgan_x2plus": "Real-ESRGAN 2x (RRDBNet)",
     "realesrgan_x4plus": "Real-ESRGAN 4x (RRDBNet)",
     "realesr_general_x4v3": "Real-ESRGAN general 4x, strong denoise (SRVGGNetCompact)",
@@ -175,6 +178,8 @@ SDXL_REVISIONS = {
     "depth-anything/Depth-Anything-V2-Small-hf": "5426e4f0f36572d16453bbda7a8389317b1bef99",
     "mattmdjaga/segformer_b2_clothes": "584abc1e1d260e23c0fc627c5217a09b2b461046",
     "Qwen/Qwen2.5-0.5B-Instruct": "7ae557604adf67be50417f59c2c2f167def9a775",
+    # The commit that added the safetensors files (the repository's first weights are pickles).
+    "riffusion/riffusion-model-v1": "ea2085a79829d34f529dbec1906321335c49195b",
 }
 
 # Hub repositories the `sdxl` profile names without a pinned commit: no public record of a
@@ -186,6 +191,12 @@ UNPINNED_SOURCES = ("openmmlab/upernet-convnext-small", "microsoft/speecht5_tts"
 # The inpaint pipeline loads only these from its own repository; the text encoders, tokenizers and
 # VAE are the base model's (`ModelStore.inpaint` shares them through `from_pipe`).
 INPAINT_COMPONENTS = ("unet", "scheduler")
+# Riffusion's repository also ships a safety checker (an image classifier, meaningless on
+# spectrograms) and a single-file checkpoint; the pipeline loads only these.
+MUSIC_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+# Griffin-Lim iterations turning a spectrogram into a waveform (the reference's 32; the tiny
+# profile uses fewer, as it uses fewer denoising steps).
+MUSIC_GRIFFIN_LIM_ITERS = 32
 
 
 def _sdxl_profile() -> Profile:
@@ -232,6 +243,10 @@ def _sdxl_profile() -> Profile:
                   dtype="float32", purpose=_PURPOSES["vocoder"]),
         ModelSpec("speaker", "speech", "speaker_embedding", CMU_ARCTIC_XVECTORS, dtype="float32",
                   purpose=_PURPOSES["speaker"], options=MappingProxyType({"speaker": "slt"})),
+        ModelSpec("music", "music", "StableDiffusionPipeline", "riffusion/riffusion-model-v1",
+                  purpose=_PURPOSES["music"], options=MappingProxyType({
+                      "components": MUSIC_COMPONENTS,
+                      "griffin_lim_iters": MUSIC_GRIFFIN_LIM_ITERS})),
         _realesrgan("realesrgan_x2plus", f"{REALESRGAN_RELEASES}/v0.2.1/RealESRGAN_x2plus.pth",
                     _PURPOSES["realesrgan_x2plus"], scale=2, **rrdb),
         _realesrgan("realesrgan_x4plus", f"{REALESRGAN_RELEASES}/v0.1.0/RealESRGAN_x4plus.pth",
@@ -262,11 +277,15 @@ TINY_SOURCES = {
     "image_encoder": "ip-adapter", "depth": "depth-anything", "segmenter": "segformer-clothes",
     "scene_segmenter": "upernet-ade20k", "matting": "u2net/u2net.pth", "planner": "planner-lm",
     "speech": "speecht5-tts", "vocoder": "speecht5-hifigan", "speaker": "speecht5-speaker.npy",
+    "music": "riffusion",
     "realesrgan_x2plus": "realesrgan/RealESRGAN_x2plus.pth",
     "realesrgan_x4plus": "realesrgan/RealESRGAN_x4plus.pth",
     "realesr_general_x4v3": "realesrgan/realesr-general-x4v3.pth",
     "realesr_general_wdn_x4v3": "realesrgan/realesr-general-wdn-x4v3.pth",
 }
+
+
+TINY_GRIFFIN_LIM_ITERS = 4
 
 
 def _tiny_profile() -> Profile:
@@ -284,6 +303,8 @@ def _tiny_profile() -> Profile:
             options = dict(TINY_U2NET)
         elif name == "speaker":
             options = {}
+        elif name == "music":
+            options["griffin_lim_iters"] = TINY_GRIFFIN_LIM_ITERS
         subfolder = "image_encoder" if name == "image_encoder" else None
         weight_name = "ip-adapter_sdxl.safetensors" if name == "ip_adapter" else None
         specs[name] = dataclasses.replace(
@@ -312,6 +333,7 @@ RANDOM_CONFIGS = {
     "speech": "speecht5-tts",
     "vocoder": "speecht5-hifigan",
     "speaker": "speecht5-tts",  # a random vector of the model's `speaker_embedding_dim`
+    "music": "riffusion-model-v1",
 }
 RANDOM_SEED = 0
 

@@ -58,6 +58,15 @@ class Planner:
 
 
 @dataclass(frozen=True)
+class MusicModel:
+    """Riffusion: a text-to-image pipeline whose images are mel spectrograms, and how many
+    Griffin-Lim iterations turn one into a waveform (`retouch.pipelines.spectrogram`)."""
+
+    pipe: Any
+    griffin_lim_iters: int
+
+
+@dataclass(frozen=True)
 class Segmentation:
     """A label map (H×W int, same size as the input image) and the label names by id."""
 
@@ -243,7 +252,9 @@ class ModelStore:
 
         return component_seed(self.seed or 0, f"{spec.name}/{part}" if part else spec.name)
 
-    def _diffusion_pipeline(self, cls: Any, spec_name: str) -> Any:
+    def _diffusion_pipeline(self, cls: Any, spec_name: str, **loader_options: Any) -> Any:
+        """`cls` for `spec_name`; `loader_options` go to `from_pretrained` (a random twin's
+        `model_index.json` already says the same)."""
         spec = self.spec(spec_name)
         if spec.is_random:
             from retouch.models.random_weights import diffusion_pipeline
@@ -252,7 +263,8 @@ class ModelStore:
                                       self.dtype_for(spec), self._seed_of(spec))
         else:
             pipe = cls.from_pretrained(self.source_of(spec), dtype=self.dtype_for(spec),
-                                       **self._hub_kwargs(spec), **_variant(spec))
+                                       **self._hub_kwargs(spec), **_variant(spec),
+                                       **loader_options)
         pipe.to(self.device)
         pipe.set_progress_bar_config(disable=True)
         self._loaded_from(spec_name)
@@ -575,6 +587,21 @@ class ModelStore:
                                      embedding.to(self.device, model.dtype)[None], self.device)
 
         return self._cached(("speech",), load)
+
+    def music(self) -> MusicModel:
+        """Text to music for a video's background: Riffusion, a Stable Diffusion 1.5 pipeline
+        drawing mel spectrograms (no safety checker: it classifies photos, not spectrograms)."""
+        from diffusers import StableDiffusionPipeline
+
+        spec = self.spec("music")
+
+        def load() -> MusicModel:
+            pipe = self._diffusion_pipeline(StableDiffusionPipeline, "music",
+                                            safety_checker=None, feature_extractor=None,
+                                            requires_safety_checker=False)
+            return MusicModel(pipe, int(spec.options.get("griffin_lim_iters", 32)))
+
+        return self._cached(("music",), load)
 
     # --- Real-ESRGAN ----------------------------------------------------------------------
 

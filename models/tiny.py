@@ -20,7 +20,7 @@ import torch
 from retouch.models.registry import (ADE20K_LABELS, SEGFORMER_CLOTHES_LABELS, TINY_RRDB,
                                      TINY_SOURCES, TINY_SRVGG, TINY_U2NET)
 
-BUILDER_VERSION = "4"  # bump whenever any twin changes: caches rebuild on a new version
+BUILDER_VERSION = "5"  # bump whenever any twin changes: caches rebuild on a new version
 MARKER_NAME = "BUILD_VERSION"
 TINY_DIR_NAME = "tiny"
 
@@ -94,6 +94,7 @@ def _build_each(out: Path) -> None:
         _save_u2net(out / TINY_SOURCES["matting"])
         _save_planner(out / TINY_SOURCES["planner"])
         _save_speecht5(out)
+        _save_riffusion(out / TINY_SOURCES["music"])
         _save_realesrgan(out)
         _save_ip_adapter(out / TINY_SOURCES["ip_adapter"], base_unet)
 
@@ -213,16 +214,18 @@ def _unet(in_channels: int, seed: int):
         cross_attention_dim=2 * CLIP_HIDDEN, norm_num_groups=8)
 
 
-def _vae():
-    """Four narrow blocks keep SDXL's 8x latent scale at a fraction of the cost."""
+def _vae(seed: int = 3, scaling_factor: float = 0.13025, blocks: int = 4):
+    """Four narrow blocks keep SDXL's 8x latent scale at a fraction of the cost (each further
+    block halves the latent again)."""
     from diffusers import AutoencoderKL
 
-    torch.manual_seed(3)
+    torch.manual_seed(seed)
     return AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
-        block_out_channels=(8, 16, 16, 16), down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=8, sample_size=64,
-        scaling_factor=0.13025, force_upcast=False)
+        block_out_channels=(8,) + (16,) * (blocks - 1),
+        down_block_types=("DownEncoderBlock2D",) * blocks,
+        up_block_types=("UpDecoderBlock2D",) * blocks, norm_num_groups=8, sample_size=64,
+        scaling_factor=scaling_factor, force_upcast=False)
 
 
 def _scheduler():
@@ -255,6 +258,28 @@ def _save_sdxl_inpaint(out: Path) -> None:
         tokenizer=tokenizer, tokenizer_2=tokenizer, unet=_unet(9, seed=5),
         scheduler=_scheduler(), requires_aesthetics_score=False)
     pipe.save_pretrained(out)
+
+
+def _save_riffusion(out: Path) -> None:
+    """Riffusion's layout (Stable Diffusion 1.5: one CLIP text encoder, a UNet without SDXL's
+    added time embeddings, the 0.18215 VAE scale, PNDM) with the tiny widths and no safety
+    checker. Its spectrograms are always 512×512, so the VAE has a fifth block (a 32×32
+    latent instead of 64×64): the tiny UNet runs ten times faster on CPU."""
+    from diffusers import PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+
+    tokenizer, text_encoder, _ = _text_encoders(out)
+    torch.manual_seed(18)
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=(32, 64), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4),
+        cross_attention_dim=CLIP_HIDDEN, norm_num_groups=8)
+    scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              set_alpha_to_one=False, skip_prk_steps=True, steps_offset=1)
+    StableDiffusionPipeline(
+        vae=_vae(seed=19, scaling_factor=0.18215, blocks=5), text_encoder=text_encoder,
+        tokenizer=tokenizer, unet=unet, scheduler=scheduler, safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False).save_pretrained(out)
 
 
 def _save_controlnet(out: Path, seed: int) -> None:

@@ -7,8 +7,9 @@ count is exactly `spec.duration_s * spec.fps`. Each picture's share of the timel
 the transition, during which they are blended. A picture's camera move (zoom in or out, pan
 direction) is drawn from `ctx.seed`, so the same seed renders the same reel.
 
-Music (WAV or MP3 bytes) is decoded, resampled to stereo at the container's audio rate, looped
-or cut to the video's length, faded out over the last second and encoded. A voice-over (speech
+Music — WAV or MP3 bytes (decoded), or samples composed from the `background_music` text by
+`pipelines.music` when no track is given — is stereo at the container's audio rate, looped or
+cut to the video's length, faded out over the last second and encoded. A voice-over (speech
 synthesized from the video's `voice` text) is mixed over it with the music ducked while it plays
 (`pipelines.voiceover`). Without music or voice the file has no audio stream. `output_format`
 picks the container: `mp4` (H.264 yuv420p + AAC 44.1 kHz) or `webm` (VP9 yuv420p + Opus 48 kHz).
@@ -28,6 +29,7 @@ from PIL import Image
 
 from .common import RunContext
 from .errors import PipelineInputError
+from .music import compose_music
 from .voiceover import check_voice, mix_voice_over, voice_window_s
 
 FPS = 24
@@ -40,6 +42,7 @@ AUDIO_RATE = 44_100
 AUDIO_FRAME_SAMPLES = 1024
 FADE_OUT_S = 1.0
 MAX_MUSIC_BYTES = 25 * 1024 * 1024
+MUSIC_PROGRESS = 0.4  # share of a reel's progress bar for composing background music
 
 # Short side in pixels per named video resolution; the long side follows the aspect ratio.
 RESOLUTIONS: dict[str, int] = {"240p": 240, "360p": 360, "720p": 720, "1080p": 1080}
@@ -221,9 +224,9 @@ def camera_frame(picture: Image.Image, move: CameraMove, position: float,
 
 
 def render_frames(pictures: list[Image.Image], spec: ReelSpec, ctx: RunContext,
-                  progress_end: float = 0.9):
-    """Yield the reel's frames as uint8 RGB arrays (H×W×3), reporting progress up to
-    `progress_end` and stopping with `Cancelled` when asked."""
+                  progress_end: float = 0.9, progress_start: float = 0.0):
+    """Yield the reel's frames as uint8 RGB arrays (H×W×3), reporting progress from
+    `progress_start` up to `progress_end` and stopping with `Cancelled` when asked."""
     prepared = [_prepare(p, spec) for p in pictures]
     moves = camera_moves(len(prepared), ctx.seed)
     timeline = Timeline.build(len(prepared), spec.frame_count, spec.transition_s * spec.fps,
@@ -241,7 +244,7 @@ def render_frames(pictures: list[Image.Image], spec: ReelSpec, ctx: RunContext,
             for index, position, weight in layers:
                 frame += weight * camera_frame(prepared[index], moves[index], position, size)
             yield np.clip(np.rint(frame), 0, 255).astype(np.uint8)
-        ctx.report(progress_end * (n + 1) / spec.frame_count)
+        ctx.report(progress_start + (progress_end - progress_start) * (n + 1) / spec.frame_count)
 
 
 def music_format(data: bytes, field: str = "music_url") -> str:
@@ -317,22 +320,27 @@ def fit_music(samples: np.ndarray, duration_s: int, rate: int = AUDIO_RATE) -> n
 
 
 def render_reel(pictures: list[Image.Image], spec: ReelSpec, ctx: RunContext,
-                music: bytes | None = None, output_format: str = "mp4",
-                voice: tuple[np.ndarray, int] | None = None) -> bytes:
-    """The reel's file bytes (`mp4` or `webm`), with an audio track when `music` (WAV/MP3 bytes)
-    or `voice` (synthesized speech: mono samples and their rate) is given; the music is ducked
-    under the voice (`pipelines.voiceover`)."""
+                music: bytes | np.ndarray | None = None, output_format: str = "mp4",
+                voice: tuple[np.ndarray, int] | None = None,
+                progress_start: float = 0.0) -> bytes:
+    """The reel's file bytes (`mp4` or `webm`), with an audio track when `music` (WAV/MP3 bytes,
+    or stereo float32 samples `(2, n)` at the container's audio rate) or `voice` (synthesized
+    speech: mono samples and their rate) is given; the music is ducked under the voice
+    (`pipelines.voiceover`). Progress runs from `progress_start` (work done before) to 1."""
     import av
 
     check_inputs(pictures, spec)
-    if output_format not in CONTAINERS:
-        raise PipelineInputError("output_format", f"must be one of {', '.join(CONTAINERS)}")
-    kind = CONTAINERS[output_format]
-    track = (fit_music(decode_music(music, rate=kind.audio_rate), spec.duration_s,
-                       kind.audio_rate) if music is not None else None)
+    kind = container_for(output_format)
+    if isinstance(music, np.ndarray):
+        track = fit_music(music, spec.duration_s, kind.audio_rate)
+    elif music is not None:
+        track = fit_music(decode_music(music, rate=kind.audio_rate), spec.duration_s,
+                          kind.audio_rate)
+    else:
+        track = None
     if voice is not None:
         track, _ = mix_voice_over(track, voice[0], voice[1], kind.audio_rate, spec.duration_s)
-    ctx.report(0.0)
+    ctx.report(progress_start)
     buffer = io.BytesIO()
     with av.open(buffer, mode="w", format=output_format) as container:
         video = container.add_stream(kind.video_codec, rate=spec.fps)
@@ -343,7 +351,8 @@ def render_reel(pictures: list[Image.Image], spec: ReelSpec, ctx: RunContext,
         if track is not None:
             audio = container.add_stream(kind.audio_codec, rate=kind.audio_rate,
                                          layout="stereo")
-        for n, pixels in enumerate(render_frames(pictures, spec, ctx)):
+        for n, pixels in enumerate(render_frames(pictures, spec, ctx,
+                                                 progress_start=progress_start)):
             frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
             frame.pts = n  # in 1/fps units: frame n is shown at n/fps seconds
             container.mux(video.encode(frame))
@@ -352,6 +361,13 @@ def render_reel(pictures: list[Image.Image], spec: ReelSpec, ctx: RunContext,
             _encode_audio(container, audio, track)
     ctx.report(1.0)
     return buffer.getvalue()
+
+
+def container_for(output_format: str) -> Container:
+    """How `output_format` is encoded, else `PipelineInputError("output_format")`."""
+    if output_format not in CONTAINERS:
+        raise PipelineInputError("output_format", f"must be one of {', '.join(CONTAINERS)}")
+    return CONTAINERS[output_format]
 
 
 def _encode_audio(container, stream, track: np.ndarray) -> None:
@@ -370,8 +386,9 @@ def _encode_audio(container, stream, track: np.ndarray) -> None:
 def reel(store, request, inputs: dict, ctx: RunContext) -> list[bytes]:
     """The `video` task: `inputs` holds the decoded `input.pictures[i]` and optionally the
     `input.music` bytes; returns `[file bytes]` in `options.output_format`. A `direction.voice`
-    text is spoken by the store's text-to-speech model (`store.speech()`); without one no model
-    is used."""
+    text is spoken by the store's text-to-speech model (`store.speech()`); without `input.music`
+    a `direction.background_music` text is composed by its music model (`pipelines.music`,
+    the first `MUSIC_PROGRESS` of the bar). Without either text no model is used."""
     options = request.options
     pictures = [inputs[f"input.pictures[{n}]"] for n in range(len(request.input.pictures))]
     holds = tuple(p.hold for p in request.input.pictures)
@@ -384,5 +401,14 @@ def reel(store, request, inputs: dict, ctx: RunContext) -> list[bytes]:
         speech = store.speech()
         samples = speech(text.strip(), seed=ctx.seed, max_seconds=voice_window_s(options.duration))
         voice = (samples, speech.sampling_rate)
-    return [render_reel(pictures, spec, ctx, music=inputs.get("input.music"),
-                        output_format=options.output_format, voice=voice)]
+    music = inputs.get("input.music")  # the user's own track wins over a music direction
+    progress_start = 0.0
+    direction = (request.direction.background_music or "").strip()
+    if music is None and direction:
+        check_inputs(pictures, spec)  # fail fast, before minutes of composing
+        music = compose_music(store, direction, options.duration, ctx.seed, ctx,
+                              rate=container_for(options.output_format).audio_rate,
+                              span=(0.0, MUSIC_PROGRESS))
+        progress_start = MUSIC_PROGRESS
+    return [render_reel(pictures, spec, ctx, music=music, output_format=options.output_format,
+                        voice=voice, progress_start=progress_start)]

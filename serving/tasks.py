@@ -358,4 +358,5 @@ TASKS.register(TaskSpec(
                                               request.options.resolution),
     load_inputs=_load_reel_inputs, decode_inputs=_decode_reel_inputs,
     encode_outputs=lambda request, outputs: list(outputs),  # the reel returns the MP4 bytes
-    summary="a reel of approved pictures (text to speech for a voice-over)"))
+    summary="a reel of approved pictures (text to speech for a voice-over, text to music "
+            "for background music)"))

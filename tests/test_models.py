@@ -68,6 +68,7 @@ def test_sdxl_profile_names_the_real_checkpoints():
     assert sources["depth"] == "depth-anything/Depth-Anything-V2-Small-hf"
     assert sources["segmenter"] == "mattmdjaga/segformer_b2_clothes"
     assert sources["planner"] == "Qwen/Qwen2.5-0.5B-Instruct"
+    assert sources["music"] == "riffusion/riffusion-model-v1"
     ip = profile.spec("ip_adapter")
     assert (ip.source, ip.subfolder, ip.weight_name) == (
         "h94/IP-Adapter", "sdxl_models", "ip-adapter_sdxl.safetensors")
@@ -117,7 +118,7 @@ def test_missing_real_checkpoint_is_not_downloaded(tmp_path):
 
 def test_fetch_plan_lists_only_the_files_the_loaders_read(tmp_path):
     plan = {item.spec_names: item for item in fetch_plan(resolve_profile("sdxl"), tmp_path)}
-    assert len(plan) == 17  # the IP-Adapter weights and its image encoder share one repo
+    assert len(plan) == 18  # the IP-Adapter weights and its image encoder share one repo
     base = plan[("base",)]
     assert base.source == "stabilityai/stable-diffusion-xl-base-1.0" and not base.is_url
     assert "*/diffusion_pytorch_model.fp16.safetensors" in base.allow_patterns
@@ -133,6 +134,12 @@ def test_fetch_plan_lists_only_the_files_the_loaders_read(tmp_path):
     assert plan[("speech",)].source == "microsoft/speecht5_tts"
     assert plan[("vocoder",)].source == "microsoft/speecht5_hifigan"
     assert plan[("speaker",)].is_url and plan[("speaker",)].target.name == "spkrec-xvect.zip"
+    music = plan[("music",)]  # Riffusion without its safety checker or single-file checkpoint
+    assert music.source == "riffusion/riffusion-model-v1" and len(music.revision) == 40
+    assert {"tokenizer/*", "scheduler/*", "unet/*.safetensors", "text_encoder/*.safetensors",
+            "vae/*.json"} <= set(music.allow_patterns)
+    assert not any(p.startswith(("safety_checker", "feature_extractor", "*"))
+                   for p in music.allow_patterns)
     assert fetch_plan(resolve_profile("tiny"), tmp_path) == []
     local = resolve_profile("sdxl", {"planner": str(tmp_path)})
     assert all("planner" not in item.spec_names for item in fetch_plan(local, tmp_path))

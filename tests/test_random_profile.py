@@ -228,3 +228,23 @@ def test_ip_adapter_is_built_once_and_shared_by_both_unets(tiny_store):
             seen.append([id(p) for p in cross])
         assert pipe.unet.encoder_hid_proj is None
     assert seen[0] == seen[1] == seen[2]
+
+
+# riffusion/riffusion-model-v1 at the pinned revision (its "Adding `safetensors` variant" commit)
+# lists unet/diffusion_pytorch_model.safetensors at 3,438,167,534 bytes, text_encoder/
+# model.safetensors at 492,265,879 and vae/diffusion_pytorch_model.safetensors at 334,643,276:
+# float32, so 4 bytes a parameter plus 8 bytes of length and a JSON header.
+RIFFUSION_FILE_BYTES = {"unet": 3_438_167_534, "text_encoder": 492_265_879, "vae": 334_643_276}
+
+
+def test_the_music_model_is_stable_diffusion_1_5_at_riffusions_size(meta_store):
+    pipe = meta_store.music().pipe
+    assert type(pipe).__name__ == "StableDiffusionPipeline" and pipe.safety_checker is None
+    assert pipe.unet.device.type == "meta" and pipe.vae_scale_factor == 8
+    assert count(pipe.text_encoder) == PUBLISHED_PARAMETERS["text_encoder"]  # CLIP ViT-L/14
+    assert count(pipe.vae) == PUBLISHED_PARAMETERS["vae"]  # SDXL kept SD's VAE architecture
+    for name, file_bytes in RIFFUSION_FILE_BYTES.items():
+        header = file_bytes - 8 - 4 * count(getattr(pipe, name))
+        assert 0 < header < SAFETENSORS_HEADER_MAX, name
+    assert meta_store.music().griffin_lim_iters == 32
+    assert type(pipe.scheduler).__name__ == "PNDMScheduler"

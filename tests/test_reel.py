@@ -145,9 +145,10 @@ def test_bad_inputs_name_the_field_and_cancel_stops_the_render():
         render_reel([picture], ReelSpec(128, 72, 2), RunContext(seed=0, is_cancelled=lambda: True))
 
 
-def run_video_job(store, **body) -> bytes:
+def run_video_job(store, music: bytes | None = None, **body) -> bytes:
     """A stored `video` job body of one blue picture (2 s, 64×36, 12 fps; `body` adds to it)
-    run by a `TaskRunner` on `store`; the file's bytes."""
+    run by a `TaskRunner` on `store`, with `music` as its stored music track; the file's
+    bytes."""
     from retouch.serving.runner import TaskRunner
     from retouch.serving.tasks import parse_request
 
@@ -155,11 +156,12 @@ def run_video_job(store, **body) -> bytes:
     Image.new("RGB", (40, 30), BLUE).save(png, format="PNG")
     request = parse_request({
         "tool": "video", "project_id": "prj_1",
-        "input": {"pictures": [{"picture_id": "pic_1", "storage_key": "k"}], "music_key": None},
+        "input": {"pictures": [{"picture_id": "pic_1", "storage_key": "k"}],
+                  "music_key": "m" if music else None},
         "options": {"width": 64, "height": 36, "duration": 2, "fps": 12, "aspect_ratio": "16:9",
                     "resolution": "360p"}, **body}, surface=None)
-    [data] = TaskRunner(store=store).run_job(request, {"input.pictures[0]": png.getvalue()}, 3,
-                                             lambda _: None, lambda: False)
+    inputs = {"input.pictures[0]": png.getvalue(), **({"input.music": music} if music else {})}
+    [data] = TaskRunner(store=store).run_job(request, inputs, 3, lambda _: None, lambda: False)
     return data
 
 
@@ -286,6 +288,38 @@ def test_the_video_task_speaks_the_voice_with_the_store(tiny_store):
     data = run_video_job(tiny_store, direction={"voice": "Welcome home."})
     samples, rate, seconds = decoded_audio(data)
     assert abs(seconds - 2.0) < 0.1 and float(np.abs(samples).max()) > 0.01
+
+
+# --- background music ---------------------------------------------------------------------------
+
+def test_background_music_text_is_composed_into_the_reel(tiny_store):
+    data = run_video_job(tiny_store, direction={"background_music": "soft piano"})
+    samples, rate, seconds = decoded_audio(data)
+    assert rate == 44_100 and abs(seconds - 2.0) < 0.1
+    assert float(np.sqrt(np.mean(samples[:rate] ** 2))) > 0.01  # the first second (before the fade)
+    webm = run_video_job(tiny_store, direction={"background_music": "soft piano"},
+                         options={"width": 64, "height": 36, "duration": 2, "fps": 12,
+                                  "aspect_ratio": "16:9", "resolution": "360p",
+                                  "output_format": "webm"})
+    with av.open(io.BytesIO(webm)) as container:
+        assert [s.codec_context.name for s in container.streams.audio] == ["opus"]
+
+
+def test_the_users_music_track_wins_over_the_music_direction(tiny_store, monkeypatch):
+    def no_music_model():
+        raise AssertionError("the music model was called although a track was given")
+
+    monkeypatch.setattr(tiny_store, "music", no_music_model)
+    data = run_video_job(tiny_store, music=wav_bytes(),
+                         direction={"background_music": "soft piano"})
+    samples, rate, _ = decoded_audio(data)
+    assert tone_level(samples, rate, 440, 0.2, 0.9) > 0.2  # the user's 440 Hz tone
+
+
+def test_a_blank_music_direction_adds_no_audio(tiny_store, monkeypatch):
+    monkeypatch.setattr(tiny_store, "music", lambda: pytest.fail("no music was asked for"))
+    frames, audio = decode(run_video_job(tiny_store, direction={"background_music": "  "}))
+    assert len(frames) == 24 and audio == []
 
 
 # --- scene pacing --------------------------------------------------------------------------------

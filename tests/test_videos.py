@@ -66,8 +66,11 @@ def decode(data: bytes) -> tuple[int, tuple[int, int], list[str]]:
     return len(frames), (frames[0].width, frames[0].height), audio
 
 
-def test_video_reels_render_end_to_end(tmp_path, tiny_store):
+def test_video_reels_render_end_to_end(tmp_path, tiny_store, monkeypatch):
     settings = make_settings(tmp_path, allow_private_urls=True, webhook_poll_seconds=0.05)
+    music_loads = []  # the music model is used only where no music_url is given
+    monkeypatch.setattr(tiny_store, "music", lambda _load=tiny_store.music:
+                        music_loads.append(1) or _load())
 
     def executor(services):  # the voice-over needs the text-to-speech model
         return InProcessExecutor(services, lambda: TaskRunner(tiny_store))
@@ -126,16 +129,35 @@ def test_video_reels_render_end_to_end(tmp_path, tiny_store):
         silent_done = wait_for_video(api, headers, silent.json()["id"])
         data = api.client.get(silent_done["public_url"].removeprefix("http://testserver")).content
         assert decode(data) == (48, (240, 426), [])
+        assert music_loads == []  # music_url won over background_music; the silent one has none
+
+        # A music direction without a track: the music model composes the reel's music.
+        scored = api.client.post("/v1/videos", headers=headers, json={
+            "project_id": project_id, "duration": 2, "resolution": "240p",
+            "background_music": "soft piano"})
+        assert scored.status_code == 201, scored.text
+        assert scored.json()["cost_credits"] == 4  # the same price as without music
+        assert scored.json()["audio"]["music_track"] is False
+        scored_done = wait_for_video(api, headers, scored.json()["id"])
+        assert scored_done["status"] == "completed", scored_done
+        data = api.client.get(scored_done["public_url"].removeprefix("http://testserver")).content
+        assert decode(data) == (48, (426, 240), ["aac"]) and music_loads
+        with av.open(io.BytesIO(data)) as container:
+            samples = np.concatenate([f.to_ndarray().mean(axis=0)
+                                      for f in container.decode(audio=0)])
+        assert float(np.sqrt(np.mean(samples ** 2))) > 0.01
 
         listed = api.client.get(f"/v1/videos?project_id={project_id}", headers=headers).json()
-        assert [v["id"] for v in listed["data"]] == [silent.json()["id"], video["id"]]
+        assert [v["id"] for v in listed["data"]] == [scored.json()["id"], silent.json()["id"],
+                                                     video["id"]]
         balance = api.client.get("/v1/credits/balance", headers=headers).json()["balance"]
-        assert balance == 1000 - 4 - 4  # 2 s at 240p = 4 credits each, none refunded
+        assert balance == 1000 - 4 - 4 - 4  # 2 s at 240p = 4 credits each, none refunded
         ledger = api.client.get("/v1/credits/ledger", headers=headers).json()["data"]
         reserves = [e for e in ledger if e["kind"] == "reserve"]
-        assert sorted(e["amount"] for e in reserves) == [-4, -4]
+        assert sorted(e["amount"] for e in reserves) == [-4, -4, -4]
         # Each video's reservation names its job and the video it rendered (no pictures).
-        assert sorted(e["video_id"] for e in reserves) == sorted([video["id"], silent.json()["id"]])
+        assert sorted(e["video_id"] for e in reserves) == sorted(
+            [video["id"], silent.json()["id"], scored.json()["id"]])
         assert all(e["job_id"] and e["picture_ids"] == [] for e in reserves)
 
 

@@ -42,10 +42,13 @@ class VideoCreate(_Strict):
         description="The voice-over's words, spoken by the self-hosted text-to-speech model "
                     f"over the music (ducked); at most {VOICE_CHARS_PER_SECOND} characters per "
                     "second of video after the first and before the last half second")
-    background_music: str | None = Field(default=None, max_length=500,
-                                         description="Music direction (recorded)")
+    background_music: str | None = Field(
+        default=None, max_length=500,
+        description="Music direction in words (\"soft piano\"): without `music_url`, the "
+                    "self-hosted text-to-music model composes the reel's music from it")
     music_url: str | None = Field(default=None, max_length=2000,
-                                  description="A WAV or MP3 track to mux into the reel")
+                                  description="A WAV or MP3 track to mux into the reel; it wins "
+                                              "over `background_music`")
     duration: int = Field(default=15, ge=MIN_DURATION_S, le=MAX_DURATION_S,
                           description="Seconds; the reel has duration × 24 frames")
     aspect_ratio: Literal[tuple(ASPECT_RATIOS)] = "16:9"  # type: ignore[valid-type]
@@ -62,8 +65,8 @@ def create_video(body: Annotated[VideoCreate, Body()], response: Response, servi
                  key: Annotated[ApiKey, Depends(aixpose_key(WRITE))],
                  idempotency_key: IdempotencyKey = None) -> dict:
     """Start rendering an MP4 reel: a camera move over each picture, crossfades between them,
-    the music track when `music_url` is given and a spoken voice-over of `voice` (the music
-    ducked under it); `scene_context` plays the pictures as a scene-paced tour. Same
+    the music track when `music_url` is given (else music composed from `background_music`)
+    and a spoken voice-over of `voice` (the music ducked under it); `scene_context` plays the pictures as a scene-paced tour. Same
     `Idempotency-Key` + body → the same video (200)."""
     check_webhook_url(services.fetcher, body.webhook_url)
     services.require_executor()

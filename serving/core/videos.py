@@ -7,7 +7,8 @@ content-addressed), and creates the job through `jobs.create_job` (credits, slot
 job's `VideoRequest` carries storage keys only, so the worker never reads the internet; the task
 registry's `video` spec loads them and `pipelines.reel.reel` renders the MP4. A `scene_context`
 puts the pictures in property-tour order with per-scene holds (`pipelines.scene_pacing`); the
-`voice` text is checked here (`pipelines.voiceover.check_voice`) and spoken by the worker. A
+`voice` text is checked here (`pipelines.voiceover.check_voice`) and spoken by the worker; a
+`background_music` text is composed into music by the worker unless a music track is given. A
 video's status, progress and file are its job's: `core.jobs` stays the only owner of status.
 A project whose `output` is `video` gets its listing reel when published (`start_listing_reel`).
 """
