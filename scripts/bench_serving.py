@@ -351,6 +351,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--model-cache", type=Path, default=None)
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads in this process (in-process executor, baseline)")
+    parser.add_argument("--dispatcher-concurrency", type=int, default=1,
+                        help="the server's jobs in flight (default 1: one at a time, no "
+                             "batching); above 1 it batches as `retouch serve` does by default, "
+                             "and a lone job waits up to batch_wait_timeout_s for company")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object with the figures at the end")
     args = parser.parse_args(argv)
@@ -371,6 +375,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"executor": None if args.creation_only else args.executor,
               "client": None if args.creation_only else args.client,
               "transport": None if args.creation_only else args.transport,
+              "dispatcher_concurrency": None if args.creation_only else args.dispatcher_concurrency,
               "database": "postgresql" if args.database_url else "sqlite",
               "jobs": 0 if args.creation_only else args.jobs,
               "creates_per_round": args.creates, "rounds": args.rounds}
@@ -385,7 +390,7 @@ def main(argv: list[str] | None = None) -> dict:
         if not args.creation_only:
             settings = Settings(home=home / "serve", profile=args.profile, device=args.device,
                                 executor=args.executor, model_cache=args.model_cache,
-                                dispatcher_concurrency=1)
+                                dispatcher_concurrency=args.dispatcher_concurrency)
             direct, e2e, startup = bench_overhead(settings, args.jobs, args.client, args.threads,
                                                   transport=args.transport)
             print(f"{args.executor} executor start-up {startup:6.2f} s; client: {args.client} "

@@ -4,7 +4,10 @@
 threads at once. One worker thread takes the oldest waiting job, waits up to
 `batch_wait_timeout_s` from that job's arrival for more jobs with the same key
 (`TaskSpec.batch_key`; `None` never waits), and runs up to `max_batch_size` of them through
-`TaskRunner.run_jobs`. Batches run one at a time: the models are shared. With
+`TaskRunner.run_jobs`. With `wait_only_for_expected`, it waits only while a job announced with
+`expecting()` has not arrived: the dispatcher announces each lease attempt, so a lone job starts
+at once, jobs leased together share a batch, and jobs that arrive while a batch runs are collected
+for the next one anyway. Batches run one at a time: the models are shared. With
 `max_batch_size=1` nothing is collected: each job runs in its caller's thread, one at a time, with
 no hand-over to the worker. On Ray, Serve's `@serve.batch` does the collecting (`deployments`);
 the grouping by key is the runner's either way.
@@ -15,6 +18,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Hashable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from typing import TYPE_CHECKING
@@ -55,16 +59,46 @@ def batch_groups(runner: TaskRunner, jobs: list) -> list[list[int]]:
 class JobBatcher:
     def __init__(self, runner: TaskRunner, *, max_batch_size: int = 1,
                  batch_wait_timeout_s: float = 0.0,
-                 on_batch: Callable[[int], None] | None = None):
+                 on_batch: Callable[[int], None] | None = None,
+                 wait_only_for_expected: bool = False):
         self.runner = runner
         self.max_batch_size = max(1, max_batch_size)
         self.wait_s = max(0.0, batch_wait_timeout_s)
         self.on_batch = on_batch  # called with each batch's size (metrics)
+        self.wait_only_for_expected = wait_only_for_expected
+        self._expected = 0  # jobs announced by `expecting()` that have not arrived yet
+        self._expecting = threading.local()
         self._waiting: list[_Waiting] = []
         self._cond = threading.Condition()
         self._worker: threading.Thread | None = None
         self._alone = threading.Lock()  # one job at a time when nothing is batched
         self._threads_adopted = threading.local()
+
+    @contextmanager
+    def expecting(self):
+        """The calling thread may hand a job to `run_outcome` inside this block (the
+        dispatcher: from its lease attempt to the run); a batch forming meanwhile waits for it,
+        up to `batch_wait_timeout_s`, until it arrives or the block ends without it."""
+        with self._cond:
+            self._expected += 1
+        self._expecting.pending = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._count_arrival()
+                self._cond.notify_all()
+
+    def waiting_jobs(self) -> int:
+        """Jobs handed over and not yet taken into a batch."""
+        with self._cond:
+            return len(self._waiting)
+
+    def _count_arrival(self) -> None:
+        """The calling thread's announced job is here, or will not come (under `_cond`)."""
+        if getattr(self._expecting, "pending", False):
+            self._expecting.pending = False
+            self._expected -= 1
 
     def run(self, job: Job) -> list[bytes]:
         """Run `job` (alone or in a batch); its outputs, or its error raised."""
@@ -73,6 +107,8 @@ class JobBatcher:
     def run_outcome(self, job: Job) -> Outcome:
         """Run `job` (alone or in a batch) and say what became of it."""
         if self.max_batch_size == 1:
+            with self._cond:
+                self._count_arrival()
             return self._run_alone(job)
         spec = self.runner.registry.for_request(job.request)
         key = spec.batch_key(job.request) if self.max_batch_size > 1 else None
@@ -80,6 +116,7 @@ class JobBatcher:
                            time.monotonic())
         with self._cond:
             self._waiting.append(waiting)
+            self._count_arrival()
             if self._worker is None or not self._worker.is_alive():
                 self._worker = threading.Thread(target=self._work, name="job-batcher",
                                                 daemon=True)
@@ -111,7 +148,8 @@ class JobBatcher:
             while True:
                 batch = [w for w in self._waiting if w.key == first.key][:self.max_batch_size]
                 remaining = deadline - time.monotonic()
-                if len(batch) >= self.max_batch_size or remaining <= 0:
+                if len(batch) >= self.max_batch_size or remaining <= 0 or (
+                        self.wait_only_for_expected and self._expected == 0):
                     break
                 self._cond.wait(timeout=remaining)
             for waiting in batch:

@@ -31,6 +31,7 @@ import secrets
 import socket
 import threading
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
@@ -89,7 +90,13 @@ class InProcessBackend:
         self.runner = runner
         self.metrics = metrics
         self.batcher = JobBatcher(runner, max_batch_size=max_batch_size,
-                                  batch_wait_timeout_s=batch_wait_timeout_s)
+                                  batch_wait_timeout_s=batch_wait_timeout_s,
+                                  wait_only_for_expected=True)
+
+    def expecting(self):
+        """This thread may run a job inside the block (a lease attempt and its run): a batch
+        forming meanwhile waits for it (`JobBatcher.expecting`)."""
+        return self.batcher.expecting()
 
     def run(self, job_id, request, images, seed, progress, is_cancelled) -> Outcome:
         outcome = self.batcher.run_outcome(Job(request, images, seed, progress, is_cancelled,
@@ -317,30 +324,43 @@ class Dispatcher:
 
         while not self._stop.is_set():
             seen = self.signals.work_seq if self.signals is not None else 0
-            try:
-                # A new job is leased first; expired leases are swept between jobs.
-                job = lease_next_job(self.session_factory, worker_id, self.config.lease_seconds)
-                if job is None and self._sweep_if_due():
-                    continue  # re-queued jobs: look again at once
-            except Exception:
-                log.exception("dispatcher: leasing failed")
-                job = None
+            with self._expecting():  # from the lease attempt until the job reaches the backend
+                try:
+                    # A new job is leased first; expired leases are swept between jobs.
+                    job = lease_next_job(self.session_factory, worker_id,
+                                         self.config.lease_seconds)
+                except Exception:
+                    log.exception("dispatcher: leasing failed")
+                    job = None
+                if job is not None:
+                    try:
+                        self.run_job(job, worker_id)
+                    except Exception:
+                        # The database went away while settling: the worker lives on, and the
+                        # job's lease expires and it is retried (or failed and refunded) once
+                        # it is back.
+                        log.exception("dispatcher: settling job %s failed", job.id)
             if job is None:
+                try:
+                    if self._sweep_if_due():
+                        continue  # re-queued jobs: look again at once
+                except Exception:
+                    log.exception("dispatcher: sweeping expired leases failed")
                 if self.signals is not None:
                     self.signals.wait_for_work(seen, self.config.poll_seconds)
                 else:
                     self._stop.wait(self.config.poll_seconds)
                 continue
             try:
-                self.run_job(job, worker_id)
-            except Exception:
-                # The database went away while settling: the worker lives on, and the job's
-                # lease expires and it is retried (or failed and refunded) once it is back.
-                log.exception("dispatcher: settling job %s failed", job.id)
-            try:
                 self._sweep_if_due()
             except Exception:
                 log.exception("dispatcher: sweeping expired leases failed")
+
+    def _expecting(self):
+        """A backend batching in this process (`InProcessBackend`) holds a forming batch for
+        a job on its way; other backends need no notice."""
+        expecting = getattr(self.backend, "expecting", None)
+        return expecting() if expecting is not None else nullcontext()
 
     def _sweep_if_due(self) -> bool:
         """Expire stale leases at most every `expire_every_seconds` (across this dispatcher's

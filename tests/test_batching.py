@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -120,3 +121,46 @@ def test_concurrent_callers_are_collected_into_batches(runner, solo):
     assert sizes == [4]
     for i, alone in enumerate(solo):
         assert np.abs(pixels(results[i]) - pixels(alone)).max() <= PIXEL_TOLERANCE
+
+
+WAIT_S = 5.0  # far longer than any job here: a test that waits it out fails its time bound
+
+
+def announced_batcher(runner, sizes: list[int]) -> JobBatcher:
+    return JobBatcher(runner, max_batch_size=4, batch_wait_timeout_s=WAIT_S,
+                      on_batch=sizes.append, wait_only_for_expected=True)
+
+
+def test_a_lone_job_does_not_wait_for_company_that_is_not_announced(runner, solo):
+    sizes: list[int] = []
+    batcher = announced_batcher(runner, sizes)
+    started = time.monotonic()
+    with batcher.expecting():  # as a dispatcher worker leases and runs a job
+        output = batcher.run(job(generator(PROMPTS[0]), 10))[0]
+    assert time.monotonic() - started < WAIT_S / 2
+    assert sizes == [1] and output == solo[0]
+
+
+def test_announced_jobs_share_a_batch_and_one_that_never_comes_releases_it(runner, solo):
+    sizes: list[int] = []
+    batcher = announced_batcher(runner, sizes)
+    announced = threading.Barrier(4)
+    results: dict[int, bytes] = {}
+
+    def dispatcher_worker(i: int) -> None:
+        with batcher.expecting():
+            announced.wait()  # four lease attempts at once; their inputs load at their pace
+            time.sleep(0.1 * i)
+            if i < 3:  # the fourth found no job (or its inputs failed): it never comes
+                results[i] = batcher.run(job(generator(PROMPTS[i]), 10 + i))[0]
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=dispatcher_worker, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert time.monotonic() - started < WAIT_S / 2  # released when the fourth gave up
+    assert sizes == [3]
+    for i in range(3):
+        assert np.abs(pixels(results[i]) - pixels(solo[i])).max() <= PIXEL_TOLERANCE

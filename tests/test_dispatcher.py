@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import threading
 import time
+from contextlib import contextmanager
 
 import pytest
 from PIL import Image
@@ -239,6 +240,63 @@ def test_started_dispatcher_drains_the_queue_with_two_workers(store):
     assert [job_row(store, j).status for j in job_ids] == ["completed"] * 4
     assert max(peak) == 2
     assert account_row(store).active_slots == 0
+
+
+class AnnouncedBackend(ScriptedBackend):
+    """A scripted backend that batches like `InProcessBackend`: it records the dispatcher's
+    announcements (`expecting`) and whether each job ran inside one."""
+
+    def __init__(self, script):
+        super().__init__(script)
+        self.inside = threading.local()
+        self.announced = 0
+        self.ran_announced: list[bool] = []
+
+    @contextmanager
+    def expecting(self):
+        self.announced += 1
+        self.inside.active = True
+        try:
+            yield
+        finally:
+            self.inside.active = False
+
+    def is_announced(self) -> bool:
+        return getattr(self.inside, "active", False)
+
+    def run(self, *args):
+        self.ran_announced.append(self.is_announced())
+        return super().run(*args)
+
+
+def test_the_dispatcher_announces_each_lease_attempt_and_runs_the_job_inside_it(
+        store, monkeypatch):
+    """A batch forming in the backend waits for a job only while it is on its way: the
+    worker announces before it leases and hands the job over inside the announcement."""
+    from retouch.serving.core import jobs
+
+    backend = AnnouncedBackend(lambda *_: [png_bytes()])
+    leases_announced: list[bool] = []
+    lease = jobs.lease_next_job
+
+    def watched_lease(*args, **kwargs):
+        leases_announced.append(backend.is_announced())
+        return lease(*args, **kwargs)
+
+    monkeypatch.setattr(jobs, "lease_next_job", watched_lease)
+    job_ids = [new_job(store) for _ in range(2)]
+    dispatcher = dispatcher_for(store, backend)
+    dispatcher.start()
+    try:
+        deadline = time.monotonic() + 15
+        while not all(job_row(store, j).status == "completed" for j in job_ids):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        dispatcher.stop()
+    assert backend.ran_announced == [True, True]
+    assert leases_announced and all(leases_announced)
+    assert backend.announced == len(leases_announced) > 2  # empty-queue attempts announced too
 
 
 def test_in_process_backend_runs_the_real_engine_with_progress_and_cancel(tiny_store):

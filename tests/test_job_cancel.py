@@ -142,13 +142,20 @@ def test_only_the_owner_with_the_create_scope_can_cancel(api):
 def test_a_job_cancelled_alone_in_a_batch_stops_while_the_other_completes(tmp_path, tiny_store):
     runner = GatedRunner(tiny_store)
     settings = make_settings(tmp_path, max_batch_size=2, batch_wait_timeout_s=5.0)
-    executor = lambda services: InProcessExecutor(  # noqa: E731
-        services, lambda: runner, concurrency=2)
+    executors: list[InProcessExecutor] = []
+
+    def executor(services):
+        executors.append(InProcessExecutor(services, lambda: runner, concurrency=2))
+        return executors[-1]
+
     with api_for(settings, executor=executor) as api:
         _, secret = api.key(api.account(credits=START))
-        kept, dropped = (api.generate(secret, {**GENERATOR_BODY, "input": {"prompt": prompt}}
-                                      ).json()["generation"]["id"] for prompt in ("a", "b"))
-        assert runner.at_first_step.wait(STEP_TIMEOUT_S)
+        # Announced like a job on its way, the test holds the forming batch open: it starts
+        # only once both jobs are in it (a lone job would start at once).
+        with executors[0].dispatcher.backend.expecting():
+            kept, dropped = (api.generate(secret, {**GENERATOR_BODY, "input": {"prompt": p}}
+                                          ).json()["generation"]["id"] for p in ("a", "b"))
+            assert runner.at_first_step.wait(STEP_TIMEOUT_S)
         assert cancel(api, secret, dropped).status_code == 200
         runner.release.set()
         assert runner.finished.wait(STEP_TIMEOUT_S)
