@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from datetime import timedelta
 
 import pytest
@@ -213,6 +214,17 @@ def test_aixpose_requests_vet_webhook_urls_by_address(tmp_path):
             assert session.scalar(select(func.count()).select_from(Video)) == 0
 
 
+def read_when(api, path: str, headers: dict, ready, timeout_s: float = 10.0) -> dict:
+    """GET `path` until `ready(body)` or the timeout (the worker records an attempt only once
+    the receiver has answered, a moment after the receiver saw it); the last body read."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        body = api.client.get(path, headers=headers).json()
+        if ready(body) or time.monotonic() > deadline:
+            return body
+        time.sleep(0.05)
+
+
 def test_secret_rotation_deliveries_log_and_redelivery_over_http(tmp_path):
     settings = make_settings(tmp_path, allow_private_urls=True, webhook_poll_seconds=0.05)
     with api_for(settings) as api, webhook_receiver() as receiver:
@@ -239,7 +251,8 @@ def test_secret_rotation_deliveries_log_and_redelivery_over_http(tmp_path):
         assert Webhook(new).verify(post.body, post.headers)["id"] == delivery.event_id
         assert Webhook(old).verify(post.body, post.headers)  # still valid during the grace
 
-        log = api.client.get("/v1/webhooks/deliveries", headers=headers).json()
+        log = read_when(api, "/v1/webhooks/deliveries", headers,
+                        lambda body: body["data"][0]["status"] != "pending")
         assert log["object"] == "list" and log["has_more"] is False
         [entry] = log["data"]
         assert entry["id"] == delivery.id and entry["status"] == "delivered"
@@ -252,7 +265,8 @@ def test_secret_rotation_deliveries_log_and_redelivery_over_http(tmp_path):
         first_post, second_post = receiver.wait_for(2)
         assert second_post.headers["webhook-id"] == first_post.headers["webhook-id"]
         assert second_post.body == first_post.body
-        shown = api.client.get(f"/v1/webhooks/deliveries/{delivery.id}", headers=headers).json()
+        shown = read_when(api, f"/v1/webhooks/deliveries/{delivery.id}", headers,
+                          lambda body: body["attempt_count"] >= 2)
         assert shown["attempt_count"] == 2 and shown["attempts"][1]["manual"] is True
 
         missing = api.client.post("/v1/webhooks/deliveries/whd_nope/redeliver", headers=headers)
