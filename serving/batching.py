@@ -89,11 +89,6 @@ class JobBatcher:
                 self._count_arrival()
                 self._cond.notify_all()
 
-    def waiting_jobs(self) -> int:
-        """Jobs handed over and not yet taken into a batch."""
-        with self._cond:
-            return len(self._waiting)
-
     def _count_arrival(self) -> None:
         """The calling thread's announced job is here, or will not come (under `_cond`)."""
         if getattr(self._expecting, "pending", False):

@@ -179,10 +179,9 @@ def reserve(session: Session, key: ApiKey, cost: int, slots: int, period: str) -
     total budgets, and `cost` credits: two conditional UPDATEs (the key's budgets, only while the
     key is active; then the account's paid plan, slots and balance, `RETURNING` the balance),
     prebuilt Core statements on the transaction's connection (on PostgreSQL one statement holding
-    both). Returns the new balance. When
-    either refuses, the first limit that refuses — key status, paid plan, slots, monthly budget,
-    total budget, credits, in that order — is raised; the caller's transaction rolls back
-    whatever was charged."""
+    both). Returns the new balance. When either refuses, the first limit that refuses — key
+    status, paid plan, slots, monthly budget, total budget, credits, in that order — is raised;
+    the caller's transaction rolls back whatever was charged."""
     connection = session.connection()
     budget = {"r_key": key.id, "r_cost": cost, "r_period": period}
     account = {"r_account": key.account_id, "r_cost": cost, "r_slots": slots}
