@@ -124,6 +124,58 @@ def test_concurrent_creates_respect_slot_limit(sf):
     assert slots == 4 and balance == 100_000 - 4 * 110 == ledger_sum
 
 
+def test_a_create_that_waits_for_its_account_row_is_still_accepted(sf):
+    """While another transaction holds the account row (a job settling frees its slots), a
+    create waits for it, then reserves as usual. On PostgreSQL the reservation is one statement
+    of data-modifying CTEs, whose account UPDATE re-checks its row after the wait and must
+    still see the key's charge."""
+    account_id, key = make_key(sf, plan="pro")
+    holder = sf()
+    holder.execute(update(Account).where(Account.id == account_id)
+                   .values(active_slots=Account.active_slots))  # row locked until commit
+    result: list = []
+    waiting = threading.Thread(target=lambda: result.append(race(1, lambda: create(sf, key))[0]))
+    waiting.start()
+    waiting.join(0.5)
+    assert waiting.is_alive()  # the create waits for the row
+    holder.commit()
+    holder.close()
+    waiting.join(30)
+    assert isinstance(result[0], tuple), (result[0].code, result[0].message)
+    balance, slots, ledger_sum, _, _ = account_state(sf, account_id)
+    assert slots == 1 and balance == 100_000 - 110 == ledger_sum
+
+
+def test_a_reservation_refused_while_a_slot_is_freed_is_tried_again(sf, monkeypatch):
+    """PostgreSQL reads each statement's own snapshot: a slot freed (a job settling) between
+    the refused reservation and the read of the limits leaves nothing that refuses. The create
+    is then tried again, and succeeds, instead of blaming a limit that is not reached (before:
+    `insufficient_credits` with a balance far above the cost)."""
+    with sf() as session:
+        if session.get_bind().dialect.name == "sqlite":
+            pytest.skip("SQLite's write transaction is exclusive: nothing settles mid-create")
+    account_id, key = make_key(sf, plan="standard")  # 2 slots
+    create(sf, key)
+    create(sf, key)
+    refusal = jobs._raise_refusal
+    refusals = []
+
+    def slot_freed_first(*args, **kwargs):  # between the refused UPDATE and the read
+        refusals.append(1)
+        if len(refusals) == 1:
+            with transaction(sf) as other:
+                other.execute(update(Account).where(Account.id == account_id)
+                              .values(active_slots=Account.active_slots - 1))
+        return refusal(*args, **kwargs)
+
+    monkeypatch.setattr(jobs, "_raise_refusal", slot_freed_first)
+    generation, _ = create(sf, key)
+    assert generation.status == "pending" and len(refusals) == 1
+    balance, slots, ledger_sum, _, _ = account_state(sf, account_id)
+    assert slots == 2 and balance == 100_000 - 3 * 110 == ledger_sum
+    assert key_usage(sf, key.id)[1] == 3 * 110  # the refused attempt's key charge rolled back
+
+
 def test_carousel_holds_two_slots_and_seed_message(sf):
     account_id, key = make_key(sf, plan="plus")
     first, _ = create(sf, key, CAROUSEL)

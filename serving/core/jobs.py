@@ -28,7 +28,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from retouch.serving.core.errors import (InsufficientCredits, InvalidInput, JobNotCancellable,
                                       MonthlyBudgetExceeded, NotFound, PerRequestLimitExceeded,
-                                      QueueLimitExceeded, TotalBudgetExceeded)
+                                      QueueLimitExceeded, ServiceUnavailable,
+                                      TotalBudgetExceeded)
 
 from . import idempotency
 from .accounts import PAID_PLANS, PLAN_SLOTS, plan_slot_limit, require_paid_plan
@@ -40,6 +41,7 @@ from .tables import JOB_STATUSES, Account, ApiKey, Generation, LedgerEntry, new_
 from ..tasks import TASKS, TaskSpec, request_seed
 
 DEFAULT_IDEMPOTENCY_TTL_HOURS = 24
+LIMITS_MOVED_RETRIES = 3  # creates tried again when a settle moved the limits mid-reservation
 LEASE_LOST_ERROR = "service_unavailable"
 CANCELED_ERROR = "canceled"  # error_code of a job its owner cancelled
 
@@ -77,8 +79,10 @@ def create_job(session_factory: SessionFactory, key: ApiKey, request, body: dict
     cost = spec.price(request)
     # Two identical requests racing past the idempotency lookup: the loser's insert hits the
     # unique constraint, its whole transaction rolls back, and the retry replays the winner's job.
-    tries = 2 if idempotency_key else 1
-    for attempt in range(tries):
+    # A reservation refused while a settling job moved the limits (`_LimitsMoved`) is tried
+    # again from the start, its partial charges rolled back with the transaction.
+    integrity_tries = 2 if idempotency_key else 1
+    for _ in range(integrity_tries + LIMITS_MOVED_RETRIES):
         try:
             with transaction(session_factory) as session:
                 return _create_in_transaction(
@@ -86,9 +90,13 @@ def create_job(session_factory: SessionFactory, key: ApiKey, request, body: dict
                     idempotency_key=idempotency_key, input_image=input_image, surface=surface,
                     ttl_hours=idempotency_ttl_hours, on_created=on_created)
         except IntegrityError:
-            if attempt == tries - 1:
+            integrity_tries -= 1
+            if integrity_tries == 0:
                 raise
-    raise AssertionError("unreachable")
+        except _LimitsMoved:
+            continue
+    raise ServiceUnavailable("The account's limits kept changing while this job was being "
+                             "reserved; nothing was charged. Try again.")
 
 
 def _create_in_transaction(session: Session, key: ApiKey, request, spec: TaskSpec,
@@ -259,9 +267,11 @@ def _raise_refusal(session: Session, key: ApiKey, cost: int, slots: int, period:
             details={"active": active, "limit": limit, "plan": plan, "requiredSlots": slots})
     if not budgets_charged:
         _raise_budget_refusal(session, key.id, cost, period)
-    raise InsufficientCredits(
-        f"The account has {balance} credits; this job costs {cost}. Add credits or use a "
-        f"lower-cost quality/scale.", details={"balance": balance, "cost": cost})
+    if balance < cost:
+        raise InsufficientCredits(
+            f"The account has {balance} credits; this job costs {cost}. Add credits or use a "
+            f"lower-cost quality/scale.", details={"balance": balance, "cost": cost})
+    raise _LimitsMoved()
 
 
 def _plural(n: int, word: str) -> str:
@@ -278,9 +288,17 @@ def _raise_budget_refusal(session: Session, key_id: str, cost: int, period: str)
             f"This API key's monthly budget is {monthly} credits; {used} are used in {period} "
             f"and this job costs {cost}.",
             details={"budget": monthly, "used": used, "cost": cost, "period": period})
-    raise TotalBudgetExceeded(
-        f"This API key's total budget is {total} credits; {total_used} are used and this job "
-        f"costs {cost}.", details={"budget": total, "used": total_used, "cost": cost})
+    if total is not None and total_used + cost > total:
+        raise TotalBudgetExceeded(
+            f"This API key's total budget is {total} credits; {total_used} are used and this "
+            f"job costs {cost}.", details={"budget": total, "used": total_used, "cost": cost})
+    raise _LimitsMoved()
+
+
+class _LimitsMoved(Exception):
+    """A reservation was refused, yet the limits read again in the same transaction refuse
+    nothing: on PostgreSQL (READ COMMITTED, a fresh snapshot per statement) a job settling
+    beside it freed slots or budget in between. `create_job` tries the whole create again."""
 
 
 # ---- lifecycle ----------------------------------------------------------------------------------
