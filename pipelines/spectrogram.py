@@ -99,17 +99,21 @@ def _inverse_filterbank(params: SpectrogramParams, device: str) -> torch.Tensor:
 
 # --- audio → image -------------------------------------------------------------------------------
 
-def _window(params: SpectrogramParams, device: torch.device | str) -> torch.Tensor:
-    return torch.hann_window(params.win_length, device=device)
+def _transforms(params: SpectrogramParams, device: torch.device | str):
+    """`(stft, istft)` with the reference's settings (Hann window, centred, reflect padding):
+    the forward and inverse paths share them, so a round trip is exact up to phase."""
+    window = torch.hann_window(params.win_length, device=device)
+    shape = {"n_fft": params.n_fft, "hop_length": params.hop_length,
+             "win_length": params.win_length, "window": window}
+    stft = functools.partial(torch.stft, **shape, center=True, pad_mode="reflect",
+                             normalized=False, onesided=True, return_complex=True)
+    return stft, functools.partial(torch.istft, **shape)
 
 
 def mel_amplitudes(waveform: torch.Tensor, params: SpectrogramParams = RIFFUSION) -> torch.Tensor:
     """Mono `(samples,)` float waveform → `(num_frequencies, frames)` mel amplitudes."""
-    spectrum = torch.stft(waveform.float(), n_fft=params.n_fft, hop_length=params.hop_length,
-                          win_length=params.win_length, window=_window(params, waveform.device),
-                          center=True, pad_mode="reflect", normalized=False, onesided=True,
-                          return_complex=True)
-    return mel_filterbank(params).to(waveform.device).T @ spectrum.abs()
+    stft, _ = _transforms(params, waveform.device)
+    return mel_filterbank(params).to(waveform.device).T @ stft(waveform.float()).abs()
 
 
 def image_from_mel(mel: torch.Tensor, params: SpectrogramParams = RIFFUSION) -> Image.Image:
@@ -150,13 +154,7 @@ def griffin_lim(amplitudes: torch.Tensor, params: SpectrogramParams = RIFFUSION,
                 seed: int = 0) -> torch.Tensor:
     """A waveform whose |STFT| approximates `amplitudes` (torchaudio's `griffinlim`: power 1,
     random initial phases, fast Griffin-Lim momentum), `hop * (frames - 1)` samples long."""
-    window = _window(params, amplitudes.device)
-    stft = functools.partial(torch.stft, n_fft=params.n_fft, hop_length=params.hop_length,
-                             win_length=params.win_length, window=window, center=True,
-                             pad_mode="reflect", normalized=False, onesided=True,
-                             return_complex=True)
-    istft = functools.partial(torch.istft, n_fft=params.n_fft, hop_length=params.hop_length,
-                              win_length=params.win_length, window=window)
+    stft, istft = _transforms(params, amplitudes.device)
     momentum = params.griffin_lim_momentum / (1 + params.griffin_lim_momentum)
     generator = torch.Generator(device=amplitudes.device).manual_seed(seed)
     angles = torch.rand(amplitudes.shape, dtype=torch.complex64, device=amplitudes.device,
