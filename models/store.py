@@ -33,7 +33,8 @@ import torch
 from PIL import Image
 
 from retouch.models.accel import AccelSettings, apply_cuda_defaults
-from retouch.models.registry import TINY_PREFIX, ModelSpec, Profile, resolve_profile
+from retouch.models.registry import (MUSIC_GRIFFIN_LIM_ITERS, TINY_PREFIX, ModelSpec, Profile,
+                                     resolve_profile)
 from retouch.models.revisions import content_revision, hub_revision, random_revision
 
 if TYPE_CHECKING:
@@ -599,7 +600,8 @@ class ModelStore:
             pipe = self._diffusion_pipeline(StableDiffusionPipeline, "music",
                                             safety_checker=None, feature_extractor=None,
                                             requires_safety_checker=False)
-            return MusicModel(pipe, int(spec.options.get("griffin_lim_iters", 32)))
+            return MusicModel(pipe, int(spec.options.get("griffin_lim_iters",
+                                                         MUSIC_GRIFFIN_LIM_ITERS)))
 
         return self._cached(("music",), load)
 

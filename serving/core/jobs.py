@@ -207,8 +207,6 @@ def reserve(session: Session, key: ApiKey, cost: int, slots: int, period: str) -
 
 def _reserve_statements():
     """The two conditional UPDATEs of `reserve`, built (and so cache-keyed) once."""
-    from sqlalchemy import bindparam
-
     keys, accounts = ApiKey.__table__.c, Account.__table__.c
     cost = bindparam("r_cost", type_=keys.total_used.type)
     used_this_period = case((keys.monthly_period == bindparam("r_period"), keys.monthly_used),
